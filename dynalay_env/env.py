@@ -1,0 +1,248 @@
+"""Three faces of one :class:`~dynalay_env.engine.DynaLayEngine`.
+
+* :class:`DynaLayEnv` - single-sample ``gymnasium.Env`` (``gym.make("DynaLay-v0")``).
+* :class:`DynaLayVectorEnv` - natively batched ``gymnasium.vector.VectorEnv`` with same-step
+  autoreset (``gym.make_vec("DynaLay-v0", num_envs=N, vectorization_mode="vector_entry_point")``).
+* :class:`DynaLaySB3VecEnv` - stable-baselines3 ``VecEnv`` over the same engine.
+
+Each converts actions and results between numpy and the engine's tensors once per batched step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+
+from .engine import DynaLayEngine, StepOutput
+
+EPISODE_KEYS = ("correct", "compute", "iterations", "steps", "path", "label", "lam")
+
+
+def _spaces(engine: DynaLayEngine) -> tuple[spaces.Box, spaces.Discrete]:
+    low, high = engine.observation_bounds()
+    return spaces.Box(low, high, dtype=np.float32), spaces.Discrete(engine.num_layers + 1)
+
+
+def _host_actions(actions: Any, engine: DynaLayEngine) -> np.ndarray:
+    """Validate actions on the host (no device sync) and return them as int64 (N,)."""
+    arr = np.asarray(actions)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.shape != (engine.num_envs,):
+        raise ValueError(f"expected {engine.num_envs} action(s), got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)))):
+        raise ValueError(f"actions must be integers in [0, {engine.num_layers}], got {arr!r}")
+    arr = arr.astype(np.int64)
+    bad = (arr < 0) | (arr > engine.num_layers)
+    if bad.any():
+        raise ValueError(
+            f"action {int(arr[bad][0])} out of range: valid actions are 0 (NOP) to "
+            f"{engine.num_layers} (FPI on layer i)"
+        )
+    return arr
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A host copy the caller owns (``.cpu()`` alone aliases the engine's buffers on CPU)."""
+    return t.detach().to("cpu", copy=True).numpy()
+
+
+def _finished_numpy(out: StepOutput) -> dict[str, np.ndarray]:
+    return {k: _np(out.finished[k]) for k in EPISODE_KEYS}
+
+
+class DynaLayEnv(gym.Env):
+    """One DynaLay episode at a time. Keyword arguments go to :class:`DynaLayEngine`."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode: str | None = None, **engine_kwargs: Any) -> None:
+        if render_mode is not None:
+            raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
+        engine_kwargs.pop("num_envs", None)
+        self.engine = DynaLayEngine(1, autoreset=False, **engine_kwargs)
+        self.observation_space, self.action_space = _spaces(self.engine)
+        self.render_mode = None
+        self._needs_reset = True
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self.engine.seed(seed)
+        obs = self.engine.reset()
+        self._needs_reset = False
+        return _np(obs[0]), {"lam": float(self.engine.lam_row[0]), "label": int(self.engine.label[0])}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._needs_reset:
+            raise RuntimeError("the episode has ended (or never started): call reset() first")
+        act = _host_actions(action, self.engine)
+        out = self.engine.step(torch.from_numpy(act), validate=False)
+        terminated = bool(out.terminated[0])
+        info: dict[str, Any] = {
+            "step_cost": float(out.step_cost[0]),
+            "fpi_iterations": int(out.step_iterations[0]),
+            "steps": int(self.engine.steps[0]),
+        }
+        obs = _np(out.obs[0])
+        if terminated:
+            self._needs_reset = True
+            fin = _finished_numpy(out)
+            info.update({k: v[0] for k, v in fin.items() if k != "path"})
+            info["correct"] = bool(fin["correct"][0])
+            info["path"] = fin["path"][0][: int(fin["steps"][0])]
+            obs = _np(out.final_obs[0])
+        return obs, float(out.reward[0]), terminated, False, info
+
+
+class DynaLayVectorEnv(VectorEnv):
+    """N episodes on the batched engine, same-step autoreset (``final_obs`` / ``final_info``)."""
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int = 1, render_mode: str | None = None, **engine_kwargs: Any) -> None:
+        if render_mode is not None:
+            raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
+        self.engine = DynaLayEngine(num_envs, autoreset=True, **engine_kwargs)
+        self.num_envs = num_envs
+        self.single_observation_space, self.single_action_space = _spaces(self.engine)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.render_mode = None
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        if seed is not None:
+            first = seed[0] if isinstance(seed, (list, tuple)) else seed
+            self.engine.seed(int(first))
+        self._np_random_seed = seed
+        rows = None
+        if options and "reset_mask" in options:
+            mask = np.asarray(options["reset_mask"], dtype=bool)
+            rows = torch.from_numpy(np.flatnonzero(mask)).to(self.engine.device)
+        obs = self.engine.reset(rows)
+        return _np(obs), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        act = _host_actions(actions, self.engine)
+        out = self.engine.step(torch.from_numpy(act), validate=False)
+        terminated = _np(out.terminated)
+        n = self.num_envs
+        everyone = np.ones(n, dtype=bool)
+        infos: dict[str, Any] = {
+            "step_cost": _np(out.step_cost),
+            "_step_cost": everyone,
+            "fpi_iterations": _np(out.step_iterations),
+            "_fpi_iterations": everyone,
+        }
+        done_idx = np.flatnonzero(terminated)
+        if done_idx.size:
+            final_obs = np.full(n, None, dtype=object)
+            final_obs_rows = _np(out.final_obs)
+            final_obs[done_idx] = list(final_obs_rows)
+            final_info: dict[str, Any] = {}
+            for key, values in _finished_numpy(out).items():
+                full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+                full[done_idx] = values
+                final_info[key] = full
+                final_info[f"_{key}"] = terminated
+            infos.update({"final_obs": final_obs, "_final_obs": terminated, "final_info": final_info, "_final_info": terminated})
+        return (
+            _np(out.obs),
+            _np(out.reward).astype(np.float64),
+            terminated,
+            _np(out.truncated),
+            infos,
+        )
+
+    def close_extras(self, **kwargs: Any) -> None:
+        pass
+
+
+class DynaLaySB3VecEnv(VecEnv):
+    """stable-baselines3 ``VecEnv`` over the batched engine (same-step reset, SB3's convention).
+
+    Finished episodes carry ``terminal_observation`` plus the episode keys (correct, compute,
+    iterations, steps, path, label, lam) in their info dict.
+    """
+
+    def __init__(self, num_envs: int = 1, **engine_kwargs: Any) -> None:
+        self.engine = DynaLayEngine(num_envs, autoreset=True, **engine_kwargs)
+        obs_space, act_space = _spaces(self.engine)
+        self.render_mode = None
+        super().__init__(num_envs, obs_space, act_space)
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
+        if seed is not None:
+            self.engine.seed(seed)
+        self._reset_seeds()
+        self._reset_options()
+        return _np(self.engine.reset())
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = _host_actions(actions, self.engine)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        if self._actions is None:
+            raise RuntimeError("step_wait() called without step_async()")
+        out = self.engine.step(torch.from_numpy(self._actions), validate=False)
+        self._actions = None
+        dones = _np(out.terminated)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        done_idx = np.flatnonzero(dones)
+        if done_idx.size:
+            fin = _finished_numpy(out)
+            final_obs = _np(out.final_obs)
+            for j, i in enumerate(done_idx):
+                infos[i] = {
+                    "terminal_observation": final_obs[j],
+                    "TimeLimit.truncated": False,
+                    "correct": bool(fin["correct"][j]),
+                    "compute": float(fin["compute"][j]),
+                    "iterations": int(fin["iterations"][j]),
+                    "steps": int(fin["steps"][j]),
+                    "path": fin["path"][j][: int(fin["steps"][j])],
+                    "label": int(fin["label"][j]),
+                    "lam": float(fin["lam"][j]),
+                }
+        return _np(out.obs), _np(out.reward).astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        pass
+
+    def _indices_count(self, indices: VecEnvIndices) -> int:
+        return len(list(self._get_indices(indices)))
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        target = self if hasattr(self, attr_name) else self.engine
+        value = getattr(target, attr_name)
+        return [value] * self._indices_count(indices)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self.engine, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+        """Calls the shared engine's method once; every requested index gets that result."""
+        result = getattr(self.engine, method_name)(*method_args, **method_kwargs)
+        return [result] * self._indices_count(indices)
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * self._indices_count(indices)
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [None] * self.num_envs
+
+    def _get_indices(self, indices: VecEnvIndices) -> Iterable[int]:
+        if indices is None:
+            return range(self.num_envs)
+        if isinstance(indices, int):
+            return [indices]
+        return indices

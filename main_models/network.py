@@ -1,0 +1,198 @@
+"""The main network: stem -> L FPI-capable layers -> head, with batched per-row path execution.
+
+Nothing here knows about reinforcement learning. The network offers the primitives a layer
+selection policy needs: the straightforward pass, a batched "FPI on layer i" step where every row
+picks its own layer (or none), the FLOPs of each piece for a cost model, and pooled activation
+summaries of each layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fpi import ContractiveTanhBlock, FPILayer, GradMode
+
+
+@dataclass
+class PathState:
+    """Activations of a batch part-way along its path: the stem output and every layer's state."""
+
+    u: Tensor
+    z: list[Tensor]
+
+    def rows(self, index: Tensor) -> "PathState":
+        return PathState(self.u[index], [z[index] for z in self.z])
+
+    def clone(self) -> "PathState":
+        return PathState(self.u.clone(), [z.clone() for z in self.z])
+
+
+def _scatter_rows(dst: Tensor, index: Tensor, src: Tensor) -> Tensor:
+    """dst[index] = src, out of place when autograd records the step, in place otherwise."""
+    if torch.is_grad_enabled():
+        return dst.index_copy(0, index, src)
+    return dst.index_copy_(0, index, src)
+
+
+class FPINetwork(nn.Module):
+    """A network of L FPI-capable layers between a stem and a head.
+
+    Layer i (1-based) reads the state of layer i-1 (the stem output for i = 1). Each layer has two
+    modes: one application from its current state (straightforward), or iteration to its fixed
+    point from its current state (FPI).
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        layers: list[FPILayer],
+        head: nn.Module,
+        *,
+        stem_flops: int,
+        head_flops: int,
+        summary_bins: int = 16,
+    ) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("an FPINetwork needs at least one FPI layer")
+        self.stem = stem
+        self.layers = nn.ModuleList(layers)
+        self.head = head
+        self.summary_bins = summary_bins
+        layer_flops = [int(layer.block.flops_per_sample()) for layer in layers]
+        self.register_buffer("layer_flops", torch.tensor(layer_flops, dtype=torch.float64), persistent=False)
+        self.stem_flops = int(stem_flops)
+        self.head_flops = int(head_flops)
+
+    # ---- sizes and costs -------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def straightforward_flops(self) -> int:
+        """FLOPs of one full plain pass: stem, every layer once, head."""
+        return self.stem_flops + int(self.layer_flops.sum().item()) + self.head_flops
+
+    @property
+    def summary_dim(self) -> int:
+        return self.summary_bins * self.num_layers
+
+    # ---- passes ----------------------------------------------------------------------------
+    def straightforward(self, x: Tensor) -> PathState:
+        """The plain L1 -> L2 -> ... -> LL path: every layer applied once from its initial state."""
+        u = self.stem(x)
+        states: list[Tensor] = []
+        inp = u
+        for layer in self.layers:
+            z = layer.apply_once(layer.initial_state(inp), inp)
+            states.append(z)
+            inp = z
+        return PathState(u, states)
+
+    def readout(self, state: PathState) -> Tensor:
+        """Logits from the last layer's state."""
+        return self.head(state.z[-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.straightforward(x))
+
+    def fpi_step(self, state: PathState, choice: Tensor) -> tuple[PathState, Tensor]:
+        """One batched layer-selection step.
+
+        ``choice[b]`` in 0..L: 0 leaves row b untouched (no compute); i runs layer i to its fixed
+        point from its current state and then re-applies layers i+1..L once each, so the head reads
+        fresh activations. Rows are grouped by the layer they chose; each group is computed as one
+        sub-batch and rows that chose nothing are never computed.
+
+        Returns the new state and the FPI iterations spent on each row (0 where choice is 0).
+        With autograd off the layer tensors of ``state`` are updated in place (no copy of the
+        rows that did nothing); with autograd on they are left intact.
+        """
+        iterations = torch.zeros(choice.shape[0], dtype=torch.long, device=choice.device)
+        z = list(state.z)
+        downstream = torch.zeros_like(choice, dtype=torch.bool)
+        for j, layer in enumerate(self.layers):
+            inp = state.u if j == 0 else z[j - 1]
+            fpi_rows = (choice == j + 1).nonzero().squeeze(1)
+            once_rows = downstream.nonzero().squeeze(1)
+            if fpi_rows.numel():
+                solved = layer(inp[fpi_rows], z[j][fpi_rows])
+                z[j] = _scatter_rows(z[j], fpi_rows, solved.z)
+                iterations[fpi_rows] = solved.iterations
+            if once_rows.numel():
+                z[j] = _scatter_rows(z[j], once_rows, layer.apply_once(z[j][once_rows], inp[once_rows]))
+            downstream |= choice == j + 1
+        return PathState(state.u, z), iterations
+
+    def run_paths(self, x: Tensor, paths: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits after following each row's action path. ``paths`` is (B, T) of 0..L, 0-padded.
+
+        This is how a fixed path (Model 0-3) or an agent's recorded path is replayed with autograd
+        for training. Returns logits and the total FPI iterations of each row.
+        """
+        state = self.straightforward(x)
+        total_iterations = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for t in range(paths.shape[1]):
+            if not bool((paths[:, t] > 0).any()):
+                continue
+            state, iters = self.fpi_step(state, paths[:, t])
+            total_iterations += iters
+        return self.readout(state), total_iterations
+
+    def path_flops(self, paths: Tensor, iterations_per_step: Tensor) -> Tensor:
+        """FLOPs each row spent on its FPI steps (excluding the straightforward pass).
+
+        ``paths`` and ``iterations_per_step`` are (B, T): a step choosing layer i with k
+        iterations costs k * flops(i) + sum_{j>i} flops(j) (re-propagation) + head.
+        """
+        suffix = self.reprop_flops().to(iterations_per_step.device)
+        flops = self.layer_flops.to(iterations_per_step.device)
+        idx = (paths - 1).clamp_min(0)
+        step = iterations_per_step.double() * flops[idx] + suffix[idx]
+        return torch.where(paths > 0, step, torch.zeros_like(step)).sum(dim=1)
+
+    def reprop_flops(self) -> Tensor:
+        """For each layer i: FLOPs of re-applying layers i+1..L once and the head, float64 (L,)."""
+        after = torch.flip(torch.cumsum(torch.flip(self.layer_flops, [0]), 0), [0]) - self.layer_flops
+        return after + self.head_flops
+
+    # ---- observation features ---------------------------------------------------------------
+    def layer_summaries(self, state: PathState) -> Tensor:
+        """Pooled activations of every layer, (B, L * summary_bins), detached."""
+        pooled = [F.adaptive_avg_pool1d(z.detach().flatten(1).unsqueeze(1), self.summary_bins).squeeze(1) for z in state.z]
+        return torch.cat(pooled, dim=1)
+
+
+def build_mlp_fpi_network(
+    in_features: int,
+    num_classes: int,
+    *,
+    hidden: int = 64,
+    num_layers: int = 3,
+    contraction: float = 0.9,
+    fpi_tol: float = 1e-3,
+    fpi_max_iter: int = 30,
+    grad: GradMode = "implicit",
+    summary_bins: int = 16,
+) -> FPINetwork:
+    """The default main model for flat inputs (the bundled digits): linear stem, L contractive
+    tanh FPI layers, linear head."""
+    stem = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+    layers = [
+        FPILayer(ContractiveTanhBlock(hidden, hidden, contraction=contraction), tol=fpi_tol, max_iter=fpi_max_iter, grad=grad)
+        for _ in range(num_layers)
+    ]
+    head = nn.Linear(hidden, num_classes)
+    return FPINetwork(
+        stem,
+        layers,
+        head,
+        stem_flops=2 * in_features * hidden + 2 * hidden,
+        head_flops=2 * hidden * num_classes + num_classes,
+        summary_bins=summary_bins,
+    )

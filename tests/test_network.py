@@ -1,0 +1,94 @@
+import torch
+
+from main_models import FPINetwork, build_main_model, load_digits
+
+
+def _net(seed=0) -> FPINetwork:
+    torch.manual_seed(seed)
+    return build_main_model(load_digits()).eval()
+
+
+def test_digits_load_without_download_with_fixed_split():
+    a, b = load_digits(seed=0), load_digits(seed=0)
+    assert a.x_train.shape == (1438, 64) and a.x_test.shape == (359, 64)
+    assert torch.equal(a.y_test, b.y_test)
+    assert a.x_train.min() >= 0 and a.x_train.max() <= 1
+    assert set(a.y_train.tolist()) == set(range(10))
+
+
+def test_fpi_step_leaves_nop_rows_untouched_and_uncomputed():
+    net = _net()
+    x = load_digits().x_test[:6]
+    with torch.no_grad():
+        state = net.straightforward(x)
+        seen = []
+        hooks = [layer.block.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0])) for layer in net.layers]
+        choice = torch.tensor([0, 1, 0, 2, 3, 0])
+        new, iters = net.fpi_step(state.clone(), choice)
+        for h in hooks:
+            h.remove()
+    for z_old, z_new in zip(state.z, new.z):
+        torch.testing.assert_close(z_new[choice == 0], z_old[choice == 0])
+    assert (iters[choice == 0] == 0).all() and (iters[choice > 0] > 0).all()
+    # no block application ever saw more rows than chose a layer at or above it
+    assert max(seen) <= 3
+
+
+def test_fpi_on_a_layer_reaches_its_fixed_point_and_repropagates_downstream():
+    net = _net()
+    x = load_digits().x_test[:4]
+    with torch.no_grad():
+        state = net.straightforward(x)
+        new, _ = net.fpi_step(state.clone(), torch.full((4,), 1))
+        layer1 = net.layers[0]
+        residual = (layer1.apply_once(new.z[0], new.u) - new.z[0]).norm(dim=1) / new.z[0].norm(dim=1)
+        assert (residual < 5 * layer1.tol).all()
+        # layer 2 was re-applied once from its previous state with the new layer-1 output
+        torch.testing.assert_close(new.z[1], net.layers[1].apply_once(state.z[1], new.z[0]))
+
+
+def test_run_paths_matches_step_by_step_execution():
+    net = _net()
+    x = load_digits().x_test[:5]
+    paths = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 2, 3], [3, 3, 0], [2, 1, 2]])
+    with torch.no_grad():
+        logits, iters = net.run_paths(x, paths)
+        state = net.straightforward(x)
+        total = torch.zeros(5, dtype=torch.long)
+        for t in range(3):
+            state, it = net.fpi_step(state, paths[:, t])
+            total += it
+        torch.testing.assert_close(logits, net.readout(state))
+    assert torch.equal(iters, total)
+    torch.testing.assert_close(net(x)[0], logits[0])  # the all-NOP path is the plain pass
+
+
+def test_flops_account_for_every_piece():
+    net = _net()
+    hidden = 64
+    assert net.layer_flops.tolist() == [2 * hidden * hidden * 2 + 2 * hidden] * 3
+    assert net.straightforward_flops == net.stem_flops + int(net.layer_flops.sum()) + net.head_flops
+    reprop = net.reprop_flops().tolist()
+    assert reprop[2] == net.head_flops and reprop[0] == 2 * net.layer_flops[0] + net.head_flops
+    paths = torch.tensor([[1, 3, 0]])
+    flops = net.path_flops(paths, torch.tensor([[10, 4, 0]]))
+    expected = 10 * net.layer_flops[0] + reprop[0] + 4 * net.layer_flops[2] + reprop[2]
+    assert float(flops) == float(expected)
+
+
+def test_summaries_have_one_block_per_layer():
+    net = _net()
+    with torch.no_grad():
+        s = net.layer_summaries(net.straightforward(load_digits().x_test[:3]))
+    assert s.shape == (3, net.summary_dim) and net.summary_dim == 3 * net.summary_bins
+    assert s.abs().max() <= 1
+
+
+def test_fpi_step_updates_in_place_only_without_autograd():
+    net = _net()
+    x = load_digits().x_test[:3]
+    state = net.straightforward(x)
+    before = [z.detach().clone() for z in state.z]
+    net.fpi_step(state, torch.tensor([1, 1, 1]))
+    for z, b in zip(state.z, before):
+        torch.testing.assert_close(z.detach(), b)
