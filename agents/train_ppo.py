@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     run_name = args.run_name or f"ppo-{args.dataset}-s{args.seed}-{int(time.time())}"
     run_dir = Path(args.logdir) / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
@@ -96,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the configuration is known to be valid
     config = {**asdict(args), "run_name": run_name, "device": str(device), "algo": "ppo"}
     write_json(run_dir / "config.json", config)
 

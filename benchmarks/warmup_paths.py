@@ -1,0 +1,66 @@
+"""How warm-up path sampling decides whether FPI is worth anything to the agent.
+
+For each per-step stop probability p of the warm-up sampler (p = 0: every warm-up path is a full
+budget of random FPI steps; p = 1: only the plain one-application path), pretrain a fresh main
+model, then report the test accuracy and compute of fixed paths: plain (Model 0), FPI on L1,
+L1+L2, and every layer (Model 3).
+
+    python benchmarks/warmup_paths.py            # 20 epochs, p in 0, 0.3, 0.6, 1
+    python benchmarks/warmup_paths.py --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from dynalay_env import DynaLayEngine
+
+PATHS = {"plain": [], "fpi_L1": [1], "fpi_L1_L2": [1, 2], "fpi_all": [1, 2, 3]}
+
+
+def run(epochs: int, stop_probs: list[float], seed: int) -> dict:
+    rows = []
+    for p in stop_probs:
+        start = time.perf_counter()
+        engine = DynaLayEngine(1, warmup_stop_prob=p, cotrain=False, seed=seed)
+        losses = engine.pretrain(epochs, seed=seed)
+        seconds = time.perf_counter() - start
+        row = {"stop_prob": p, "warmup_seconds": round(seconds, 2), "final_loss": losses[-1]}
+        for name, path in PATHS.items():
+            report = engine.evaluate(path)
+            row[f"{name}_accuracy"] = report.accuracy
+            row[f"{name}_compute"] = report.compute
+        rows.append(row)
+    return {"epochs": epochs, "seed": seed, "dataset": "digits", "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, p in 0 and 1")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = run(2, [0.0, 1.0], args.seed) if args.quick else run(20, [0.0, 0.3, 0.6, 1.0], args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"warm-up {result['epochs']} epochs on digits, seed {result['seed']}; test accuracy (compute in plain passes)")
+        print(f"{'stop p':>7} | " + " | ".join(f"{n:>16}" for n in PATHS) + " | seconds")
+        for r in result["rows"]:
+            cells = " | ".join(f"{r[f'{n}_accuracy']:.3f} ({r[f'{n}_compute']:4.1f})".rjust(16) for n in PATHS)
+            print(f"{r['stop_prob']:>7} | {cells} | {r['warmup_seconds']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
