@@ -77,7 +77,8 @@ class StepOutput:
     final_obs: Tensor
     """Observations of the rows in ``terminated``, taken before their autoreset, (n_done, D)."""
     finished: dict[str, Tensor]
-    """Per finished episode (rows in ``terminated``): correct, compute, iterations, steps, path, label, lam."""
+    """Per finished episode (rows in ``terminated``): correct, compute, iterations, steps, path,
+    label, sample, lam and difficulty (-1 where the dataset defines none)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -170,6 +171,9 @@ class DynaLayEngine:
         self.x_all = self.splits.x_train if mode == "train" else self.splits.x_test
         self.y_all = self.splits.y_train if mode == "train" else self.splits.y_test
         self.num_samples = int(self.y_all.shape[0])
+        difficulty = self.splits.difficulty_train if mode == "train" else self.splits.difficulty_test
+        # -1 marks "unknown difficulty" so every dataset reports the same episode keys
+        self.difficulty_all = difficulty if difficulty is not None else torch.full_like(self.y_all, -1)
 
         if model is None:
             with torch.random.fork_rng(devices=[]):
@@ -322,6 +326,7 @@ class DynaLayEngine:
             "label": self.label[done_rows].clone(),
             "sample": self.sample[done_rows].clone(),
             "lam": self.lam_row[done_rows].clone(),
+            "difficulty": self.difficulty_all[self.sample[done_rows]],
         }
         final_obs = self.obs[done_rows].clone()
         self.running = running & ~done

@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from .engine import DynaLayEngine, StepOutput
 
-EPISODE_KEYS = ("correct", "compute", "iterations", "steps", "path", "label", "lam")
+EPISODE_KEYS = ("correct", "compute", "iterations", "steps", "path", "label", "lam", "difficulty")
 
 
 def _spaces(engine: DynaLayEngine) -> tuple[spaces.Box, spaces.Discrete]:
@@ -212,6 +212,7 @@ class DynaLaySB3VecEnv(VecEnv):
                     "path": fin["path"][j][: int(fin["steps"][j])],
                     "label": int(fin["label"][j]),
                     "lam": float(fin["lam"][j]),
+                    "difficulty": int(fin["difficulty"][j]),
                 }
         return _np(out.obs), _np(out.reward).astype(np.float32), dones, infos
 

@@ -30,6 +30,8 @@ class EvalReport:
     mean_episode_length: float
     num_samples: int
     lam: float
+    per_difficulty: dict[int, dict[str, float]]
+    """Where the dataset has known difficulty levels: accuracy, compute and count per level."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +42,7 @@ class _Rollout:
     correct: Tensor
     compute: Tensor
     steps: Tensor
+    difficulty: Tensor
     action_counts: Tensor
 
 
@@ -52,7 +55,7 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
         if any(a < 0 or a > L for a in steps):
             raise ValueError(f"a fixed path holds actions in [0, {L}], got {steps}")
         fixed = torch.tensor(steps + [0] * (engine.max_steps + 1 - len(steps)), dtype=torch.long, device=engine.device)
-    correct, compute, lengths = [], [], []
+    correct, compute, lengths, difficulty = [], [], [], []
     action_counts = torch.zeros(L + 1, dtype=torch.long, device=engine.device)
     engine.seed(0)
     remaining = num_samples
@@ -77,7 +80,23 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
             correct.append(fin["correct"])
             compute.append(fin["compute"])
             lengths.append(fin["steps"])
-    return _Rollout(torch.cat(correct), torch.cat(compute), torch.cat(lengths), action_counts)
+            difficulty.append(fin["difficulty"])
+    return _Rollout(torch.cat(correct), torch.cat(compute), torch.cat(lengths), torch.cat(difficulty), action_counts)
+
+
+def _per_difficulty(rollout: _Rollout) -> dict[int, dict[str, float]]:
+    levels = torch.unique(rollout.difficulty).tolist()
+    if levels == [-1]:
+        return {}
+    table = {}
+    for level in levels:
+        mask = rollout.difficulty == level
+        table[int(level)] = {
+            "accuracy": float(rollout.correct[mask].float().mean()),
+            "compute": float(rollout.compute[mask].mean()),
+            "count": int(mask.sum()),
+        }
+    return table
 
 
 def evaluate_policy(
@@ -126,4 +145,5 @@ def evaluate_policy(
         mean_episode_length=float(result.steps.float().mean()),
         num_samples=n,
         lam=lam,
+        per_difficulty=_per_difficulty(result),
     )

@@ -25,6 +25,28 @@ class DatasetSplits:
     y_test: Tensor
     num_classes: int
     meta: dict = field(default_factory=dict)
+    difficulty_train: Tensor | None = None
+    """Known per-sample difficulty level (int64, 0 = easiest) where the dataset defines one."""
+    difficulty_test: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for part, x, y, d in (
+            ("train", self.x_train, self.y_train, self.difficulty_train),
+            ("test", self.x_test, self.y_test, self.difficulty_test),
+        ):
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"dataset {self.name!r}: {part} has {x.shape[0]} inputs but {y.shape[0]} labels")
+            if d is not None and d.shape[0] != y.shape[0]:
+                raise ValueError(f"dataset {self.name!r}: {part} has {d.shape[0]} difficulty levels but {y.shape[0]} labels")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(
+                    f"dataset {self.name!r}: {part} labels must be in [0, {self.num_classes - 1}], "
+                    f"found [{int(y.min())}, {int(y.max())}]"
+                )
+
+    @property
+    def has_difficulty(self) -> bool:
+        return self.difficulty_train is not None and self.difficulty_test is not None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -39,6 +61,8 @@ class DatasetSplits:
             self.y_test.to(device),
             self.num_classes,
             dict(self.meta),
+            None if self.difficulty_train is None else self.difficulty_train.to(device),
+            None if self.difficulty_test is None else self.difficulty_test.to(device),
         )
 
 

@@ -163,8 +163,16 @@ class FPINetwork(nn.Module):
 
     # ---- observation features ---------------------------------------------------------------
     def layer_summaries(self, state: PathState) -> Tensor:
-        """Pooled activations of every layer, (B, L * summary_bins), detached."""
-        pooled = [F.adaptive_avg_pool1d(z.detach().flatten(1).unsqueeze(1), self.summary_bins).squeeze(1) for z in state.z]
+        """Pooled activations of every layer, (B, L * summary_bins), detached.
+
+        A block may define ``summarize(z) -> (B, F)`` (e.g. per-channel means of a feature map);
+        otherwise the flattened state is used. Either is average-pooled to ``summary_bins``.
+        """
+        pooled = []
+        for layer, z in zip(self.layers, state.z):
+            summarize = getattr(layer.block, "summarize", None)
+            feats = summarize(z.detach()) if callable(summarize) else z.detach().flatten(1)
+            pooled.append(F.adaptive_avg_pool1d(feats.unsqueeze(1), self.summary_bins).squeeze(1))
         return torch.cat(pooled, dim=1)
 
 
