@@ -77,8 +77,9 @@ class StepOutput:
     final_obs: Tensor
     """Observations of the rows in ``terminated``, taken before their autoreset, (n_done, D)."""
     finished: dict[str, Tensor]
-    """Per finished episode (rows in ``terminated``): correct, compute, iterations, steps, path,
-    label, sample, lam and difficulty (-1 where the dataset defines none)."""
+    """Per finished episode (rows in ``terminated``): correct, compute, iterations,
+    layer_iterations (per layer), return (Eq. 2, undiscounted), steps, path, label, sample, lam
+    and difficulty (-1 where the dataset defines none)."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -94,8 +95,8 @@ class DynaLayEngine:
         num_envs: episodes in flight.
         dataset: dataset name (see ``main_models.DATASETS``) or loaded :class:`DatasetSplits`.
         data_dir: where dataset files live (datasets that need files).
-        model: an existing main model to share (e.g. a frozen one for evaluation); a new one is
-            built from the dataset when ``None``.
+        model: an existing main model to share (e.g. a frozen one for evaluation), or the name of
+            the main model to build ("mlp", ...); ``None`` picks the dataset's default.
         lam: the compute penalty weight lambda when ``lam_range`` is not given.
         lam_range: (low, high): lambda is drawn uniformly per episode, so one agent learns the
             whole trade-off.
@@ -122,7 +123,7 @@ class DynaLayEngine:
         *,
         dataset: str | DatasetSplits = "digits",
         data_dir: str | None = None,
-        model: FPINetwork | None = None,
+        model: FPINetwork | str | None = None,
         lam: float = 1.0,
         lam_range: tuple[float, float] | None = None,
         alpha: float = 0.5,
@@ -175,10 +176,10 @@ class DynaLayEngine:
         # -1 marks "unknown difficulty" so every dataset reports the same episode keys
         self.difficulty_all = difficulty if difficulty is not None else torch.full_like(self.y_all, -1)
 
-        if model is None:
+        if model is None or isinstance(model, str):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                model = build_main_model(self.splits)
+                model = build_main_model(self.splits) if model is None else build_main_model(self.splits, model=model)
         self.model = model.to(self.device)
         self.num_layers = self.model.num_layers
         self.max_steps = int(max_steps) if max_steps is not None else 2 * self.num_layers
@@ -219,6 +220,8 @@ class DynaLayEngine:
         self.confidence = torch.zeros(n, device=dev)
         self.ep_compute = torch.zeros(n, device=dev)
         self.ep_iterations = torch.zeros(n, dtype=torch.long, device=dev)
+        self.ep_layer_iterations = torch.zeros(n, self.num_layers, dtype=torch.long, device=dev)
+        self.ep_return = torch.zeros(n, device=dev)
         self.path = torch.zeros(n, self.max_steps, dtype=torch.long, device=dev)
         self.running = torch.zeros(n, dtype=torch.bool, device=dev)
         self.obs = torch.zeros(n, self.layout.size, device=dev)
@@ -266,6 +269,8 @@ class DynaLayEngine:
         self.repeat[rows] = 0
         self.ep_compute[rows] = 1.0
         self.ep_iterations[rows] = 0
+        self.ep_layer_iterations[rows] = 0
+        self.ep_return[rows] = 0.0
         self.path[rows] = 0
         self.running[rows] = True
         self._refresh(rows, fresh)
@@ -309,6 +314,7 @@ class DynaLayEngine:
         self.last_action = torch.where(fpi, actions, self.last_action)
         self.ep_compute += step_cost
         self.ep_iterations += iterations
+        self.ep_layer_iterations.scatter_add_(1, layer.unsqueeze(1), iterations.unsqueeze(1))
 
         if stepped.numel():
             self._refresh(stepped, self.state.rows(stepped))
@@ -316,11 +322,14 @@ class DynaLayEngine:
         done = nop | (fpi & (self.steps >= self.max_steps))
         correct = self.prediction == self.label
         reward = reward + self.alpha * (done & correct)
+        self.ep_return += reward
         done_rows = done.nonzero().squeeze(1)
         finished = {
             "correct": correct[done_rows],
             "compute": self.ep_compute[done_rows].clone(),
             "iterations": self.ep_iterations[done_rows].clone(),
+            "layer_iterations": self.ep_layer_iterations[done_rows].clone(),
+            "return": self.ep_return[done_rows].clone(),
             "steps": self.steps[done_rows].clone(),
             "path": self.path[done_rows].clone(),
             "label": self.label[done_rows].clone(),
@@ -434,6 +443,44 @@ class DynaLayEngine:
                 total += float(loss.detach()) * idx.numel()
             losses.append(total / y.shape[0])
         return losses
+
+    # ---- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs: main model, its optimizer, the co-training buffer, counters and
+        the sampler's RNG. Episodes in flight are not saved; a resumed run starts fresh ones."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "buffer_index": self._buffer_index.cpu(),
+            "buffer_path": self._buffer_path.cpu(),
+            "cotrain_updates": self.cotrain_updates,
+            "last_main_loss": self.last_main_loss,
+            "generator": self.generator.get_state(),
+            "num_layers": self.num_layers,
+            "max_steps": self.max_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; a checkpoint of another model or budget is refused."""
+        missing = {"model", "optimizer", "buffer_index", "buffer_path", "cotrain_updates", "generator"} - set(state)
+        if missing:
+            raise ValueError(f"engine checkpoint is missing {sorted(missing)}")
+        if state.get("num_layers") != self.num_layers or state.get("max_steps") != self.max_steps:
+            raise ValueError(
+                f"checkpoint is for {state.get('num_layers')} layers / budget {state.get('max_steps')}, "
+                f"this environment has {self.num_layers} / {self.max_steps}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint does not match the main model: {err}") from None
+        if state["optimizer"] is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self._buffer_index = state["buffer_index"].to(self.device)
+        self._buffer_path = state["buffer_path"].to(self.device)
+        self.cotrain_updates = int(state["cotrain_updates"])
+        self.last_main_loss = float(state.get("last_main_loss", float("nan")))
+        self.generator.set_state(state["generator"])
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self, policy, *, lam: float | None = None, batch_size: int = 1024):

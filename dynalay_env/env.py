@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from .engine import DynaLayEngine, StepOutput
 
-EPISODE_KEYS = ("correct", "compute", "iterations", "steps", "path", "label", "lam", "difficulty")
+EPISODE_KEYS = ("correct", "compute", "iterations", "layer_iterations", "return", "steps", "path", "label", "lam", "difficulty")
 
 
 def _spaces(engine: DynaLayEngine) -> tuple[spaces.Box, spaces.Discrete]:
@@ -103,13 +103,21 @@ class DynaLayEnv(gym.Env):
 
 
 class DynaLayVectorEnv(VectorEnv):
-    """N episodes on the batched engine, same-step autoreset (``final_obs`` / ``final_info``)."""
+    """N episodes on the batched engine, same-step autoreset (``final_obs`` / ``final_info``).
+
+    With ``torch_arrays=True`` observations, rewards, flags and infos are torch tensors on the
+    engine's device (``final_obs`` a (N, D) tensor masked by ``_final_obs``) and actions may be a
+    tensor: an on-device agent then never round-trips through numpy.
+    """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
 
-    def __init__(self, num_envs: int = 1, render_mode: str | None = None, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, num_envs: int = 1, render_mode: str | None = None, torch_arrays: bool = False, **engine_kwargs: Any
+    ) -> None:
         if render_mode is not None:
             raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
+        self.torch_arrays = torch_arrays
         self.engine = DynaLayEngine(num_envs, autoreset=True, **engine_kwargs)
         self.num_envs = num_envs
         self.single_observation_space, self.single_action_space = _spaces(self.engine)
@@ -127,11 +135,15 @@ class DynaLayVectorEnv(VectorEnv):
             mask = np.asarray(options["reset_mask"], dtype=bool)
             rows = torch.from_numpy(np.flatnonzero(mask)).to(self.engine.device)
         obs = self.engine.reset(rows)
-        return _np(obs), {}
+        return (obs.clone() if self.torch_arrays else _np(obs)), {}
 
-    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        act = _host_actions(actions, self.engine)
-        out = self.engine.step(torch.from_numpy(act), validate=False)
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict]:
+        if isinstance(actions, torch.Tensor):
+            out = self.engine.step(actions, validate=True)
+        else:
+            out = self.engine.step(torch.from_numpy(_host_actions(actions, self.engine)), validate=False)
+        if self.torch_arrays:
+            return self._torch_result(out)
         terminated = _np(out.terminated)
         n = self.num_envs
         everyone = np.ones(n, dtype=bool)
@@ -160,6 +172,29 @@ class DynaLayVectorEnv(VectorEnv):
             _np(out.truncated),
             infos,
         )
+
+    def _torch_result(self, out: StepOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        done = out.terminated
+        everyone = torch.ones_like(done)
+        infos: dict[str, Any] = {
+            "step_cost": out.step_cost,
+            "_step_cost": everyone,
+            "fpi_iterations": out.step_iterations,
+            "_fpi_iterations": everyone,
+        }
+        if out.final_obs.shape[0]:
+            rows = done.nonzero().squeeze(1)
+            final_obs = torch.zeros_like(out.obs)
+            final_obs[rows] = out.final_obs
+            final_info: dict[str, Any] = {}
+            for key in EPISODE_KEYS:
+                values = out.finished[key]
+                full = torch.zeros((self.num_envs, *values.shape[1:]), dtype=values.dtype, device=values.device)
+                full[rows] = values
+                final_info[key] = full
+                final_info[f"_{key}"] = done
+            infos.update({"final_obs": final_obs, "_final_obs": done, "final_info": final_info, "_final_info": done})
+        return out.obs.clone(), out.reward, done, out.truncated, infos
 
     def close_extras(self, **kwargs: Any) -> None:
         pass
@@ -208,6 +243,8 @@ class DynaLaySB3VecEnv(VecEnv):
                     "correct": bool(fin["correct"][j]),
                     "compute": float(fin["compute"][j]),
                     "iterations": int(fin["iterations"][j]),
+                    "layer_iterations": fin["layer_iterations"][j],
+                    "return": float(fin["return"][j]),
                     "steps": int(fin["steps"][j]),
                     "path": fin["path"][j][: int(fin["steps"][j])],
                     "label": int(fin["label"][j]),

@@ -1,0 +1,58 @@
+"""Run checkpoints: one file, written atomically, refused clearly when corrupt or mismatched."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, or of another run/model."""
+
+
+def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """Write ``run_dir/checkpoint.pt`` via a temporary file, fsync and rename.
+
+    A process killed at any moment leaves either the previous checkpoint or the new one, never a
+    partial file under the final name."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **payload}, buffer)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(run_dir: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir}: expected {path} (was the run started with --checkpoint-freq?)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a DynaLay checkpoint: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a DynaLay checkpoint of format {FORMAT_VERSION}")
+    for key in ("algo", "timesteps", "agent", "engine", "config"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    return payload

@@ -1,0 +1,137 @@
+"""Evaluate a trained DynaLay run on the test split, with the main model frozen.
+
+    python agents/evaluate.py runs/<run-name>                      # at the run's lambda
+    python agents/evaluate.py runs/<run-name> --lam 0 0.005 0.02   # accuracy/compute trade-off
+    python agents/evaluate.py runs/<run-name> --json               # one JSON object
+
+Reports accuracy, compute as a fraction of "FPI on every layer", per-action frequency, mean
+episode length and, on datasets with known difficulty levels, compute per level. Writes
+layer_selection.png (and tradeoff.png for several lambdas) into the run directory and adds them to
+TensorBoard under the run's eval/ folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from agents.checkpoint import CheckpointError, load_checkpoint
+from agents.metrics import layer_selection_figure, tradeoff_figure
+from agents.train import FIELDS, Args, _lam_range, make_trainer
+from dynalay_env import resolve_device
+
+
+def _load_run(run_dir: Path, device: torch.device):
+    checkpoint = load_checkpoint(run_dir, map_location=device)
+    saved = {k: v for k, v in checkpoint["config"].items() if k in FIELDS}
+    args = Args(**{**saved, "pretrain_epochs": 0, "resume": "", "config": ""})
+    env_kwargs = dict(
+        dataset=args.dataset,
+        data_dir=args.data_dir or None,
+        model=args.model or None,
+        lam=args.lam,
+        lam_range=_lam_range(args.lam_range),
+        alpha=args.alpha,
+        beta=args.beta,
+        max_steps=args.max_steps or None,
+        cotrain=False,
+        seed=args.seed,
+        device=device,
+    )
+    try:
+        trainer = make_trainer(args, env_kwargs, device)
+        trainer.engine_call("load_state_dict", checkpoint["engine"])
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint in {run_dir} does not fit its own configuration: {err}") from None
+    trainer.load_state(checkpoint["agent"])
+    return args, trainer, checkpoint
+
+
+def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True) -> dict:
+    dev = resolve_device(device)
+    args, trainer, checkpoint = _load_run(run_dir, dev)
+    lams = list(lams) if lams else [args.lam]
+    if any(lam < 0 for lam in lams):
+        raise ValueError(f"lambda values must be >= 0, got {lams}")
+    policy = trainer.policy()
+    results = [trainer.engine_call("evaluate", policy, lam=float(lam)).as_dict() for lam in lams]
+    out = {
+        "run_dir": str(run_dir),
+        "algo": checkpoint["algo"],
+        "timesteps": int(checkpoint["timesteps"]),
+        "dataset": args.dataset,
+        "trained_lam": args.lam,
+        "trained_lam_range": args.lam_range,
+        "results": results,
+    }
+    if figures:
+        out["figures"] = _write_figures(run_dir, results, checkpoint["algo"], int(checkpoint["timesteps"]))
+    return out
+
+
+def _write_figures(run_dir: Path, results: list[dict], algo: str, step: int) -> list[str]:
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    written = []
+    first = results[0]
+    fig = layer_selection_figure(first["action_frequency"], title=f"{algo}, lambda {first['lam']:g}")
+    fig.savefig(run_dir / "layer_selection.png")
+    written.append(str(run_dir / "layer_selection.png"))
+    writer = SummaryWriter(str(run_dir / "eval"))
+    writer.add_figure("eval/layer_selection", fig, step)
+    plt.close(fig)
+    if len(results) > 1:
+        fig = tradeoff_figure(results, reference=first, title=f"{algo}: one agent across lambda")
+        fig.savefig(run_dir / "tradeoff.png")
+        written.append(str(run_dir / "tradeoff.png"))
+        writer.add_figure("eval/tradeoff", fig, step)
+        plt.close(fig)
+    writer.close()
+    return written
+
+
+def _table(out: dict) -> str:
+    lines = [f"{out['algo']} run {out['run_dir']} after {out['timesteps']} steps, dataset {out['dataset']}"]
+    lines.append(f"{'lambda':>8} | {'accuracy':>8} | {'compute':>8} | {'fraction':>8} | {'ep.len':>6} | actions (NOP, L1..)")
+    for r in out["results"]:
+        freq = " ".join(f"{v:.2f}" for v in r["action_frequency"])
+        lines.append(
+            f"{r['lam']:>8g} | {r['accuracy']:>8.4f} | {r['compute']:>8.3f} | {r['compute_fraction']:>8.3f} | "
+            f"{r['mean_episode_length']:>6.2f} | {freq}"
+        )
+        for level, row in sorted(r["per_difficulty"].items()):
+            lines.append(f"{'':>8}   difficulty {level}: accuracy {row['accuracy']:.4f}, compute {row['compute']:.3f} ({row['count']} samples)")
+    ref = out["results"][0]
+    lines.append(f"FPI on every layer: accuracy {ref['fpi_all_accuracy']:.4f}, compute {ref['fpi_all_compute']:.3f} straightforward passes")
+    if out.get("figures"):
+        lines.append("figures: " + ", ".join(out["figures"]))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run directory under runs/")
+    parser.add_argument("--lam", type=float, nargs="+", help="lambda values to evaluate at (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    args = parser.parse_args(argv)
+    try:
+        out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures)
+    except (CheckpointError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(json.dumps(out) if args.json else _table(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

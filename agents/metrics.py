@@ -1,0 +1,172 @@
+"""What a DynaLay run shows in TensorBoard, shared by every algorithm.
+
+Tags (one name for every algorithm, so runs overlay):
+  charts/episode_reward          mean Eq. 2 return of the episodes finished since the last log
+  charts/train_accuracy          share of those episodes answered correctly
+  charts/compute                 mean compute per episode, in straightforward passes
+  charts/action_freq/<action>    share of actions taken (nop, layer1, ...)
+  charts/fpi_iterations/layer<i> mean FPI iterations each time layer i was chosen
+  charts/layer_selection         histogram of the actions taken
+  charts/SPS                     environment steps per second
+  losses/main_model_ce           co-training cross-entropy of the main model
+  eval/accuracy, eval/compute_fraction, eval/mean_episode_length, eval/layer_selection (figure)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+
+def action_names(num_layers: int) -> list[str]:
+    return ["nop"] + [f"layer{i}" for i in range(1, num_layers + 1)]
+
+
+class EpisodeStats:
+    """Accumulates finished episodes between two logs (numpy arrays or per-episode dicts)."""
+
+    def __init__(self, num_layers: int, max_steps: int) -> None:
+        self.num_layers = num_layers
+        self.max_steps = max_steps
+        self.clear()
+
+    def clear(self) -> None:
+        self.episodes = 0
+        self.correct = 0
+        self.returns = 0.0
+        self.compute = 0.0
+        self.action_counts = np.zeros(self.num_layers + 1, dtype=np.int64)
+        self.layer_iterations = np.zeros(self.num_layers, dtype=np.int64)
+
+    def add_batch(self, finished: Mapping[str, np.ndarray]) -> None:
+        """Episodes as arrays: correct (n,), return (n,), compute (n,), steps (n,), path (n, T),
+        layer_iterations (n, L)."""
+        n = len(finished["correct"])
+        if n == 0:
+            return
+        self.episodes += n
+        self.correct += int(np.sum(finished["correct"]))
+        self.returns += float(np.sum(finished["return"]))
+        self.compute += float(np.sum(finished["compute"]))
+        paths = np.asarray(finished["path"]).reshape(n, -1)
+        self.action_counts += np.bincount(paths[paths > 0], minlength=self.num_layers + 1)
+        self.action_counts[0] += int(np.sum(np.asarray(finished["steps"]) < self.max_steps))
+        self.layer_iterations += np.asarray(finished["layer_iterations"]).reshape(n, -1).sum(axis=0)
+
+    def add_infos(self, infos: Iterable[Mapping[str, Any]]) -> None:
+        """SB3-style per-env info dicts; finished episodes carry the episode keys."""
+        done = [info for info in infos if "path" in info]
+        if not done:
+            return
+        T = self.max_steps
+        paths = np.zeros((len(done), T), dtype=np.int64)
+        for i, info in enumerate(done):
+            paths[i, : len(info["path"])] = info["path"]
+        self.add_batch(
+            {
+                "correct": np.array([info["correct"] for info in done]),
+                "return": np.array([info["return"] for info in done]),
+                "compute": np.array([info["compute"] for info in done]),
+                "steps": np.array([info["steps"] for info in done]),
+                "path": paths,
+                "layer_iterations": np.stack([info["layer_iterations"] for info in done]),
+            }
+        )
+
+
+class RunLogger:
+    """Writes the shared tags to ``run_dir`` with a torch ``SummaryWriter``."""
+
+    def __init__(self, run_dir: Path, num_layers: int, max_steps: int, log_every: int) -> None:
+        self.writer = SummaryWriter(str(run_dir))
+        self.stats = EpisodeStats(num_layers, max_steps)
+        self.names = action_names(num_layers)
+        self.log_every = max(1, log_every)
+        self.last_log_step = 0
+        self._clock = (time.perf_counter(), 0)
+
+    def maybe_log(self, step: int, main_loss: float | None = None) -> None:
+        if step - self.last_log_step >= self.log_every:
+            self.log(step, main_loss)
+
+    def log(self, step: int, main_loss: float | None = None) -> None:
+        s, w = self.stats, self.writer
+        if s.episodes:
+            w.add_scalar("charts/episode_reward", s.returns / s.episodes, step)
+            w.add_scalar("charts/train_accuracy", s.correct / s.episodes, step)
+            w.add_scalar("charts/compute", s.compute / s.episodes, step)
+            total = max(1, int(s.action_counts.sum()))
+            for name, count in zip(self.names, s.action_counts):
+                w.add_scalar(f"charts/action_freq/{name}", count / total, step)
+            for i in range(s.num_layers):
+                chosen = int(s.action_counts[i + 1])
+                if chosen:
+                    w.add_scalar(f"charts/fpi_iterations/layer{i + 1}", s.layer_iterations[i] / chosen, step)
+            w.add_histogram("charts/layer_selection", np.repeat(np.arange(len(s.action_counts)), s.action_counts), step, bins=np.arange(len(s.action_counts) + 1) - 0.5)
+        if main_loss is not None and np.isfinite(main_loss):
+            w.add_scalar("losses/main_model_ce", main_loss, step)
+        now = time.perf_counter()
+        then, then_step = self._clock
+        if now > then and step > then_step:
+            w.add_scalar("charts/SPS", (step - then_step) / (now - then), step)
+        self._clock = (now, step)
+        self.last_log_step = step
+        s.clear()
+        w.flush()
+
+    def log_eval(self, report: Any, step: int) -> None:
+        w = self.writer
+        w.add_scalar("eval/accuracy", report.accuracy, step)
+        w.add_scalar("eval/compute_fraction", report.compute_fraction, step)
+        w.add_scalar("eval/compute", report.compute, step)
+        w.add_scalar("eval/mean_episode_length", report.mean_episode_length, step)
+        w.add_figure("eval/layer_selection", layer_selection_figure(report.action_frequency, title=f"step {step}, lambda {report.lam}"), step)
+        w.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def layer_selection_figure(frequency: list[float], title: str = ""):
+    """Bar chart of how often each action was chosen (paper Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["NOP"] + [f"FPI L{i}" for i in range(1, len(frequency))]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    ax.bar(names, frequency, color=["#888888"] + ["#3b75af"] * (len(frequency) - 1))
+    ax.set_ylabel("share of actions")
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "layer selection")
+    for x, v in enumerate(frequency):
+        ax.text(x, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_figure(points: list[dict], reference: dict | None = None, title: str = ""):
+    """Accuracy against compute fraction for several lambda values (paper Fig. 5b)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(points, key=lambda p: p["compute_fraction"])
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    ax.plot([p["compute_fraction"] for p in pts], [p["accuracy"] for p in pts], "o-", label="agent")
+    for p in pts:
+        ax.annotate(f"λ={p['lam']:g}", (p["compute_fraction"], p["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if reference is not None:
+        ax.plot([1.0], [reference["fpi_all_accuracy"]], "s", color="#c44e52", label="FPI on every layer")
+    ax.set_xlabel("compute (fraction of FPI on every layer)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title or "accuracy / compute trade-off")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

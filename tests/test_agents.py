@@ -1,0 +1,198 @@
+"""The training workflow: four algorithms behind one entry point, TensorBoard, checkpoints,
+resume after a kill, configuration files and evaluation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents import evaluate, train
+from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.reinforce import EpisodeBuffer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--total-timesteps", "512", "--num-envs", "8", "--n-steps", "64", "--batch-size", "64",
+        "--pretrain-epochs", "1", "--cotrain-every", "16", "--learning-starts", "64",
+        "--checkpoint-freq", "256", "--log-every", "128", "--no-progress", "--device", "cpu"]
+
+
+def _scalars(run_dir: Path) -> set[str]:
+    tags = set()
+    for events in [run_dir, run_dir / "eval"]:
+        if events.is_dir():
+            acc = EventAccumulator(str(events))
+            acc.Reload()
+            tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "reinforce"])
+def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
+    result = train.main(TINY + ["--algo", algo, "--logdir", str(tmp_path), "--run-name", algo, "--lam-range", "0,0.05"])
+    run = tmp_path / algo
+    assert result["algo"] == algo and result["timesteps"] >= 512
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"] == algo and config["lam_range"] == "0,0.05"
+    ckpt = load_checkpoint(run)
+    assert ckpt["algo"] == algo and ckpt["timesteps"] == result["timesteps"]
+    assert {"model", "optimizer"} <= set(ckpt["engine"]) and ckpt["engine"]["optimizer"] is not None
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert 0 <= evaluation["accuracy"] <= 1 and evaluation["compute_fraction"] > 0
+    tags = _scalars(run)
+    expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/nop",
+                "losses/main_model_ce", "eval/accuracy", "eval/compute_fraction", "charts/SPS"}
+    assert expected <= tags, expected - tags
+    if algo == "ppo":  # SB3's own tags land in the same run directory
+        assert "rollout/ep_rew_mean" in tags
+
+
+def test_thin_entry_points_choose_their_algorithm(tmp_path):
+    for algo in ("ppo", "dqn", "reinforce"):
+        text = (ROOT / "agents" / f"train_{algo}.py").read_text()
+        assert f'forced={{"algo": "{algo}"}}' in text
+    args = train.resolve_args(["--algo", "ppo"], forced={"algo": "dqn"})
+    assert args.algo == "dqn"
+
+
+def test_yaml_config_is_overridden_by_explicit_flags(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("algo: dqn\nlam: 0.3\nnum-envs: 4\nexploration_fraction: 0.5\n")
+    args = train.resolve_args(["--config", str(cfg), "--lam", "0.1"])
+    assert args.algo == "dqn" and args.num_envs == 4 and args.exploration_fraction == 0.5
+    assert args.lam == 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lamda: 0.3\n")
+    with pytest.raises(SystemExit, match="unknown key 'lamda'"):
+        train.resolve_args(["--config", str(bad)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lam: [0.3\n")
+    with pytest.raises(SystemExit, match="not valid YAML"):
+        train.resolve_args(["--config", str(broken)])
+
+
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path):
+    script = str(ROOT / "agents" / "train.py")
+    cases = [
+        (["--algo", "sarsa"], "invalid choice: 'sarsa'"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--lam", "-1"], "lam must be >= 0"),
+        (["--lam-range", "abc"], "--lam-range must be 'low,high'"),
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+    ]
+    for argv, message in cases:
+        proc = subprocess.run([sys.executable, script, *argv, "--logdir", str(tmp_path), "--run-name", "x"], capture_output=True, text=True)
+        assert proc.returncode != 0 and message in proc.stderr, (argv, proc.stderr[-500:])
+    assert not (tmp_path / "x").exists()
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    script = str(ROOT / "agents" / "train.py")
+    argv = [sys.executable, script, "--algo", "ppo", "--total-timesteps", "3072", "--num-envs", "8", "--n-steps", "32",
+            "--batch-size", "64", "--pretrain-epochs", "0", "--checkpoint-freq", "512", "--no-progress",
+            "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "killed"]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoint.pt").exists() and load_checkpoint(run)["timesteps"] >= 512:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = load_checkpoint(run)
+    killed_at = at_kill["timesteps"]
+    load_checkpoint_updates = at_kill["engine"]["cotrain_updates"]
+    assert 512 <= killed_at < 3072
+    assert not (run / "eval.json").exists()
+
+    resumed = subprocess.run([sys.executable, script, "--resume", str(run), "--no-progress", "--device", "cpu"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed ppo run {run} at step {killed_at} of 3072" in resumed.stdout
+    final = load_checkpoint(run)
+    assert final["timesteps"] >= 3072
+    assert json.loads((run / "eval.json").read_text())["timesteps"] == final["timesteps"]
+    # the co-trained main model continued from the checkpoint's state rather than starting over
+    assert final["engine"]["cotrain_updates"] > load_checkpoint_updates
+
+
+
+def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
+    train.main(TINY + ["--algo", "reinforce", "--total-timesteps", "64", "--logdir", str(tmp_path), "--run-name", "r"])
+    run = tmp_path / "r"
+    good = load_checkpoint(run)
+    # a different step budget does not fit the saved engine
+    config = json.loads((run / "config.json").read_text())
+    config["max_steps"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="cannot resume: checkpoint is for 3 layers / budget 6"):
+        train.main(["--resume", str(run), "--no-progress", "--device", "cpu"])
+    # a truncated file
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(run)
+    with pytest.raises(SystemExit, match="cannot resume: checkpoint .* is corrupt"):
+        train.main(["--resume", str(run), "--no-progress"])
+    # a main model with other shapes
+    good["engine"]["model"] = {k: v[..., :1] if v.dim() else v for k, v in good["engine"]["model"].items()}
+    save_checkpoint(run, {k: v for k, v in good.items() if k != "format"})
+    config["max_steps"] = 0
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="does not match the main model"):
+        train.main(["--resume", str(run), "--no-progress", "--device", "cpu"])
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"algo": "ppo", "timesteps": 1, "agent": {}, "engine": {}, "config": {}})
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"algo": "ppo", "timesteps": 2, "agent": {}, "engine": {}, "config": {}})
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert list(tmp_path.glob(".checkpoint-*")) == []
+
+
+def test_evaluate_reports_tradeoff_and_writes_figures(tmp_path, capsys):
+    train.main(TINY + ["--algo", "reinforce", "--logdir", str(tmp_path), "--run-name", "e", "--lam-range", "0,0.05"])
+    run = tmp_path / "e"
+    capsys.readouterr()
+    out = evaluate.main([str(run), "--lam", "0", "0.01", "0.05", "--json", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["algo"] == "reinforce" and len(printed["results"]) == 3
+    for r in out["results"]:
+        assert {"accuracy", "compute_fraction", "action_frequency", "mean_episode_length", "per_difficulty"} <= set(r)
+        assert abs(sum(r["action_frequency"]) - 1) < 1e-6
+    assert [r["lam"] for r in out["results"]] == [0.0, 0.01, 0.05]
+    for name in ("layer_selection.png", "tradeoff.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    acc = EventAccumulator(str(run / "eval"))
+    acc.Reload()
+    assert {"eval/layer_selection", "eval/tradeoff"} <= set(acc.Tags()["images"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        evaluate.main([str(tmp_path / "missing")])
+
+
+def test_reinforce_buffer_emits_complete_episodes_with_returns():
+    buf = EpisodeBuffer(2, 3, 1, 0.5, torch.device("cpu"))
+    obs = lambda v: torch.tensor([[v], [v + 10.0]])  # noqa: E731
+    o, a, g = buf.add(obs(0), torch.tensor([1, 2]), torch.tensor([1.0, 1.0]), torch.tensor([False, True]))
+    assert o.tolist() == [[10.0]] and a.tolist() == [2] and g.tolist() == [1.0]
+    o, a, g = buf.add(obs(1), torch.tensor([3, 0]), torch.tensor([2.0, 4.0]), torch.tensor([True, False]))
+    # row 0: rewards 1, 2 -> returns 1 + 0.5 * 2 = 2 and 2
+    assert o.tolist() == [[0.0], [1.0]] and a.tolist() == [1, 3] and g.tolist() == [2.0, 2.0]
+    assert buf.length.tolist() == [0, 1]
