@@ -65,7 +65,7 @@ class EpisodeStats:
         T = self.max_steps
         paths = np.zeros((len(done), T), dtype=np.int64)
         for i, info in enumerate(done):
-            paths[i, : len(info["path"])] = info["path"]
+            paths[i, : len(info["path"])] = info["path"]  # already 0-padded to T by the env
         self.add_batch(
             {
                 "correct": np.array([info["correct"] for info in done]),

@@ -97,7 +97,7 @@ class DynaLayEnv(gym.Env):
             fin = _finished_numpy(out)
             info.update({k: v[0] for k, v in fin.items() if k != "path"})
             info["correct"] = bool(fin["correct"][0])
-            info["path"] = fin["path"][0][: int(fin["steps"][0])]
+            info["path"] = fin["path"][0]
             obs = _np(out.final_obs[0])
         return obs, float(out.reward[0]), terminated, False, info
 
@@ -204,7 +204,8 @@ class DynaLaySB3VecEnv(VecEnv):
     """stable-baselines3 ``VecEnv`` over the batched engine (same-step reset, SB3's convention).
 
     Finished episodes carry ``terminal_observation`` plus the episode keys (correct, compute,
-    iterations, steps, path, label, lam) in their info dict.
+    iterations, steps, path, label, lam, ...) in their info dict. ``path`` is always a (T,) array
+    padded with 0 after the episode's ``steps`` actions, in every face, so infos batch cleanly.
     """
 
     def __init__(self, num_envs: int = 1, **engine_kwargs: Any) -> None:
@@ -246,7 +247,7 @@ class DynaLaySB3VecEnv(VecEnv):
                     "layer_iterations": fin["layer_iterations"][j],
                     "return": float(fin["return"][j]),
                     "steps": int(fin["steps"][j]),
-                    "path": fin["path"][j][: int(fin["steps"][j])],
+                    "path": fin["path"][j],
                     "label": int(fin["label"][j]),
                     "lam": float(fin["lam"][j]),
                     "difficulty": int(fin["difficulty"][j]),

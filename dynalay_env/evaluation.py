@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from main_models import DatasetSplits, FPINetwork
+from main_models import DatasetSplits, FPINetwork, PathState
 
 from .engine import DynaLayEngine
 
@@ -32,6 +33,10 @@ class EvalReport:
     lam: float
     per_difficulty: dict[int, dict[str, float]]
     """Where the dataset has known difficulty levels: accuracy, compute and count per level."""
+    seconds: float
+    """Wall time of the batched evaluation rollout (policy + main model; NOP rows get no work)."""
+    fpi_all_seconds: float
+    """Wall time of the same rollout for 'FPI on every layer'."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +89,16 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
     return _Rollout(torch.cat(correct), torch.cat(compute), torch.cat(lengths), torch.cat(difficulty), action_counts)
 
 
+def _timed(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> tuple[float, _Rollout]:
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    start = time.perf_counter()
+    result = _rollout(engine, policy, num_samples)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    return time.perf_counter() - start, result
+
+
 def _per_difficulty(rollout: _Rollout) -> dict[int, dict[str, float]]:
     levels = torch.unique(rollout.difficulty).tolist()
     if levels == [-1]:
@@ -128,8 +143,8 @@ def evaluate_policy(
     )
     try:
         n = engine.num_samples
-        result = _rollout(engine, policy, n)
-        reference = _rollout(engine, list(range(1, engine.num_layers + 1)), n)
+        seconds, result = _timed(engine, policy, n)
+        fpi_all_seconds, reference = _timed(engine, list(range(1, engine.num_layers + 1)), n)
     finally:
         model.train(was_training)
     fpi_all_compute = float(reference.compute.mean())
@@ -146,4 +161,118 @@ def evaluate_policy(
         num_samples=n,
         lam=lam,
         per_difficulty=_per_difficulty(result),
+        seconds=seconds,
+        fpi_all_seconds=fpi_all_seconds,
     )
+
+
+@dataclass
+class OracleReport:
+    """The limit of any layer-selection policy on a frozen main model."""
+
+    accuracy: float
+    compute: float
+    compute_fraction: float
+    """``compute`` over that of FPI on every layer (actions 1..L) on the same samples."""
+    mean_episode_length: float
+    per_difficulty: dict[int, dict[str, float]]
+    sequences_evaluated: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def oracle(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    *,
+    max_steps: int | None = None,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+) -> OracleReport:
+    """For each test sample, the cheapest action sequence within the step budget that answers
+    correctly (or the plain path, the cheapest of all, when none does) - knowing the label.
+
+    Exact search, batched over samples and sequences: sequences are expanded one step at a time
+    for every sample still in play, and a prefix is dropped as soon as its compute reaches the
+    cheapest correct answer already found for its sample (compute only grows along a sequence).
+    """
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    L = model.num_layers
+    T = max_steps if max_steps is not None else 2 * L
+    full = float(model.straightforward_flops)
+    layer_cost = (model.layer_flops / full).float().to(dev)
+    reprop_cost = (model.reprop_flops() / full).float().to(dev)
+    x = splits.x_test.to(dev)
+    y = splits.y_test.to(dev)
+    n = y.shape[0]
+    best_cost = torch.full((n,), float("inf"), device=dev)
+    best_len = torch.zeros(n, dtype=torch.long, device=dev)
+    evaluated = 0
+    try:
+        from torch.nn.utils import parametrize
+
+        with parametrize.cached():
+            state = model.straightforward(x)
+            correct = model.readout(state).argmax(1) == y
+            best_cost[correct] = 1.0
+            evaluated += n
+            # frontier rows: (sample index, cumulative compute, state)
+            sample = torch.arange(n, device=dev)[~correct]
+            cost = torch.ones(sample.shape[0], device=dev)
+            state = state.rows(sample)
+            for depth in range(1, T + 1):
+                if sample.numel() == 0:
+                    break
+                m = sample.numel()
+                sample = sample.repeat_interleave(L)
+                cost = cost.repeat_interleave(L)
+                action = torch.arange(1, L + 1, device=dev).repeat(m)
+                state = state.rows(torch.arange(m, device=dev).repeat_interleave(L))
+                new_parts, cost_parts, keep_parts = [], [], []
+                for start in range(0, sample.numel(), batch_size):
+                    sl = slice(start, start + batch_size)
+                    part = state.rows(torch.arange(start, min(start + batch_size, sample.numel()), device=dev))
+                    part, iters = model.fpi_step(part, action[sl])
+                    step_cost = iters * layer_cost[action[sl] - 1] + reprop_cost[action[sl] - 1]
+                    c = cost[sl] + step_cost
+                    ok = model.readout(part).argmax(1) == y[sample[sl]]
+                    # a correct answer at this cost: keep the cheapest per sample
+                    hit = ok & (c < best_cost[sample[sl]])
+                    if bool(hit.any()):
+                        s_hit, c_hit = sample[sl][hit], c[hit]
+                        best_cost.scatter_reduce_(0, s_hit, c_hit, reduce="amin")
+                        won = best_cost[s_hit] == c_hit
+                        best_len[s_hit[won]] = depth
+                    new_parts.append(part)
+                    cost_parts.append(c)
+                    keep_parts.append(~ok)
+                evaluated += sample.numel()
+                state = _cat_states(new_parts)
+                cost = torch.cat(cost_parts)
+                keep = torch.cat(keep_parts) & (cost < best_cost[sample])
+                idx = keep.nonzero().squeeze(1)
+                sample, cost, state = sample[idx], cost[idx], state.rows(idx)
+    finally:
+        model.train(was_training)
+    solved = torch.isfinite(best_cost)
+    chosen_cost = torch.where(solved, best_cost, torch.ones_like(best_cost))
+    chosen_len = torch.where(solved, best_len, torch.zeros_like(best_len))
+    reference = evaluate_policy(model, splits, list(range(1, L + 1)), max_steps=T, device=dev)
+    difficulty = splits.difficulty_test.to(dev) if splits.difficulty_test is not None else torch.full_like(y, -1)
+    rollout = _Rollout(solved, chosen_cost, chosen_len, difficulty, torch.zeros(L + 1, dtype=torch.long, device=dev))
+    return OracleReport(
+        accuracy=float(solved.float().mean()),
+        compute=float(chosen_cost.mean()),
+        compute_fraction=float(chosen_cost.mean()) / reference.fpi_all_compute,
+        mean_episode_length=float(chosen_len.float().mean()),
+        per_difficulty=_per_difficulty(rollout),
+        sequences_evaluated=evaluated,
+    )
+
+
+def _cat_states(parts: list[PathState]) -> PathState:
+    return PathState(torch.cat([p.u for p in parts]), [torch.cat([p.z[i] for p in parts]) for i in range(len(parts[0].z))])

@@ -73,25 +73,28 @@ def fixed_point_solve(
     for k in range(1, max_iter + 1):
         fz = fn(z, *args)
         flat_f = fz.detach().flatten(1)
+        f_norm = flat_f.norm(dim=1)
         step_norm = (flat_f - z.detach().flatten(1)).norm(dim=1)
-        rel = step_norm / flat_f.norm(dim=1).clamp_min(_EPS)
-        finite = torch.isfinite(flat_f).all(dim=1) & torch.isfinite(rel)
+        rel = step_norm / f_norm.clamp_min(_EPS)
+        # A NaN or inf entry makes the norm non-finite, so no elementwise scan is needed.
+        finite = torch.isfinite(f_norm) & torch.isfinite(step_norm)
         met_tol = finite & (rel < tol)
         stop = met_tol | ~finite
         if k == max_iter:
             stop = torch.ones_like(stop)
-        z_next = torch.where(finite.view(-1, *([1] * (fz.dim() - 1))), fz, z)
-        rel = torch.where(finite, rel, last_residual)
-
-        # One host sync per iteration: the price of knowing which rows are still active.
-        n_stop = int(stop.sum())
+        # One host sync per iteration (both counts at once): the price of knowing which rows are
+        # still active.
+        n_stop, n_bad = (int(v) for v in torch.stack([stop.sum(), (~finite).sum()]).tolist())
+        if n_bad:  # freeze those rows at their last finite iterate and residual
+            fz = torch.where(finite.view(-1, *([1] * (fz.dim() - 1))), fz, z)
+            rel = torch.where(finite, rel, last_residual)
         if n_stop:
             stop_idx = stop.nonzero().squeeze(1)
             dst = rows[stop_idx]
             if differentiable:
-                out = out.index_copy(0, dst, z_next[stop_idx])
+                out = out.index_copy(0, dst, fz[stop_idx])
             else:
-                out.index_copy_(0, dst, z_next[stop_idx])
+                out.index_copy_(0, dst, fz[stop_idx])
             iterations[dst] = k
             residual[dst] = rel[stop_idx].to(residual.dtype)
             converged[dst] = met_tol[stop_idx]
@@ -99,11 +102,11 @@ def fixed_point_solve(
                 break
             keep = (~stop).nonzero().squeeze(1)
             rows = rows[keep]
-            z = z_next[keep]
+            z = fz[keep]
             args = tuple(a[keep] for a in args)
             last_residual = rel[keep]
         else:
-            z = z_next
+            z = fz
             last_residual = rel
     return FPIResult(out, iterations, residual, converged)
 
@@ -182,6 +185,8 @@ class FPILayer(nn.Module):
         self.backward_max_iter = backward_max_iter if backward_max_iter is not None else 2 * max_iter
         self.phantom_steps = phantom_steps
         self.phantom_tau = phantom_tau
+        self.last_backward_stats: FPIResult | None = None
+        """Convergence statistics of the most recent implicit adjoint solve (z left empty)."""
 
     def initial_state(self, u: Tensor) -> Tensor:
         """The state a layer starts from before it is applied: the block's, or zeros like u."""
@@ -202,10 +207,12 @@ class FPILayer(nn.Module):
             # The cache holds one graph-attached copy of parametrized weights (e.g. spectral norm)
             # for the whole unrolled solve instead of recomputing them each iteration.
             with parametrize.cached():
-                return fixed_point_solve(self.block, z0, (u,), tol=self.tol, max_iter=self.max_iter)
+                step, row_args = self._prepare(u)
+                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter)
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
-            solved = fixed_point_solve(self.block, z0.detach(), (u.detach(),), tol=self.tol, max_iter=self.max_iter)
+            step, row_args = self._prepare(u.detach())
+            solved = fixed_point_solve(step, z0.detach(), row_args, tol=self.tol, max_iter=self.max_iter)
         if not needs_graph:
             return solved
         z_star = solved.z
@@ -219,6 +226,15 @@ class FPILayer(nn.Module):
         z = self.block(z_star, u)
         z.register_hook(self._adjoint_hook(z_star, u.detach()))
         return solved._replace(z=z)
+
+    def _prepare(self, u: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
+        """The iteration map and its per-row arguments. A block may define ``prepare(u)`` to hoist
+        work that does not change across iterations (e.g. the input injection); the default
+        applies the block to (z, u) each time."""
+        prepare = getattr(self.block, "prepare", None)
+        if callable(prepare):
+            return prepare(u)
+        return self.block, (u,)
 
     def _adjoint_hook(self, z_star: Tensor, u: Tensor) -> Callable[[Tensor], Tensor]:
         def hook(grad: Tensor) -> Tensor:
@@ -260,6 +276,17 @@ class ContractiveTanhBlock(nn.Module):
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         return torch.tanh(self.contraction * self.recurrent(z) + self.inject(u))
+
+    def prepare(self, u: Tensor) -> tuple[Callable[[Tensor, Tensor], Tensor], tuple[Tensor]]:
+        """Iteration map for a solve: U u + b is the same in every iteration, so it is computed
+        once, and the scaled recurrent weight is fetched once."""
+        weight = self.contraction * self.recurrent.weight
+        injection = self.inject(u)
+
+        def step(z: Tensor, inj: Tensor) -> Tensor:
+            return torch.tanh(torch.addmm(inj, z, weight.t()))
+
+        return step, (injection,)
 
     def flops_per_sample(self) -> int:
         """Multiply-adds counted as 2 FLOPs, plus bias and tanh."""

@@ -95,7 +95,7 @@ def test_reward_follows_eq2_with_consecutive_penalty():
     assert reward == pytest.approx(alpha * correct)
     assert info["correct"] is correct
     assert info["compute"] == pytest.approx(expected_compute, rel=1e-5)
-    assert info["path"].tolist() == [2, 2, 1, 2]
+    assert info["path"].tolist() == [2, 2, 1, 2, 0, 0]  # padded to the budget T
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
 
@@ -108,7 +108,7 @@ def test_budget_ends_the_episode_with_the_answer():
     _, r2, t2, tr2, info = env.step(3)
     assert t2 and not tr2
     assert r2 == pytest.approx(0.5 * info["correct"])
-    assert info["steps"] == 2 and info["path"].tolist() == [3, 3]
+    assert info["steps"] == 2 and info["path"].tolist() == [3, 3]  # T = 2: no padding
 
 
 def test_single_and_vector_faces_share_semantics():

@@ -1,0 +1,31 @@
+import itertools
+
+import torch
+
+from dynalay_env import DynaLayEngine
+from dynalay_env.evaluation import oracle
+from main_models import DatasetSplits
+
+
+def test_oracle_matches_brute_force_enumeration():
+    engine = DynaLayEngine(1, cotrain=False, max_steps=2, seed=3)
+    s = engine.splits
+    sub = DatasetSplits("digits", s.x_train[:4], s.y_train[:4], s.x_test[:48], s.y_test[:48], 10,
+                        difficulty_train=torch.zeros(4, dtype=torch.long), difficulty_test=torch.arange(48) % 2)
+    model = engine.model.eval()
+    best = torch.full((48,), float("inf"))
+    with torch.no_grad():
+        for length in range(3):
+            for seq in itertools.product([1, 2, 3], repeat=length):
+                state, compute = model.straightforward(sub.x_test), torch.ones(48)
+                for a in seq:
+                    state, it = model.fpi_step(state, torch.full((48,), a))
+                    compute += it * engine._layer_cost[a - 1] + engine._reprop_cost[a - 1]
+                ok = model.readout(state).argmax(1) == sub.y_test
+                best = torch.where(ok & (compute < best), compute, best)
+    solved = torch.isfinite(best)
+    report = oracle(model, sub, max_steps=2)
+    assert report.accuracy == float(solved.float().mean())
+    assert abs(report.compute - float(torch.where(solved, best, torch.ones(48)).mean())) < 1e-5
+    assert set(report.per_difficulty) == {0, 1}
+    assert 0 < report.compute_fraction < 1
