@@ -25,7 +25,7 @@ import torch
 
 from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.metrics import layer_selection_figure, tradeoff_figure
-from agents.train import FIELDS, Args, _lam_range, make_trainer
+from agents.train import FIELDS, Args, _lam_range, make_trainer, set_threads
 from dynalay_env import resolve_device
 
 
@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     try:
         out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures)
     except (CheckpointError, ValueError) as err:

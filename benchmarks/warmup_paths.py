@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="2 epochs, p in 0 and 1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(2, [0.0, 1.0], args.seed) if args.quick else run(20, [0.0, 0.3, 0.6, 1.0], args.seed)
     if args.json:
         print(json.dumps(result))
