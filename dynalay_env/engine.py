@@ -188,10 +188,7 @@ class DynaLayEngine:
         self.layout = ObservationLayout(self.num_layers, self.model.summary_dim)
         self.lam_high = lam_range[1] if lam_range is not None else self.lam
 
-        full = float(self.model.straightforward_flops)
-        self._layer_cost = (self.model.layer_flops / full).float().to(self.device)
-        self._reprop_cost = (self.model.reprop_flops() / full).float().to(self.device)
-        self._fpi_all_cost: float | None = None
+        self._full_flops = float(self.model.straightforward_flops)
 
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -304,7 +301,7 @@ class DynaLayEngine:
         with self._rollout_mode():
             self.state, iterations = self.model.fpi_step(self.state, choice)
         layer = (choice - 1).clamp_min(0)
-        step_cost = torch.where(fpi, iterations * self._layer_cost[layer] + self._reprop_cost[layer], 0.0)
+        step_cost = torch.where(fpi, (self.model.fpi_step_flops(layer, iterations) / self._full_flops).float(), 0.0)
         self.repeat = torch.where(fpi, torch.where(actions == self.last_action, self.repeat + 1, 1), self.repeat)
         reward = -self.beta * self.lam_row * step_cost * self.repeat
         stepped = fpi.nonzero().squeeze(1)

@@ -204,8 +204,6 @@ def oracle(
     L = model.num_layers
     T = max_steps if max_steps is not None else 2 * L
     full = float(model.straightforward_flops)
-    layer_cost = (model.layer_flops / full).float().to(dev)
-    reprop_cost = (model.reprop_flops() / full).float().to(dev)
     x = splits.x_test.to(dev)
     y = splits.y_test.to(dev)
     n = y.shape[0]
@@ -237,7 +235,7 @@ def oracle(
                     sl = slice(start, start + batch_size)
                     part = state.rows(torch.arange(start, min(start + batch_size, sample.numel()), device=dev))
                     part, iters = model.fpi_step(part, action[sl])
-                    step_cost = iters * layer_cost[action[sl] - 1] + reprop_cost[action[sl] - 1]
+                    step_cost = (model.fpi_step_flops(action[sl] - 1, iters) / full).float()
                     c = cost[sl] + step_cost
                     ok = model.readout(part).argmax(1) == y[sample[sl]]
                     # a correct answer at this cost: keep the cheapest per sample

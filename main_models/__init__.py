@@ -1,21 +1,60 @@
 """Main models for DynaLay: FPI layers and the networks built from them. No RL in here."""
 
-from .data import DATASETS, DatasetSplits, build_main_model, load_dataset, load_digits
+from .conv import ContractiveConvBlock, ConvOperatorNorm, build_conv_fpi_network
+from .data import (
+    DATASETS,
+    INPUT_KINDS,
+    MAIN_MODELS,
+    OFFLINE_DATASETS,
+    DatasetSplits,
+    build_main_model,
+    default_model,
+    infer_input_kind,
+    load_cifar10,
+    load_cifar100,
+    load_dataset,
+    load_digits,
+    load_digits_graded,
+    load_imdb,
+    load_npz,
+    load_parity,
+    load_wikitext2,
+)
 from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, fixed_point_solve
+from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
 from .network import FPINetwork, PathState, build_mlp_fpi_network
 
 __all__ = [
     "DATASETS",
     "GRAD_MODES",
+    "INPUT_KINDS",
+    "MAIN_MODELS",
+    "OFFLINE_DATASETS",
+    "CausalConvEmbedding",
+    "ContractiveConvBlock",
     "ContractiveTanhBlock",
+    "ConvOperatorNorm",
     "DatasetSplits",
     "FPILayer",
     "FPINetwork",
     "FPIResult",
+    "JacobiLSTMBlock",
+    "LastStepHead",
     "PathState",
+    "build_conv_fpi_network",
+    "build_lstm_fpi_network",
     "build_main_model",
     "build_mlp_fpi_network",
+    "default_model",
     "fixed_point_solve",
+    "infer_input_kind",
+    "load_cifar10",
+    "load_cifar100",
     "load_dataset",
     "load_digits",
+    "load_digits_graded",
+    "load_imdb",
+    "load_npz",
+    "load_parity",
+    "load_wikitext2",
 ]

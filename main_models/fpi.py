@@ -289,5 +289,10 @@ class ContractiveTanhBlock(nn.Module):
         return step, (injection,)
 
     def flops_per_sample(self) -> int:
-        """Multiply-adds counted as 2 FLOPs, plus bias and tanh."""
+        """One application: multiply-adds counted as 2 FLOPs, plus bias and tanh."""
         return 2 * self.dim * self.dim + 2 * self.input_dim * self.dim + 2 * self.dim
+
+    def fpi_flops(self) -> tuple[int, int]:
+        """(setup, per iteration) of a solve through :meth:`prepare`: U u is computed once, then
+        each iteration is W z, the add and tanh. Setup + one iteration = one application."""
+        return 2 * self.input_dim * self.dim, 2 * self.dim * self.dim + 2 * self.dim

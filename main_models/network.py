@@ -64,7 +64,16 @@ class FPINetwork(nn.Module):
         self.head = head
         self.summary_bins = summary_bins
         layer_flops = [int(layer.block.flops_per_sample()) for layer in layers]
+        # A solve may hoist loop-invariant work (FPILayer uses block.prepare): then it costs
+        # setup + k * iteration FLOPs rather than k applications. Blocks without fpi_flops()
+        # pay one full application per iteration.
+        fpi_flops = [
+            layer.block.fpi_flops() if callable(getattr(layer.block, "fpi_flops", None)) else (0, flops)
+            for layer, flops in zip(layers, layer_flops)
+        ]
         self.register_buffer("layer_flops", torch.tensor(layer_flops, dtype=torch.float64), persistent=False)
+        self.register_buffer("layer_setup_flops", torch.tensor([f[0] for f in fpi_flops], dtype=torch.float64), persistent=False)
+        self.register_buffer("layer_iteration_flops", torch.tensor([f[1] for f in fpi_flops], dtype=torch.float64), persistent=False)
         self.stem_flops = int(stem_flops)
         self.head_flops = int(head_flops)
 
@@ -129,31 +138,38 @@ class FPINetwork(nn.Module):
             downstream |= choice == j + 1
         return PathState(state.u, z), iterations
 
-    def run_paths(self, x: Tensor, paths: Tensor) -> tuple[Tensor, Tensor]:
+    def run_paths(self, x: Tensor, paths: Tensor, *, per_step: bool = False) -> tuple[Tensor, Tensor]:
         """Logits after following each row's action path. ``paths`` is (B, T) of 0..L, 0-padded.
 
         This is how a fixed path (Model 0-3) or an agent's recorded path is replayed with autograd
-        for training. Returns logits and the total FPI iterations of each row.
+        for training. Returns logits and the total FPI iterations of each row, or with
+        ``per_step`` the iterations of every step, (B, T), as :meth:`path_flops` takes them.
         """
         state = self.straightforward(x)
-        total_iterations = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        step_iterations = torch.zeros(paths.shape, dtype=torch.long, device=x.device)
         for t in range(paths.shape[1]):
             if not bool((paths[:, t] > 0).any()):
                 continue
-            state, iters = self.fpi_step(state, paths[:, t])
-            total_iterations += iters
-        return self.readout(state), total_iterations
+            state, step_iterations[:, t] = self.fpi_step(state, paths[:, t])
+        return self.readout(state), step_iterations if per_step else step_iterations.sum(dim=1)
+
+    def fpi_step_flops(self, layer: Tensor, iterations: Tensor) -> Tensor:
+        """FLOPs of "FPI on layer ``layer`` (0-based)" taking ``iterations``: the solve's setup, its
+        iterations, then re-applying the layers above once and the head. float64, shaped like
+        ``iterations``. The single cost model used by the environment, evaluation and baselines."""
+        dev = iterations.device
+        return (
+            self.layer_setup_flops.to(dev)[layer]
+            + iterations.double() * self.layer_iteration_flops.to(dev)[layer]
+            + self.reprop_flops().to(dev)[layer]
+        )
 
     def path_flops(self, paths: Tensor, iterations_per_step: Tensor) -> Tensor:
         """FLOPs each row spent on its FPI steps (excluding the straightforward pass).
 
-        ``paths`` and ``iterations_per_step`` are (B, T): a step choosing layer i with k
-        iterations costs k * flops(i) + sum_{j>i} flops(j) (re-propagation) + head.
+        ``paths`` and ``iterations_per_step`` are (B, T); see :meth:`fpi_step_flops`.
         """
-        suffix = self.reprop_flops().to(iterations_per_step.device)
-        flops = self.layer_flops.to(iterations_per_step.device)
-        idx = (paths - 1).clamp_min(0)
-        step = iterations_per_step.double() * flops[idx] + suffix[idx]
+        step = self.fpi_step_flops((paths - 1).clamp_min(0), iterations_per_step)
         return torch.where(paths > 0, step, torch.zeros_like(step)).sum(dim=1)
 
     def reprop_flops(self) -> Tensor:

@@ -71,9 +71,9 @@ def test_reward_follows_eq2_with_consecutive_penalty():
     alpha, beta, lam = 0.5, 0.3, 0.7
     env = DynaLayEnv(alpha=alpha, beta=beta, lam=lam, max_steps=6, cotrain=False)
     engine = env.engine
-    full = engine.model.straightforward_flops
-    flops = engine.model.layer_flops.tolist()
-    reprop = engine.model.reprop_flops().tolist()
+    net = engine.model
+    full = net.straightforward_flops
+    setup, per_iter, reprop = net.layer_setup_flops.tolist(), net.layer_iteration_flops.tolist(), net.reprop_flops().tolist()
     obs, _ = env.reset(seed=4)
     lay = engine.layout
     assert obs[lay.lam] == pytest.approx(lam)
@@ -81,7 +81,7 @@ def test_reward_follows_eq2_with_consecutive_penalty():
     for k, action in enumerate([2, 2, 1, 2], start=1):
         obs, reward, terminated, truncated, info = env.step(action)
         repeat = {1: 1, 2: 2, 3: 1, 4: 1}[k]
-        cost = (info["fpi_iterations"] * flops[action - 1] + reprop[action - 1]) / full
+        cost = (setup[action - 1] + info["fpi_iterations"] * per_iter[action - 1] + reprop[action - 1]) / full
         assert info["step_cost"] == pytest.approx(cost, rel=1e-5)
         assert reward == pytest.approx(-beta * lam * cost * repeat, rel=1e-5)
         assert not terminated and not truncated

@@ -72,7 +72,10 @@ def test_flops_account_for_every_piece():
     assert reprop[2] == net.head_flops and reprop[0] == 2 * net.layer_flops[0] + net.head_flops
     paths = torch.tensor([[1, 3, 0]])
     flops = net.path_flops(paths, torch.tensor([[10, 4, 0]]))
-    expected = 10 * net.layer_flops[0] + reprop[0] + 4 * net.layer_flops[2] + reprop[2]
+    setup, per_iter = net.layer_setup_flops, net.layer_iteration_flops
+    # the input injection is hoisted out of the loop: setup + one iteration = one application
+    assert (setup + per_iter == net.layer_flops).all()
+    expected = setup[0] + 10 * per_iter[0] + reprop[0] + setup[2] + 4 * per_iter[2] + reprop[2]
     assert float(flops) == float(expected)
 
 

@@ -20,7 +20,7 @@ def test_oracle_matches_brute_force_enumeration():
                 state, compute = model.straightforward(sub.x_test), torch.ones(48)
                 for a in seq:
                     state, it = model.fpi_step(state, torch.full((48,), a))
-                    compute += it * engine._layer_cost[a - 1] + engine._reprop_cost[a - 1]
+                    compute += (model.fpi_step_flops(torch.full((48,), a - 1), it) / model.straightforward_flops).float()
                 ok = model.readout(state).argmax(1) == sub.y_test
                 best = torch.where(ok & (compute < best), compute, best)
     solved = torch.isfinite(best)

@@ -1,0 +1,116 @@
+"""The container every dataset loads into, and the input kinds that pick a main model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+INPUT_KINDS: tuple[str, ...] = ("flat", "image", "tokens")
+"""flat: float (N, F) -> MLP; image: float (N, C, H, W) -> CNN; tokens: int64 ids (N, T) -> LSTM."""
+
+
+def infer_input_kind(x: Tensor) -> str:
+    """The input kind of a batch of inputs from its rank and dtype; anything else is refused."""
+    if x.dtype.is_floating_point and x.dim() == 2:
+        return "flat"
+    if x.dtype.is_floating_point and x.dim() == 4:
+        return "image"
+    if not x.dtype.is_floating_point and x.dtype != torch.bool and x.dim() == 2:
+        return "tokens"
+    raise ValueError(
+        f"inputs must be float (N, features), float (N, C, H, W) or integer token ids (N, T); "
+        f"got {x.dtype} of shape {tuple(x.shape)}"
+    )
+
+
+@dataclass
+class DatasetSplits:
+    """A classification dataset split into train and test tensors (CPU; move with ``.to``).
+
+    ``meta["input_kind"]`` (one of :data:`INPUT_KINDS`) says which main model fits; it is inferred
+    from the tensors when a loader does not set it. Token datasets also carry
+    ``meta["vocab_size"]`` (inferred as max id + 1 when absent) and pad with id 0 at the front.
+    Construction validates the whole dataset, so a malformed one is refused before anything uses it.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    meta: dict = field(default_factory=dict)
+    difficulty_train: Tensor | None = None
+    """Known per-sample difficulty level (int64, 0 = easiest) where the dataset defines one."""
+    difficulty_test: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.x_train.shape[1:] != self.x_test.shape[1:] or self.x_train.dtype != self.x_test.dtype:
+            raise ValueError(
+                f"dataset {self.name!r}: train inputs {self.x_train.dtype} {tuple(self.x_train.shape)} and test inputs "
+                f"{self.x_test.dtype} {tuple(self.x_test.shape)} differ in shape or dtype"
+            )
+        for part, x, y, d in (
+            ("train", self.x_train, self.y_train, self.difficulty_train),
+            ("test", self.x_test, self.y_test, self.difficulty_test),
+        ):
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"dataset {self.name!r}: {part} has {x.shape[0]} inputs but {y.shape[0]} labels")
+            if d is not None and d.shape[0] != y.shape[0]:
+                raise ValueError(f"dataset {self.name!r}: {part} has {d.shape[0]} difficulty levels but {y.shape[0]} labels")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(
+                    f"dataset {self.name!r}: {part} labels must be in [0, {self.num_classes - 1}], "
+                    f"found [{int(y.min())}, {int(y.max())}]"
+                )
+        kind = self.meta.get("input_kind") or infer_input_kind(self.x_train)
+        if kind not in INPUT_KINDS:
+            raise ValueError(f"dataset {self.name!r}: input_kind must be one of {INPUT_KINDS}, got {kind!r}")
+        if kind != infer_input_kind(self.x_train):
+            raise ValueError(
+                f"dataset {self.name!r}: input_kind {kind!r} does not match inputs {self.x_train.dtype} {tuple(self.x_train.shape)}"
+            )
+        self.meta.setdefault("input_kind", kind)
+        if kind == "tokens":
+            lo = min(int(self.x_train.min()), int(self.x_test.min())) if self.x_train.numel() else 0
+            hi = max(int(self.x_train.max()), int(self.x_test.max())) if self.x_train.numel() else 0
+            vocab = int(self.meta.setdefault("vocab_size", hi + 1))
+            if lo < 0 or hi >= vocab:
+                raise ValueError(f"dataset {self.name!r}: token ids must be in [0, {vocab - 1}], found [{lo}, {hi}]")
+
+    @property
+    def has_difficulty(self) -> bool:
+        return self.difficulty_train is not None and self.difficulty_test is not None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def input_kind(self) -> str:
+        return str(self.meta["input_kind"])
+
+    def to(self, device: torch.device | str) -> "DatasetSplits":
+        return DatasetSplits(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.num_classes,
+            dict(self.meta),
+            None if self.difficulty_train is None else self.difficulty_train.to(device),
+            None if self.difficulty_test is None else self.difficulty_test.to(device),
+        )
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation cut into (train, test) indices; test gets round(n * test_fraction)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return order[n_test:], order[:n_test]
