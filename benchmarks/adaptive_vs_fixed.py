@@ -1,0 +1,267 @@
+"""Adaptive agents against fixed paths (paper Table 1, App. D) on the offline graded datasets.
+
+For each dataset and seed it trains and measures:
+
+* Model 0-3: fixed-path networks (no FPI, FPI on L1, L1+L2, every layer) via train_baseline;
+* one adaptive agent per algorithm (PPO, A2C, DQN, REINFORCE) with the same step budget;
+* one lambda-conditioned PPO agent (trained on a lambda range), evaluated at several lambdas;
+* two oracles: over the fixed paths (the cheapest of Model 0-3 that answers each sample), and the
+  limit of layer selection on each agent's own co-trained main model (the cheapest action
+  sequence within the step budget that answers correctly, knowing the label).
+
+Each agent is reported with test accuracy, compute as a fraction of FPI on every layer (on its own
+main model), batched inference wall time against FPI on every layer (same rollout code, NOP rows
+get no work), compute per difficulty level, its gap to Model 3 and to the oracle. Results are
+aggregated as mean +- std over seeds, written as JSON after every seed (a partial run keeps what
+it finished) and plotted as an accuracy-versus-compute Pareto figure.
+
+    python benchmarks/adaptive_vs_fixed.py                   # full: 2 datasets x 3 seeds
+    python benchmarks/adaptive_vs_fixed.py --quick --json    # CPU smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from agents import train
+from agents.evaluate import _load_run, evaluate_run
+from dynalay_env.evaluation import oracle
+from main_models import DatasetSplits
+from main_models.train_baseline import oracle as fixed_path_oracle
+from main_models.train_baseline import run_baseline
+
+BASELINES = {"model0": "", "model1": "1", "model2": "1,2", "model3": "1,2,3"}
+
+
+@dataclass
+class Plan:
+    datasets: list[str]
+    seeds: list[int]
+    algos: list[str]
+    budget: int
+    baseline_epochs: int
+    pretrain_epochs: int
+    lam: float
+    lam_range: str
+    lam_grid: list[float]
+    num_envs: int = 16
+    oracle_limit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+FULL = Plan(["digits-graded", "parity"], [0, 1, 2], ["ppo", "a2c", "dqn", "reinforce"], 40_000, 20, 10, 0.005, "0,0.02", [0.0, 0.0025, 0.005, 0.01, 0.02])
+QUICK = Plan(["digits-graded"], [0], ["ppo", "reinforce"], 512, 1, 1, 0.005, "0,0.02", [0.0, 0.01], num_envs=8, oracle_limit=48)
+
+
+def _level_compute(per_difficulty: dict) -> dict[str, float]:
+    return {str(k): float(v["compute"]) for k, v in sorted(per_difficulty.items(), key=lambda kv: int(kv[0]))}
+
+
+def _train_agent(plan: Plan, dataset: str, algo: str, seed: int, run_dir: Path, lam_range: str = "") -> dict:
+    argv = [
+        "--algo", algo, "--dataset", dataset, "--seed", str(seed), "--total-timesteps", str(plan.budget),
+        "--num-envs", str(plan.num_envs), "--pretrain-epochs", str(plan.pretrain_epochs), "--lam", str(plan.lam),
+        "--logdir", str(run_dir.parent), "--run-name", run_dir.name, "--no-progress", "--checkpoint-freq", "0",
+    ]
+    if lam_range:
+        argv += ["--lam-range", lam_range]
+    if plan.budget < 2048:
+        argv += ["--n-steps", "32", "--batch-size", "64", "--learning-starts", "64"]
+    return train.main(argv)
+
+
+def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
+    args, trainer, _ = _load_run(run_dir, torch.device("cpu"))
+    model, splits = trainer.engine_attr("model"), trainer.engine_attr("splits")
+    if limit is not None:
+        splits = DatasetSplits(
+            splits.name, splits.x_train[:1], splits.y_train[:1], splits.x_test[:limit], splits.y_test[:limit], splits.num_classes,
+            difficulty_train=None if splits.difficulty_train is None else splits.difficulty_train[:1],
+            difficulty_test=None if splits.difficulty_test is None else splits.difficulty_test[:limit],
+        )
+    return oracle(model, splits, max_steps=trainer.engine_attr("max_steps")).as_dict()
+
+
+def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
+    entry: dict[str, Any] = {"dataset": dataset, "seed": seed, "baselines": {}, "agents": {}}
+    base_runs = []
+    for name, layers in BASELINES.items():
+        r = run_baseline(dataset, fpi_layers=layers, epochs=plan.baseline_epochs, seed=seed, progress=False)
+        base_runs.append(r)
+        entry["baselines"][name] = {
+            "accuracy": r["test_accuracy"],
+            "compute": r["compute"],
+            "eval_seconds": r["eval_seconds"],
+            "level_compute": _level_compute(r["per_difficulty"]),
+            "level_accuracy": {str(k): v["accuracy"] for k, v in r["per_difficulty"].items()},
+        }
+    m3 = entry["baselines"]["model3"]
+    for name, b in entry["baselines"].items():
+        b["compute_fraction"] = b["compute"] / m3["compute"]
+    fpo = fixed_path_oracle(base_runs)
+    entry["fixed_path_oracle"] = {"accuracy": fpo["oracle_accuracy"], "compute_fraction": fpo["oracle_compute"] / m3["compute"]}
+
+    for algo in plan.algos:
+        run_dir = work_dir / f"{dataset}-{algo}-s{seed}"
+        ev = _train_agent(plan, dataset, algo, seed, run_dir)
+        orc = _agent_oracle(run_dir, plan.oracle_limit)
+        entry["agents"][algo] = {
+            "accuracy": ev["accuracy"],
+            "compute_fraction": ev["compute_fraction"],
+            "time_ratio": ev["seconds"] / ev["fpi_all_seconds"],
+            "fpi_all_accuracy": ev["fpi_all_accuracy"],
+            "level_compute": _level_compute(ev["per_difficulty"]),
+            "action_frequency": ev["action_frequency"],
+            "gap_to_model3": ev["accuracy"] - m3["accuracy"],
+            "oracle_accuracy": orc["accuracy"],
+            "oracle_compute_fraction": orc["compute_fraction"],
+            "gap_to_oracle": ev["accuracy"] - orc["accuracy"],
+            "train_seconds": ev["train_seconds"],
+        }
+    run_dir = work_dir / f"{dataset}-lambda-ppo-s{seed}"
+    _train_agent(plan, dataset, "ppo", seed, run_dir, lam_range=plan.lam_range)
+    sweep = evaluate_run(run_dir, plan.lam_grid, device="cpu", figures=True)
+    entry["lambda_agent"] = [
+        {"lam": r["lam"], "accuracy": r["accuracy"], "compute_fraction": r["compute_fraction"],
+         "time_ratio": r["seconds"] / r["fpi_all_seconds"], "level_compute": _level_compute(r["per_difficulty"])}
+        for r in sweep["results"]
+    ]
+    return entry
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def aggregate(entries: list[dict]) -> dict:
+    out: dict[str, Any] = {}
+    for dataset in sorted({e["dataset"] for e in entries}):
+        rows = [e for e in entries if e["dataset"] == dataset]
+        table: dict[str, Any] = {}
+        for name in BASELINES:
+            table[name] = {k: _mean_std([r["baselines"][name][k] for r in rows]) for k in ("accuracy", "compute_fraction", "compute")}
+        table["fixed_path_oracle"] = {k: _mean_std([r["fixed_path_oracle"][k] for r in rows]) for k in ("accuracy", "compute_fraction")}
+        m3_acc = table["model3"]["accuracy"]["mean"]
+        for algo in rows[0]["agents"]:
+            agent = {k: _mean_std([r["agents"][algo][k] for r in rows]) for k in
+                     ("accuracy", "compute_fraction", "time_ratio", "gap_to_model3", "oracle_accuracy", "gap_to_oracle")}
+            levels = sorted(rows[0]["agents"][algo]["level_compute"], key=int)
+            agent["level_compute"] = {lv: _mean_std([r["agents"][algo]["level_compute"][lv] for r in rows]) for lv in levels}
+            hard_vs_easy = (agent["level_compute"][levels[-1]]["mean"] / agent["level_compute"][levels[0]]["mean"]) if levels else None
+            agent["hard_over_easy_compute"] = hard_vs_easy
+            agent["target"] = {
+                "accuracy_within_0.5_points_of_model3": agent["accuracy"]["mean"] >= m3_acc - 0.005,
+                "compute_at_most_0.4": agent["compute_fraction"]["mean"] <= 0.4,
+                "wall_time_at_most_0.5": agent["time_ratio"]["mean"] <= 0.5,
+                "more_compute_on_harder_levels": bool(hard_vs_easy is not None and hard_vs_easy >= 1.25),
+            }
+            agent["target"]["all"] = all(agent["target"].values())
+            table[f"agent_{algo}"] = agent
+        lams = [p["lam"] for p in rows[0]["lambda_agent"]]
+        table["lambda_agent"] = [
+            {"lam": lam, **{k: _mean_std([r["lambda_agent"][i][k] for r in rows]) for k in ("accuracy", "compute_fraction", "time_ratio")}}
+            for i, lam in enumerate(lams)
+        ]
+        out[dataset] = table
+    return out
+
+
+def pareto_figure(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(summary)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4), dpi=130, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        t = summary[dataset]
+        xs = [t[m]["compute_fraction"]["mean"] for m in BASELINES]
+        ys = [t[m]["accuracy"]["mean"] for m in BASELINES]
+        ax.plot(xs, ys, "s--", color="#777777", label="Model 0-3 (fixed paths)")
+        for m, x, y in zip(BASELINES, xs, ys):
+            ax.annotate(m.replace("model", "M"), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        for key, value in t.items():
+            if key.startswith("agent_"):
+                ax.errorbar(value["compute_fraction"]["mean"], value["accuracy"]["mean"], xerr=value["compute_fraction"]["std"],
+                            yerr=value["accuracy"]["std"], fmt="o", capsize=2, label=key.replace("agent_", "").upper())
+        lam = t["lambda_agent"]
+        ax.plot([p["compute_fraction"]["mean"] for p in lam], [p["accuracy"]["mean"] for p in lam], "^-", color="#8c564b", label="PPO, one agent across λ")
+        fo = t["fixed_path_oracle"]
+        ax.plot(fo["compute_fraction"]["mean"], fo["accuracy"]["mean"], "*", markersize=11, color="#d62728", label="oracle over Model 0-3")
+        ax.set_xlabel("compute (fraction of FPI on every layer)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="one dataset, one seed, tiny budgets")
+    parser.add_argument("--datasets", nargs="+", help="override the plan's datasets")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the plan's seeds")
+    parser.add_argument("--budget", type=int, help="override the agents' environment-step budget")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = QUICK if args.quick else FULL
+    if args.datasets:
+        plan.datasets = args.datasets
+    if args.seeds:
+        plan.seeds = args.seeds
+    if args.budget:
+        plan.budget = args.budget
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    start = time.perf_counter()
+    for dataset in plan.datasets:
+        for seed in plan.seeds:
+            entries.append(run_seed(plan, dataset, seed, args.out_dir))
+            summary = aggregate(entries)
+            result = {"benchmark": "adaptive_vs_fixed", "plan": {k: v for k, v in vars(plan).items() if k != "extra"},
+                      "seconds": time.perf_counter() - start, "summary": summary, "per_seed": entries}
+            (args.out_dir / "adaptive_vs_fixed.json").write_text(json.dumps(result, indent=1))
+            pareto_figure(summary, args.out_dir / "pareto.png")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for dataset, t in result["summary"].items():
+            print(f"\n{dataset}  (mean ± std over {len(plan.seeds)} seed(s); compute = fraction of FPI on every layer)")
+            print(f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)")
+            for m in BASELINES:
+                print(f"{m:>22} | {t[m]['accuracy']['mean']:.4f}±{t[m]['accuracy']['std']:.4f} | {t[m]['compute_fraction']['mean']:.3f}±{t[m]['compute_fraction']['std']:.3f} | {'':>12} |")
+            for key, a in t.items():
+                if key.startswith("agent_"):
+                    lv = " ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
+                    print(f"{key:>22} | {a['accuracy']['mean']:.4f}±{a['accuracy']['std']:.4f} | {a['compute_fraction']['mean']:.3f}±{a['compute_fraction']['std']:.3f} | "
+                          f"{a['time_ratio']['mean']:12.3f} | {lv} | oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}")
+            for p in t["lambda_agent"]:
+                print(f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {p['accuracy']['mean']:.4f}±{p['accuracy']['std']:.4f} | {p['compute_fraction']['mean']:.3f}±{p['compute_fraction']['std']:.3f} | {p['time_ratio']['mean']:12.3f} |")
+            fo = t["fixed_path_oracle"]
+            print(f"{'oracle over Model 0-3':>22} | {fo['accuracy']['mean']:.4f} | {fo['compute_fraction']['mean']:.3f} |")
+        print(f"\nresults: {args.out_dir / 'adaptive_vs_fixed.json'}, figure: {args.out_dir / 'pareto.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
