@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, model init and shuffling")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); 1 avoids oversubscription on a busy machine")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); the small models here run fastest on 1")
     parser.add_argument("--out", default=None, help="write the result as JSON to this file")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
