@@ -58,6 +58,7 @@ class Plan:
     lam_grid: list[float]
     num_envs: int = 16
     oracle_limit: int | None = None
+    lambda_agent: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,6 +131,9 @@ def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
             "gap_to_oracle": ev["accuracy"] - orc["accuracy"],
             "train_seconds": ev["train_seconds"],
         }
+    entry["lambda_agent"] = []
+    if not plan.lambda_agent:
+        return entry
     run_dir = work_dir / f"{dataset}-lambda-ppo-s{seed}"
     _train_agent(plan, dataset, "ppo", seed, run_dir, lam_range=plan.lam_range)
     sweep = evaluate_run(run_dir, plan.lam_grid, device="cpu", figures=True)
@@ -170,7 +174,7 @@ def aggregate(entries: list[dict]) -> dict:
             }
             agent["target"]["all"] = all(agent["target"].values())
             table[f"agent_{algo}"] = agent
-        lams = [p["lam"] for p in rows[0]["lambda_agent"]]
+        lams = [p["lam"] for p in rows[0]["lambda_agent"]] if all(r["lambda_agent"] for r in rows) else []
         table["lambda_agent"] = [
             {"lam": lam, **{k: _mean_std([r["lambda_agent"][i][k] for r in rows]) for k in ("accuracy", "compute_fraction", "time_ratio")}}
             for i, lam in enumerate(lams)
@@ -199,7 +203,8 @@ def pareto_figure(summary: dict, path: Path) -> None:
                 ax.errorbar(value["compute_fraction"]["mean"], value["accuracy"]["mean"], xerr=value["compute_fraction"]["std"],
                             yerr=value["accuracy"]["std"], fmt="o", capsize=2, label=key.replace("agent_", "").upper())
         lam = t["lambda_agent"]
-        ax.plot([p["compute_fraction"]["mean"] for p in lam], [p["accuracy"]["mean"] for p in lam], "^-", color="#8c564b", label="PPO, one agent across λ")
+        if lam:
+            ax.plot([p["compute_fraction"]["mean"] for p in lam], [p["accuracy"]["mean"] for p in lam], "^-", color="#8c564b", label="PPO, one agent across λ")
         fo = t["fixed_path_oracle"]
         ax.plot(fo["compute_fraction"]["mean"], fo["accuracy"]["mean"], "*", markersize=11, color="#d62728", label="oracle over Model 0-3")
         ax.set_xlabel("compute (fraction of FPI on every layer)")
@@ -219,6 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--datasets", nargs="+", help="override the plan's datasets")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the plan's seeds")
     parser.add_argument("--budget", type=int, help="override the agents' environment-step budget")
+    parser.add_argument("--algos", nargs="+", choices=["ppo", "a2c", "dqn", "reinforce"], help="override the plan's algorithms")
+    parser.add_argument("--pretrain-epochs", type=int, help="override the agents' warm-up epochs")
+    parser.add_argument("--baseline-epochs", type=int, help="override the Model 0-3 training epochs")
+    parser.add_argument("--oracle-limit", type=int, help="run the action-sequence oracle on the first N test samples")
+    parser.add_argument("--no-lambda-agent", action="store_true", help="skip the lambda-conditioned agent")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -231,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict:
         plan.seeds = args.seeds
     if args.budget:
         plan.budget = args.budget
+    for name in ("algos", "pretrain_epochs", "baseline_epochs", "oracle_limit"):
+        if getattr(args, name) is not None:
+            setattr(plan, name, getattr(args, name))
+    plan.lambda_agent = not args.no_lambda_agent
     args.out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     start = time.perf_counter()
