@@ -211,7 +211,7 @@ def pareto_figure(summary: dict, path: Path) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper right")
+        ax.legend(fontsize=6.5, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
