@@ -320,7 +320,6 @@ class ReinforceTrainer:
         target = self.num_timesteps + steps
         pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         bar = tqdm(total=steps, disable=not hooks.progress, unit="step", desc="reinforce")
-        updates = 0
         while self.num_timesteps < target:
             eps = self.agent.epsilon(self.num_timesteps / max(1, self.total))
             actions = self.agent.act(obs, eps, self.generator)
@@ -337,9 +336,8 @@ class ReinforceTrainer:
             bar.update(n)
             if len(pending) >= self.agent.config.n_steps:
                 batch = [torch.cat(parts) for parts in zip(*pending)]
-                self.last_losses = self.agent.update(*batch)
+                hooks.on_losses(self.agent.update(*batch), self.num_timesteps)
                 pending.clear()
-                updates += 1
             hooks.after_step(self.num_timesteps)
         bar.close()
 
@@ -393,6 +391,11 @@ class Hooks:
 
     def on_batch(self, finished: dict[str, np.ndarray]) -> None:
         self.run.logger.stats.add_batch(finished)
+
+    def on_losses(self, losses: dict[str, float], step: int) -> None:
+        """Agent losses of algorithms that do not log through SB3 (REINFORCE)."""
+        for name, value in losses.items():
+            self.run.logger.writer.add_scalar(f"losses/{name}", value, step)
 
     def after_step(self, step: int) -> None:
         self.run.after_step(step)

@@ -52,6 +52,8 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
     assert expected <= tags, expected - tags
     if algo == "ppo":  # SB3's own tags land in the same run directory
         assert "rollout/ep_rew_mean" in tags
+    if algo == "reinforce":
+        assert {"losses/policy_loss", "losses/value_loss", "losses/entropy"} <= tags
 
 
 def test_thin_entry_points_choose_their_algorithm(tmp_path):
