@@ -233,7 +233,7 @@ def oracle(
                 new_parts, cost_parts, keep_parts = [], [], []
                 for start in range(0, sample.numel(), batch_size):
                     sl = slice(start, start + batch_size)
-                    part = state.rows(torch.arange(start, min(start + batch_size, sample.numel()), device=dev))
+                    part = state.rows(sl)  # a view of the chunk, no gather copy
                     part, iters = model.fpi_step(part, action[sl])
                     step_cost = (model.fpi_step_flops(action[sl] - 1, iters) / full).float()
                     c = cost[sl] + step_cost

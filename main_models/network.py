@@ -24,7 +24,7 @@ class PathState:
     u: Tensor
     z: list[Tensor]
 
-    def rows(self, index: Tensor) -> "PathState":
+    def rows(self, index: Tensor | slice) -> "PathState":
         return PathState(self.u[index], [z[index] for z in self.z])
 
     def clone(self) -> "PathState":
