@@ -11,6 +11,8 @@ gradient skips converged rows the same way.
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Literal, NamedTuple
 
 import torch
@@ -72,22 +74,24 @@ def fixed_point_solve(
     last_residual = torch.full((batch,), torch.finfo(residual.dtype).max, dtype=residual.dtype, device=device)
     for k in range(1, max_iter + 1):
         fz = fn(z, *args)
+        # This loop is dispatch-bound at the batch sizes the environment runs, so it is written
+        # with as few tensor ops as possible (torch.linalg directly, no Tensor.norm wrapper).
         flat_f = fz.detach().flatten(1)
-        f_norm = flat_f.norm(dim=1)
-        step_norm = (flat_f - z.detach().flatten(1)).norm(dim=1)
+        f_norm = torch.linalg.vector_norm(flat_f, dim=1)
+        step_norm = torch.linalg.vector_norm(flat_f - z.detach().flatten(1), dim=1)
         rel = step_norm / f_norm.clamp_min(_EPS)
-        # A NaN or inf entry makes the norm non-finite, so no elementwise scan is needed.
-        finite = torch.isfinite(f_norm) & torch.isfinite(step_norm)
-        met_tol = finite & (rel < tol)
-        stop = met_tol | ~finite
-        if k == max_iter:
-            stop = torch.ones_like(stop)
+        # A NaN or inf entry makes its norm non-finite, so no elementwise scan is needed; maximum
+        # propagates NaN, and unlike a sum it cannot overflow two finite norms into inf.
+        not_finite = ~(torch.maximum(f_norm, step_norm) < math.inf)
+        below_tol = rel < tol
+        met_tol = below_tol & ~not_finite
+        stop = below_tol | not_finite if k < max_iter else torch.ones_like(below_tol)
         # One host sync per iteration (both counts at once): the price of knowing which rows are
         # still active.
-        n_stop, n_bad = (int(v) for v in torch.stack([stop.sum(), (~finite).sum()]).tolist())
+        n_stop, n_bad = torch.stack([stop, not_finite]).sum(dim=1).tolist()
         if n_bad:  # freeze those rows at their last finite iterate and residual
-            fz = torch.where(finite.view(-1, *([1] * (fz.dim() - 1))), fz, z)
-            rel = torch.where(finite, rel, last_residual)
+            fz = torch.where(not_finite.view(-1, *([1] * (fz.dim() - 1))), z, fz)
+            rel = torch.where(not_finite, last_residual, rel)
         if n_stop:
             stop_idx = stop.nonzero().squeeze(1)
             dst = rows[stop_idx]
@@ -224,7 +228,7 @@ class FPILayer(nn.Module):
         # implicit: one application re-attaches the graph to u and the parameters; the hook
         # replaces the incoming gradient by the adjoint solution (I - J^T)^{-1} grad.
         z = self.block(z_star, u)
-        z.register_hook(self._adjoint_hook(z_star, u.detach()))
+        z.register_hook(self._adjoint_hook(z_star, u.detach(), z.detach()))
         return solved._replace(z=z)
 
     def _prepare(self, u: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
@@ -236,17 +240,25 @@ class FPILayer(nn.Module):
             return prepare(u)
         return self.block, (u,)
 
-    def _adjoint_hook(self, z_star: Tensor, u: Tensor) -> Callable[[Tensor], Tensor]:
+    def _adjoint_hook(self, z_star: Tensor, u: Tensor, f_star: Tensor) -> Callable[[Tensor], Tensor]:
         def hook(grad: Tensor) -> Tensor:
-            vjp = _AdjointVJP(self.block)
-            with parametrize.cached():
-                solved = fixed_point_solve(
-                    vjp,
-                    grad.detach(),
-                    (z_star, u, grad.detach()),
-                    tol=self.backward_tol,
-                    max_iter=self.backward_max_iter,
-                )
+            grad = grad.detach()
+            with torch.no_grad(), parametrize.cached():
+                adjoint_prepare = getattr(self.block, "adjoint_prepare", None)
+                if callable(adjoint_prepare):
+                    # The block knows its Jacobian's structure: each VJP is a few tensor ops with
+                    # per-row factors computed once, instead of an autograd pass over a graph
+                    # that must be rebuilt whenever the active rows are compacted.
+                    vjp, row_args = adjoint_prepare(z_star, u, f_star)
+                    solved = fixed_point_solve(
+                        lambda g, *a: vjp(g, *a[:-1]) + a[-1], grad, (*row_args, grad),
+                        tol=self.backward_tol, max_iter=self.backward_max_iter,
+                    )
+                else:
+                    solved = fixed_point_solve(
+                        _AdjointVJP(self.block), grad, (z_star, u, grad),
+                        tol=self.backward_tol, max_iter=self.backward_max_iter,
+                    )
             self.last_backward_stats = solved._replace(z=solved.z.new_empty(0))
             return solved.z
 
@@ -287,6 +299,18 @@ class ContractiveTanhBlock(nn.Module):
             return torch.tanh(torch.addmm(inj, z, weight.t()))
 
         return step, (injection,)
+
+    def adjoint_prepare(self, z_star: Tensor, u: Tensor, f_star: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor]]:
+        """Row-wise J^T g at the fixed point, for the implicit adjoint solve. With f = tanh(a),
+        J = diag(1 - f^2) c W, so J^T g = ((1 - f^2) * g) (c W) row by row; ``f_star`` is
+        f(z_star, u), which the forward pass already computed."""
+        weight = (self.contraction * self.recurrent.weight).detach()
+        slope = 1 - f_star * f_star
+
+        def vjp(g: Tensor, slope_rows: Tensor) -> Tensor:
+            return (g * slope_rows) @ weight
+
+        return vjp, (slope,)
 
     def flops_per_sample(self) -> int:
         """One application: multiply-adds counted as 2 FLOPs, plus bias and tanh."""

@@ -35,7 +35,7 @@ def test_backward_quick():
     modes = {(r["mode"], r["forward_iterations"]) for r in out["rows"]}
     assert modes == {(m, k) for m in ("unrolled", "implicit", "phantom") for k in (10, 30)}
     for row in out["rows"]:
-        assert {"seconds", "memory_bytes", "memory_kind", "time_vs_unrolled", "memory_vs_unrolled", "cosine_to_unrolled"} <= set(row)
+        assert {"seconds", "backward_seconds", "memory_bytes", "memory_kind", "time_vs_unrolled", "backward_time_vs_unrolled", "memory_vs_unrolled", "cosine_to_unrolled"} <= set(row)
         if row["mode"] == "implicit":
             # the implicit gradient is the unrolled one, up to the solvers' tolerances
             assert row["cosine_to_unrolled"] > 0.999 and row["adjoint_iterations"] >= 1
