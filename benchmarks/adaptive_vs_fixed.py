@@ -17,6 +17,8 @@ it finished) and plotted as an accuracy-versus-compute Pareto figure.
 
     python benchmarks/adaptive_vs_fixed.py                   # full: 2 datasets x 3 seeds
     python benchmarks/adaptive_vs_fixed.py --quick --json    # CPU smoke size
+    python benchmarks/adaptive_vs_fixed.py --datasets parity --seeds 1 --out-dir runs/avf-p1   # one piece
+    python benchmarks/adaptive_vs_fixed.py --merge runs/avf-*/adaptive_vs_fixed.json --out-dir runs/avf  # pieces -> table
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +61,23 @@ class Plan:
     num_envs: int = 16
     oracle_limit: int | None = None
     lambda_agent: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Field overrides for one dataset, e.g. its lambda; flags given on the command line win."""
+
+    def for_dataset(self, dataset: str) -> "Plan":
+        return replace(self, **self.per_dataset.get(dataset, {}))
 
 
-FULL = Plan(["digits-graded", "parity"], [0, 1, 2], ["ppo", "a2c", "dqn", "reinforce"], 40_000, 20, 10, 0.005, "0,0.02", [0.0, 0.0025, 0.005, 0.01, 0.02])
+FULL = Plan(
+    ["digits-graded", "parity"], [0, 1, 2], ["ppo", "a2c", "dqn", "reinforce"], 40_000, 20, 10, 0.005, "0,0.02",
+    [0.0, 0.0025, 0.005, 0.01, 0.02],
+    # Parity's LSTM solves make its steps about 10x dearer than digits-graded's on a CPU, so its
+    # budgets are sized for a 2-core machine; its lambda is larger because an L1 solve there costs
+    # several plain passes, and at 0.005 repeating a converged layer was nearly free (PPO never
+    # stopped; benchmarks/README.md).
+    per_dataset={"parity": dict(budget=20_000, baseline_epochs=10, pretrain_epochs=6, oracle_limit=400,
+                                lam=0.05, lam_range="0,0.1", lam_grid=[0.0, 0.025, 0.05, 0.1])},
+)
 QUICK = Plan(["digits-graded"], [0], ["ppo", "reinforce"], 512, 1, 1, 0.005, "0,0.02", [0.0, 0.01], num_envs=8, oracle_limit=48)
 
 
@@ -96,7 +111,11 @@ def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
 
 
 def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
-    entry: dict[str, Any] = {"dataset": dataset, "seed": seed, "baselines": {}, "agents": {}}
+    plan = plan.for_dataset(dataset)
+    entry: dict[str, Any] = {
+        "dataset": dataset, "seed": seed, "baselines": {}, "agents": {},
+        "settings": {k: getattr(plan, k) for k in ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")},
+    }
     base_runs = []
     for name, layers in BASELINES.items():
         r = run_baseline(dataset, fpi_layers=layers, epochs=plan.baseline_epochs, seed=seed, progress=False)
@@ -154,7 +173,10 @@ def aggregate(entries: list[dict]) -> dict:
     out: dict[str, Any] = {}
     for dataset in sorted({e["dataset"] for e in entries}):
         rows = [e for e in entries if e["dataset"] == dataset]
-        table: dict[str, Any] = {}
+        settings = [r.get("settings") for r in rows]
+        if any(s != settings[0] for s in settings):
+            raise SystemExit(f"error: the {dataset} seeds were run with different settings, refusing to average them: {settings}")
+        table: dict[str, Any] = {"settings": settings[0], "seeds": [r["seed"] for r in rows]}
         for name in BASELINES:
             table[name] = {k: _mean_std([r["baselines"][name][k] for r in rows]) for k in ("accuracy", "compute_fraction", "compute")}
         table["fixed_path_oracle"] = {k: _mean_std([r["fixed_path_oracle"][k] for r in rows]) for k in ("accuracy", "compute_fraction")}
@@ -217,6 +239,54 @@ def pareto_figure(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _print_table(result: dict) -> None:
+    for dataset, t in result["summary"].items():
+        n = t["model3"]["accuracy"]["n"]
+        print(f"\n{dataset}  (mean ± std over {n} seed(s); compute = fraction of FPI on every layer)")
+        print(f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)")
+        for m in BASELINES:
+            print(f"{m:>22} | {t[m]['accuracy']['mean']:.4f}±{t[m]['accuracy']['std']:.4f} | {t[m]['compute_fraction']['mean']:.3f}±{t[m]['compute_fraction']['std']:.3f} | {'':>12} |")
+        for key, a in t.items():
+            if key.startswith("agent_"):
+                lv = " ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
+                print(f"{key:>22} | {a['accuracy']['mean']:.4f}±{a['accuracy']['std']:.4f} | {a['compute_fraction']['mean']:.3f}±{a['compute_fraction']['std']:.3f} | "
+                      f"{a['time_ratio']['mean']:12.3f} | {lv} | oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}")
+        for p in t["lambda_agent"]:
+            print(f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {p['accuracy']['mean']:.4f}±{p['accuracy']['std']:.4f} | {p['compute_fraction']['mean']:.3f}±{p['compute_fraction']['std']:.3f} | {p['time_ratio']['mean']:12.3f} |")
+        fo = t["fixed_path_oracle"]
+        print(f"{'oracle over Model 0-3':>22} | {fo['accuracy']['mean']:.4f} | {fo['compute_fraction']['mean']:.3f} |")
+
+
+def _write(result: dict, out_dir: Path) -> None:
+    """JSON via a temporary file and rename, so an interrupted run never leaves a torn file."""
+    path = out_dir / "adaptive_vs_fixed.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    pareto_figure(result["summary"], out_dir / "pareto.png")
+
+
+def merge(paths: list[Path]) -> list[dict]:
+    """Per-seed entries of several result files (e.g. seeds run as separate processes), refusing
+    files that are not this benchmark's output and duplicate (dataset, seed) pairs."""
+    entries: list[dict] = []
+    seen: dict[tuple[str, int], Path] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"error: cannot read {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("benchmark") != "adaptive_vs_fixed" or not isinstance(data.get("per_seed"), list):
+            raise SystemExit(f"error: {path} is not an adaptive_vs_fixed result (no 'per_seed' list)")
+        for entry in data["per_seed"]:
+            key = (entry["dataset"], int(entry["seed"]))
+            if key in seen:
+                raise SystemExit(f"error: {key[0]} seed {key[1]} appears in both {seen[key]} and {path}")
+            seen[key] = path
+            entries.append(entry)
+    return entries
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -228,51 +298,42 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pretrain-epochs", type=int, help="override the agents' warm-up epochs")
     parser.add_argument("--baseline-epochs", type=int, help="override the Model 0-3 training epochs")
     parser.add_argument("--oracle-limit", type=int, help="run the action-sequence oracle on the first N test samples")
+    parser.add_argument("--lam", type=float, help="override the agents' training lambda")
+    parser.add_argument("--lam-range", help="override the lambda-conditioned agent's 'low,high' range")
     parser.add_argument("--no-lambda-agent", action="store_true", help="skip the lambda-conditioned agent")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="aggregate the per-seed entries of earlier result files instead of running")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = QUICK if args.quick else FULL
-    if args.datasets:
-        plan.datasets = args.datasets
-    if args.seeds:
-        plan.seeds = args.seeds
-    if args.budget:
-        plan.budget = args.budget
-    for name in ("algos", "pretrain_epochs", "baseline_epochs", "oracle_limit"):
-        if getattr(args, name) is not None:
-            setattr(plan, name, getattr(args, name))
-    plan.lambda_agent = not args.no_lambda_agent
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    start = time.perf_counter()
-    for dataset in plan.datasets:
-        for seed in plan.seeds:
-            entries.append(run_seed(plan, dataset, seed, args.out_dir))
-            summary = aggregate(entries)
-            result = {"benchmark": "adaptive_vs_fixed", "plan": {k: v for k, v in vars(plan).items() if k != "extra"},
-                      "seconds": time.perf_counter() - start, "summary": summary, "per_seed": entries}
-            (args.out_dir / "adaptive_vs_fixed.json").write_text(json.dumps(result, indent=1))
-            pareto_figure(summary, args.out_dir / "pareto.png")
+    if args.merge:
+        entries = merge(args.merge)
+        result = {"benchmark": "adaptive_vs_fixed", "merged_from": [str(p) for p in args.merge],
+                  "summary": aggregate(entries), "per_seed": entries}
+        _write(result, args.out_dir)
+    else:
+        plan = replace(QUICK if args.quick else FULL)
+        overrides = {name: getattr(args, name) for name in
+                     ("datasets", "seeds", "budget", "algos", "pretrain_epochs", "baseline_epochs", "oracle_limit", "lam", "lam_range")
+                     if getattr(args, name) is not None}
+        plan = replace(plan, **overrides, lambda_agent=not args.no_lambda_agent,
+                       # explicit flags beat the per-dataset defaults
+                       per_dataset={d: {k: v for k, v in o.items() if k not in overrides} for d, o in plan.per_dataset.items()})
+        entries = []
+        start = time.perf_counter()
+        for dataset in plan.datasets:
+            for seed in plan.seeds:
+                entries.append(run_seed(plan, dataset, seed, args.out_dir))
+                result = {"benchmark": "adaptive_vs_fixed", "plan": {k: v for k, v in vars(plan).items()},
+                          "seconds": time.perf_counter() - start, "summary": aggregate(entries), "per_seed": entries}
+                _write(result, args.out_dir)
     if args.json:
         print(json.dumps(result))
     else:
-        for dataset, t in result["summary"].items():
-            print(f"\n{dataset}  (mean ± std over {len(plan.seeds)} seed(s); compute = fraction of FPI on every layer)")
-            print(f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)")
-            for m in BASELINES:
-                print(f"{m:>22} | {t[m]['accuracy']['mean']:.4f}±{t[m]['accuracy']['std']:.4f} | {t[m]['compute_fraction']['mean']:.3f}±{t[m]['compute_fraction']['std']:.3f} | {'':>12} |")
-            for key, a in t.items():
-                if key.startswith("agent_"):
-                    lv = " ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
-                    print(f"{key:>22} | {a['accuracy']['mean']:.4f}±{a['accuracy']['std']:.4f} | {a['compute_fraction']['mean']:.3f}±{a['compute_fraction']['std']:.3f} | "
-                          f"{a['time_ratio']['mean']:12.3f} | {lv} | oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}")
-            for p in t["lambda_agent"]:
-                print(f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {p['accuracy']['mean']:.4f}±{p['accuracy']['std']:.4f} | {p['compute_fraction']['mean']:.3f}±{p['compute_fraction']['std']:.3f} | {p['time_ratio']['mean']:12.3f} |")
-            fo = t["fixed_path_oracle"]
-            print(f"{'oracle over Model 0-3':>22} | {fo['accuracy']['mean']:.4f} | {fo['compute_fraction']['mean']:.3f} |")
+        _print_table(result)
         print(f"\nresults: {args.out_dir / 'adaptive_vs_fixed.json'}, figure: {args.out_dir / 'pareto.png'}")
     return result
 

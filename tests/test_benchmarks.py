@@ -51,3 +51,51 @@ def test_warmup_paths_quick():
             assert 0 <= row[f"{path}_accuracy"] <= 1
         assert row["plain_compute"] == pytest.approx(1.0)
         assert row["fpi_all_compute"] > row["fpi_L1_compute"] > 1.0
+
+
+def test_adaptive_vs_fixed_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--quick", "--json", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["benchmark"] == "adaptive_vs_fixed" and (tmp_path / "pareto.png").stat().st_size > 0
+    table = out["summary"]["digits-graded"]
+    for name in ("model0", "model1", "model2", "model3"):
+        assert {"accuracy", "compute_fraction", "compute"} <= set(table[name])
+    assert table["model3"]["compute_fraction"]["mean"] == pytest.approx(1.0)
+    assert table["model0"]["compute_fraction"]["mean"] < table["model1"]["compute_fraction"]["mean"] < 1.0
+    for algo in ("ppo", "reinforce"):
+        agent = table[f"agent_{algo}"]
+        assert {"accuracy", "compute_fraction", "time_ratio", "gap_to_model3", "oracle_accuracy", "gap_to_oracle",
+                "level_compute", "hard_over_easy_compute", "target"} <= set(agent)
+        assert sorted(agent["level_compute"], key=int) == ["0", "1", "2", "3", "4"]
+        assert agent["gap_to_oracle"]["mean"] == pytest.approx(agent["accuracy"]["mean"] - agent["oracle_accuracy"]["mean"])
+        assert 0 <= agent["oracle_accuracy"]["mean"] <= 1 and agent["compute_fraction"]["mean"] > 0
+        assert set(agent["target"]) == {"accuracy_within_0.5_points_of_model3", "compute_at_most_0.4", "wall_time_at_most_0.5",
+                                        "more_compute_on_harder_levels", "all"}
+    assert [p["lam"] for p in table["lambda_agent"]] == [0.0, 0.01]
+
+    # a second "seed" run elsewhere merges into mean +- std; the same seed twice is refused
+    entry = out["per_seed"][0]
+    other = json.loads(json.dumps(entry))
+    other["seed"] = 1
+    other["baselines"]["model0"]["accuracy"] = entry["baselines"]["model0"]["accuracy"] + 0.1
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"benchmark": "adaptive_vs_fixed", "per_seed": [other]}))
+    merged_dir = tmp_path / "merged"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(tmp_path / "adaptive_vs_fixed.json"),
+         str(second), "--json", "--out-dir", str(merged_dir)], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = json.loads(proc.stdout.strip().splitlines()[-1])["summary"]["digits-graded"]
+    acc0 = merged["model0"]["accuracy"]
+    assert acc0["n"] == 2 and acc0["mean"] == pytest.approx(entry["baselines"]["model0"]["accuracy"] + 0.05)
+    assert acc0["std"] == pytest.approx(0.1 / 2**0.5)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(second), str(second), "--out-dir", str(merged_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "seed 1 appears in both" in proc.stderr
