@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
 import sys
@@ -28,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
-from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.checkpoint import CheckpointError, load_checkpoint, load_warmup, save_checkpoint
 from agents.common import write_json
 from agents.metrics import RunLogger
 from agents.nets import sb3_policy_kwargs
@@ -53,6 +54,9 @@ class Args:
     model: str = field(default="", metadata={"help": "main model name (default: the dataset's)"})
     max_steps: int = field(default=0, metadata={"help": "step budget T per episode (0: 2L)"})
     pretrain_epochs: int = field(default=10, metadata={"help": "warm-up epochs of the main model on random paths"})
+    warmup_cache: str = field(default="", metadata={
+        "help": "directory of warmed-up main models keyed by dataset, model, seed, epochs and budget: a run finding its "
+                "key there skips the warm-up and continues exactly as if it had run it (benchmarks train several agents per seed)"})
     cotrain_every: int = field(default=64, metadata={"help": "finished episodes per main-model update"})
     learning_rate: float = field(default=0.0, metadata={"help": "agent learning rate (0: the algorithm's default)"})
     n_steps: int = field(default=128, metadata={"help": "PPO/A2C rollout length per env"})
@@ -440,6 +444,36 @@ class TrainingRun:
         )
 
 
+def warm_up(trainer: Trainer, args: Args) -> None:
+    """Pretrain the main model, or load the result of an identical earlier warm-up from
+    ``--warmup-cache``, restoring the RNG states it ended with so that what follows is the same."""
+    if not args.warmup_cache:
+        trainer.engine_call("pretrain", args.pretrain_epochs, seed=args.seed, progress=args.progress)
+        return
+    key = {"dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "seed": args.seed,
+           "pretrain_epochs": args.pretrain_epochs, "max_steps": trainer.engine_attr("max_steps"),
+           "device": str(trainer.engine_attr("device"))}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = Path(args.warmup_cache)
+    path = cache_dir / f"warmup-{args.dataset}-s{args.seed}-e{args.pretrain_epochs}-{digest}.pt"
+    if path.is_file():
+        try:
+            cached = load_warmup(path)
+            if cached["key"] != key:
+                raise CheckpointError(f"warm-up cache {path} holds {cached['key']}, not {key}")
+            trainer.engine_call("load_state_dict", cached["engine"])
+        except (CheckpointError, ValueError) as err:
+            raise SystemExit(f"error: {err} (delete the file to warm up again)") from None
+        torch.set_rng_state(cached["torch_rng"])
+        np.random.set_state(cached["numpy_rng"])
+        print(f"warm-up loaded from {path}", flush=True)
+        return
+    trainer.engine_call("pretrain", args.pretrain_epochs, seed=args.seed, progress=args.progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(cache_dir, {"key": key, "engine": trainer.engine_call("state_dict"),
+                                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}, name=path.name)
+
+
 def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None) -> dict:
     args = resolve_args(argv, forced)
     set_threads(args.threads)
@@ -484,7 +518,7 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     if checkpoint is None:
         write_json(run_dir / "config.json", config)
         if args.pretrain_epochs:
-            trainer.engine_call("pretrain", args.pretrain_epochs, seed=args.seed, progress=args.progress)
+            warm_up(trainer, args)
     else:
         try:
             trainer.engine_call("load_state_dict", checkpoint["engine"])

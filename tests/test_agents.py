@@ -198,3 +198,25 @@ def test_reinforce_buffer_emits_complete_episodes_with_returns():
     # row 0: rewards 1, 2 -> returns 1 + 0.5 * 2 = 2 and 2
     assert o.tolist() == [[0.0], [1.0]] and a.tolist() == [1, 3] and g.tolist() == [2.0, 2.0]
     assert buf.length.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "reinforce"])
+def test_warmup_cache_continues_exactly_like_a_warm_up(algo, tmp_path):
+    base = TINY + ["--algo", algo, "--logdir", str(tmp_path), "--checkpoint-freq", "0", "--lam", "0.005"]
+    cache = tmp_path / "cache"
+    plain = train.main(base + ["--run-name", "plain"])
+    first = train.main(base + ["--run-name", "first", "--warmup-cache", str(cache)])
+    (cached_file,) = cache.iterdir()
+    second = train.main(base + ["--run-name", "second", "--warmup-cache", str(cache)])
+    for result in (first, second):
+        assert result["accuracy"] == plain["accuracy"] and result["compute_fraction"] == plain["compute_fraction"]
+        assert result["action_frequency"] == plain["action_frequency"]
+    reference = load_checkpoint(tmp_path / "plain")["engine"]["model"]
+    for run in ("first", "second"):
+        model = load_checkpoint(tmp_path / run)["engine"]["model"]
+        for name, tensor in reference.items():
+            assert torch.equal(model[name], tensor), (run, name)
+
+    cached_file.write_bytes(b"not a torch file")
+    with pytest.raises(SystemExit, match="warm-up cache .* is corrupt"):
+        train.main(base + ["--run-name", "third", "--warmup-cache", str(cache)])
