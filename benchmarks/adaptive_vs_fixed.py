@@ -259,6 +259,32 @@ def _print_table(result: dict) -> None:
         print(f"{'oracle over Model 0-3':>22} | {fo['accuracy']['mean']:.4f} | {fo['compute_fraction']['mean']:.3f} |")
 
 
+def _pm(stat: dict, digits: int) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+
+
+def markdown_tables(summary: dict) -> str:
+    """The summary as Markdown tables (mean ± std over seeds), ready for a results page."""
+    lines = []
+    for dataset, t in summary.items():
+        lines += [f"#### {dataset} ({len(t.get('seeds', []))} seeds)", "",
+                  "| method | test accuracy | compute (fraction of Model 3) | wall / FPI-all | compute per level, easy → hard (plain passes) | hard / easy | gap to oracle |",
+                  "|---|---|---|---|---|---|---|"]
+        names = {"model0": "Model 0 (plain)", "model1": "Model 1", "model2": "Model 2", "model3": "Model 3 (FPI everywhere)"}
+        for m, label in names.items():
+            lines.append(f"| {label} | {_pm(t[m]['accuracy'], 4)} | {_pm(t[m]['compute_fraction'], 3)} | | | | |")
+        for key, a in t.items():
+            if key.startswith("agent_"):
+                levels = " / ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
+                lines.append(f"| {key[6:].upper()} | {_pm(a['accuracy'], 4)} | {_pm(a['compute_fraction'], 3)} | {_pm(a['time_ratio'], 3)} | "
+                             f"{levels} | {a['hard_over_easy_compute']:.2f} | {_pm(a['gap_to_oracle'], 4)} |")
+        for p in t["lambda_agent"]:
+            lines.append(f"| λ-conditioned PPO at λ = {p['lam']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'], 3)} | {_pm(p['time_ratio'], 3)} | | | |")
+        fo = t["fixed_path_oracle"]
+        lines += [f"| oracle over Model 0-3 | {_pm(fo['accuracy'], 4)} | {_pm(fo['compute_fraction'], 3)} | | | | |", ""]
+    return "\n".join(lines)
+
+
 def _write(result: dict, out_dir: Path) -> None:
     """JSON via a temporary file and rename, so an interrupted run never leaves a torn file."""
     path = out_dir / "adaptive_vs_fixed.json"
@@ -305,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-lambda-agent", action="store_true", help="skip the lambda-conditioned agent")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="aggregate the per-seed entries of earlier result files instead of running")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -334,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
                 _write(result, args.out_dir)
     if args.json:
         print(json.dumps(result))
+    elif args.markdown:
+        print(markdown_tables(result["summary"]))
     else:
         _print_table(result)
         print(f"\nresults: {args.out_dir / 'adaptive_vs_fixed.json'}, figure: {args.out_dir / 'pareto.png'}")

@@ -95,6 +95,12 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert acc0["n"] == 2 and acc0["mean"] == pytest.approx(entry["baselines"]["model0"]["accuracy"] + 0.05)
     assert acc0["std"] == pytest.approx(0.1 / 2**0.5)
     proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(merged_dir / "adaptive_vs_fixed.json"),
+         "--markdown", "--out-dir", str(tmp_path / "md")], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "#### digits-graded (2 seeds)" in proc.stdout and f"| Model 0 (plain) | {acc0['mean']:.4f} ± {acc0['std']:.4f} |" in proc.stdout
+    proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(second), str(second), "--out-dir", str(merged_dir)],
         capture_output=True, text=True, timeout=300,
     )
