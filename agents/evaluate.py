@@ -55,14 +55,15 @@ def _load_run(run_dir: Path, device: torch.device):
     return args, trainer, checkpoint
 
 
-def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True) -> dict:
+def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True,
+                 timing_repeats: int = 3) -> dict:
     dev = resolve_device(device)
     args, trainer, checkpoint = _load_run(run_dir, dev)
     lams = list(lams) if lams else [args.lam]
     if any(lam < 0 for lam in lams):
         raise ValueError(f"lambda values must be >= 0, got {lams}")
     policy = trainer.policy()
-    results = [trainer.engine_call("evaluate", policy, lam=float(lam)).as_dict() for lam in lams]
+    results = [trainer.engine_call("evaluate", policy, lam=float(lam), timing_repeats=timing_repeats).as_dict() for lam in lams]
     out = {
         "run_dir": str(run_dir),
         "algo": checkpoint["algo"],
@@ -125,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--timing-repeats", type=int, default=3, help="timed rollouts per policy; wall times are their median")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     try:
-        out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures)
+        out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats)
     except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(out) if args.json else _table(out))

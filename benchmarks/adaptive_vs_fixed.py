@@ -44,6 +44,8 @@ from main_models import DatasetSplits
 from main_models.train_baseline import oracle as fixed_path_oracle
 from main_models.train_baseline import run_baseline
 
+SETTINGS = ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")
+"""The plan fields recorded with each seed; seeds are only averaged when these agree."""
 BASELINES = {"model0": "", "model1": "1", "model2": "1,2", "model3": "1,2,3"}
 
 
@@ -116,7 +118,7 @@ def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
     plan = plan.for_dataset(dataset)
     entry: dict[str, Any] = {
         "dataset": dataset, "seed": seed, "baselines": {}, "agents": {},
-        "settings": {k: getattr(plan, k) for k in ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")},
+        "settings": {k: getattr(plan, k) for k in SETTINGS},
     }
     base_runs = []
     for name, layers in BASELINES.items():
@@ -185,7 +187,8 @@ def aggregate(entries: list[dict]) -> dict:
         m3_acc = table["model3"]["accuracy"]["mean"]
         for algo in rows[0]["agents"]:
             agent = {k: _mean_std([r["agents"][algo][k] for r in rows]) for k in
-                     ("accuracy", "compute_fraction", "time_ratio", "gap_to_model3", "oracle_accuracy", "gap_to_oracle")}
+                     ("accuracy", "compute_fraction", "time_ratio", "gap_to_model3", "oracle_accuracy", "gap_to_oracle",
+                      "oracle_compute_fraction")}
             levels = sorted(rows[0]["agents"][algo]["level_compute"], key=int)
             agent["level_compute"] = {lv: _mean_std([r["agents"][algo]["level_compute"][lv] for r in rows]) for lv in levels}
             hard_vs_easy = (agent["level_compute"][levels[-1]]["mean"] / agent["level_compute"][levels[0]]["mean"]) if levels else None
@@ -231,6 +234,7 @@ def pareto_figure(summary: dict, path: Path) -> None:
             ax.plot([p["compute_fraction"]["mean"] for p in lam], [p["accuracy"]["mean"] for p in lam], "^-", color="#8c564b", label="PPO, one agent across λ")
         fo = t["fixed_path_oracle"]
         ax.plot(fo["compute_fraction"]["mean"], fo["accuracy"]["mean"], "*", markersize=11, color="#d62728", label="oracle over Model 0-3")
+        ax.axvline(0.4, linestyle=":", color="black", alpha=0.6, label="target: compute ≤ 0.4")
         ax.set_xlabel("compute (fraction of FPI on every layer)")
         ax.set_ylabel("test accuracy")
         ax.set_title(dataset)
@@ -268,20 +272,20 @@ def markdown_tables(summary: dict) -> str:
     lines = []
     for dataset, t in summary.items():
         lines += [f"#### {dataset} ({len(t.get('seeds', []))} seeds)", "",
-                  "| method | test accuracy | compute (fraction of Model 3) | wall / FPI-all | compute per level, easy → hard (plain passes) | hard / easy | gap to oracle |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | test accuracy | compute (fraction of Model 3) | wall / FPI-all | compute per level, easy → hard (plain passes) | hard / easy | accuracy gap to oracle | oracle's compute |",
+                  "|---|---|---|---|---|---|---|---|"]
         names = {"model0": "Model 0 (plain)", "model1": "Model 1", "model2": "Model 2", "model3": "Model 3 (FPI everywhere)"}
         for m, label in names.items():
-            lines.append(f"| {label} | {_pm(t[m]['accuracy'], 4)} | {_pm(t[m]['compute_fraction'], 3)} | | | | |")
+            lines.append(f"| {label} | {_pm(t[m]['accuracy'], 4)} | {_pm(t[m]['compute_fraction'], 3)} | | | | | |")
         for key, a in t.items():
             if key.startswith("agent_"):
                 levels = " / ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
                 lines.append(f"| {key[6:].upper()} | {_pm(a['accuracy'], 4)} | {_pm(a['compute_fraction'], 3)} | {_pm(a['time_ratio'], 3)} | "
-                             f"{levels} | {a['hard_over_easy_compute']:.2f} | {_pm(a['gap_to_oracle'], 4)} |")
+                             f"{levels} | {a['hard_over_easy_compute']:.2f} | {_pm(a['gap_to_oracle'], 4)} | {_pm(a['oracle_compute_fraction'], 3)} |")
         for p in t["lambda_agent"]:
-            lines.append(f"| λ-conditioned PPO at λ = {p['lam']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'], 3)} | {_pm(p['time_ratio'], 3)} | | | |")
+            lines.append(f"| λ-conditioned PPO at λ = {p['lam']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'], 3)} | {_pm(p['time_ratio'], 3)} | | | | |")
         fo = t["fixed_path_oracle"]
-        lines += [f"| oracle over Model 0-3 | {_pm(fo['accuracy'], 4)} | {_pm(fo['compute_fraction'], 3)} | | | | |", ""]
+        lines += [f"| oracle over Model 0-3 | {_pm(fo['accuracy'], 4)} | {_pm(fo['compute_fraction'], 3)} | | | | | |", ""]
     return "\n".join(lines)
 
 
@@ -292,6 +296,29 @@ def _write(result: dict, out_dir: Path) -> None:
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(path)
     pareto_figure(result["summary"], out_dir / "pareto.png")
+
+
+def retime(entries: list[dict], runs_dir: Path, repeats: int) -> None:
+    """Re-measure every agent's wall time from its saved run under ``runs_dir`` (median of
+    ``repeats`` interleaved rollouts), e.g. on a quiet machine after seeds ran side by side.
+    Accuracy and compute are deterministic given the saved run, so they must come out as
+    recorded: that is checked, which also shows the saved runs reproduce the table."""
+    for entry in entries:
+        dataset, seed = entry["dataset"], entry["seed"]
+        jobs = [(algo, runs_dir / f"{dataset}-{algo}-s{seed}", [entry["settings"]["lam"]], [agent]) for algo, agent in entry["agents"].items()]
+        if entry["lambda_agent"]:
+            jobs.append(("lambda-ppo", runs_dir / f"{dataset}-lambda-ppo-s{seed}", [p["lam"] for p in entry["lambda_agent"]], entry["lambda_agent"]))
+        for name, run_dir, lams, targets in jobs:
+            if not run_dir.is_dir():
+                raise SystemExit(f"error: --retime needs the saved run {run_dir} (it looks next to the result file)")
+            results = evaluate_run(run_dir, lams, device="cpu", figures=False, timing_repeats=repeats)["results"]
+            for target, result in zip(targets, results):
+                for key in ("accuracy", "compute_fraction"):
+                    if abs(result[key] - target[key]) > 1e-9:
+                        raise SystemExit(f"error: {run_dir} now gives {key} {result[key]} instead of the recorded {target[key]}")
+                target["time_ratio_recorded"] = target["time_ratio"]
+                target["time_ratio"] = result["seconds"] / result["fpi_all_seconds"]
+            print(f"retimed {run_dir}: " + ", ".join(f"{t['time_ratio']:.3f}" for t in targets), file=sys.stderr, flush=True)
 
 
 def merge(paths: list[Path]) -> list[dict]:
@@ -311,7 +338,9 @@ def merge(paths: list[Path]) -> list[dict]:
             if key in seen:
                 raise SystemExit(f"error: {key[0]} seed {key[1]} appears in both {seen[key]} and {path}")
             seen[key] = path
-            entries.append(entry)
+            if "settings" not in entry and isinstance(data.get("plan"), dict):  # files written before settings were recorded per seed
+                entry = {**entry, "settings": {k: data["plan"].get(k) for k in SETTINGS}}
+            entries.append({**entry, "_source": str(path)})
     return entries
 
 
@@ -332,16 +361,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="aggregate the per-seed entries of earlier result files instead of running")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --merge: re-measure each agent's wall time from its saved run (checks accuracy and compute reproduce)")
+    parser.add_argument("--timing-repeats", type=int, default=5, help="with --retime: timed rollouts per policy (median)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.retime and not args.merge:
+        raise SystemExit("error: --retime works on result files given with --merge")
     if args.merge:
         entries = merge(args.merge)
+        if args.retime:
+            for path in args.merge:
+                own = [e for e in entries if e.get("_source") == str(path)]
+                retime(own, Path(path).parent, args.timing_repeats)
+        for entry in entries:
+            entry.pop("_source", None)
         result = {"benchmark": "adaptive_vs_fixed", "merged_from": [str(p) for p in args.merge],
-                  "summary": aggregate(entries), "per_seed": entries}
+                  "retimed": bool(args.retime), "summary": aggregate(entries), "per_seed": entries}
         _write(result, args.out_dir)
     else:
         plan = replace(QUICK if args.quick else FULL)

@@ -480,7 +480,7 @@ class DynaLayEngine:
         self.generator.set_state(state["generator"])
 
     # ---- evaluation --------------------------------------------------------------------------
-    def evaluate(self, policy, *, lam: float | None = None, batch_size: int = 1024):
+    def evaluate(self, policy, *, lam: float | None = None, batch_size: int = 1024, timing_repeats: int = 3):
         """Evaluate ``policy`` on the test split with this engine's main model frozen, its reward
         weights and step budget (see :func:`dynalay_env.evaluate_policy`)."""
         from .evaluation import evaluate_policy
@@ -495,6 +495,7 @@ class DynaLayEngine:
             max_steps=self.max_steps,
             batch_size=batch_size,
             device=self.device,
+            timing_repeats=timing_repeats,
         )
 
     # ---- observation space bounds ------------------------------------------------------------

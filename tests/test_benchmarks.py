@@ -77,6 +77,18 @@ def test_adaptive_vs_fixed_quick(tmp_path):
                                         "more_compute_on_harder_levels", "all"}
     assert [p["lam"] for p in table["lambda_agent"]] == [0.0, 0.01]
 
+    # the saved runs reproduce the recorded accuracy and compute (checked by --retime) and get new wall times
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(tmp_path / "adaptive_vs_fixed.json"),
+         "--retime", "--timing-repeats", "2", "--json", "--out-dir", str(tmp_path / "retimed")], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    retimed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert retimed["retimed"] is True
+    for algo, agent in retimed["per_seed"][0]["agents"].items():
+        assert agent["accuracy"] == out["per_seed"][0]["agents"][algo]["accuracy"]
+        assert agent["time_ratio_recorded"] == out["per_seed"][0]["agents"][algo]["time_ratio"] and agent["time_ratio"] > 0
+
     # a second "seed" run elsewhere merges into mean +- std; the same seed twice is refused
     entry = out["per_seed"][0]
     other = json.loads(json.dumps(entry))
