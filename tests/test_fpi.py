@@ -18,13 +18,19 @@ def _grads(mode, block, u, **kw):
     return _flat_grads(block, u), res
 
 
-def test_implicit_gradient_matches_unrolled_in_float64():
+TIGHT = dict(tol=1e-13, max_iter=1000, backward_tol=1e-13, backward_max_iter=1000)
+
+
+def _float64_problem():
     torch.manual_seed(0)
     block = ContractiveTanhBlock(12, 7, contraction=0.8).double().eval()
-    u = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    tight = dict(tol=1e-13, max_iter=1000, backward_tol=1e-13, backward_max_iter=1000)
-    g_implicit, res = _grads("implicit", block, u, **tight)
-    g_unrolled, _ = _grads("unrolled", block, u, **tight)
+    return block, torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+
+
+def test_implicit_gradient_matches_unrolled_in_float64():
+    block, u = _float64_problem()
+    g_implicit, res = _grads("implicit", block, u, **TIGHT)
+    g_unrolled, _ = _grads("unrolled", block, u, **TIGHT)
     assert res.converged.all()
     torch.testing.assert_close(g_implicit, g_unrolled, rtol=1e-9, atol=1e-10)
 
@@ -32,15 +38,12 @@ def test_implicit_gradient_matches_unrolled_in_float64():
 def test_block_adjoint_matches_the_generic_autograd_adjoint():
     # ContractiveTanhBlock supplies its Jacobian-transpose product; a block without one goes
     # through autograd VJPs. Both must solve the same adjoint system.
-    torch.manual_seed(0)
-    block = ContractiveTanhBlock(12, 7, contraction=0.8).double().eval()
-    u = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    tight = dict(tol=1e-13, max_iter=1000, backward_tol=1e-13, backward_max_iter=1000)
-    g_block, _ = _grads("implicit", block, u, **tight)
+    block, u = _float64_problem()
+    g_block, _ = _grads("implicit", block, u, **TIGHT)
     block.adjoint_prepare = None
-    g_generic, _ = _grads("implicit", block, u, **tight)
+    g_generic, _ = _grads("implicit", block, u, **TIGHT)
     torch.testing.assert_close(g_block, g_generic, rtol=1e-10, atol=1e-12)
-    g_unrolled, _ = _grads("unrolled", block, u, **tight)
+    g_unrolled, _ = _grads("unrolled", block, u, **TIGHT)
     torch.testing.assert_close(g_block, g_unrolled, rtol=1e-9, atol=1e-10)
 
 
