@@ -133,7 +133,7 @@ def evaluate_policy(
 
     ``seconds`` and ``fpi_all_seconds`` are the medians of ``timing_repeats`` timed rollouts of the
     policy and of FPI on every layer, interleaved so that drift in machine load hits both alike;
-    a single rollout of a small test split varies by about 10% on a shared CPU."""
+    a single rollout of a small test split is noisy on a shared CPU."""
     if timing_repeats < 1:
         raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}")
     was_training = model.training
