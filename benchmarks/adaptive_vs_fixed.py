@@ -305,10 +305,10 @@ def retime(entries: list[dict], runs_dir: Path, repeats: int) -> None:
     recorded: that is checked, which also shows the saved runs reproduce the table."""
     for entry in entries:
         dataset, seed = entry["dataset"], entry["seed"]
-        jobs = [(algo, runs_dir / f"{dataset}-{algo}-s{seed}", [entry["settings"]["lam"]], [agent]) for algo, agent in entry["agents"].items()]
+        jobs = [(runs_dir / f"{dataset}-{algo}-s{seed}", [entry["settings"]["lam"]], [agent]) for algo, agent in entry["agents"].items()]
         if entry["lambda_agent"]:
-            jobs.append(("lambda-ppo", runs_dir / f"{dataset}-lambda-ppo-s{seed}", [p["lam"] for p in entry["lambda_agent"]], entry["lambda_agent"]))
-        for name, run_dir, lams, targets in jobs:
+            jobs.append((runs_dir / f"{dataset}-lambda-ppo-s{seed}", [p["lam"] for p in entry["lambda_agent"]], entry["lambda_agent"]))
+        for run_dir, lams, targets in jobs:
             if not run_dir.is_dir():
                 raise SystemExit(f"error: --retime needs the saved run {run_dir} (it looks next to the result file)")
             results = evaluate_run(run_dir, lams, device="cpu", figures=False, timing_repeats=repeats)["results"]
