@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from main_models import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -23,21 +23,9 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, name: str = CHECK
 
     A process killed at any moment leaves either the previous checkpoint or the new one, never a
     partial file under the final name."""
-    path = Path(run_dir) / name
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **payload}, buffer)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(Path(run_dir) / name, buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,67 +14,75 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from typing import Any, Sequence
 
 import torch
 
+from agents.algorithms import ALGORITHMS, Agent, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.metrics import layer_selection_figure, tradeoff_figure
-from agents.train import FIELDS, Args, _lam_range, make_trainer, set_threads
-from dynalay_env import resolve_device
+from agents.settings import ResolvedSettings, settings_from_json
+from agents.train import set_threads
+from dynalay_env import DynaLayEngine, build_engine, evaluate_policy
+from main_models import resolve_device
 
 
-def _load_run(run_dir: Path, device: torch.device):
-    checkpoint = load_checkpoint(run_dir, map_location=device)
-    saved = {k: v for k, v in checkpoint["config"].items() if k in FIELDS}
-    args = Args(**{**saved, "pretrain_epochs": 0, "resume": "", "config": ""})
-    env_kwargs = dict(
-        dataset=args.dataset,
-        data_dir=args.data_dir or None,
-        model=args.model or None,
-        lam=args.lam,
-        lam_range=_lam_range(args.lam_range),
-        alpha=args.alpha,
-        beta=args.beta,
-        max_steps=args.max_steps or None,
-        cotrain=False,
-        seed=args.seed,
-        device=device,
-    )
+@dataclass
+class LoadedRun:
+    """A saved run as it was trained: its settings, its engine with the co-trained main model
+    (frozen: no warm-up, no co-training) and its agent."""
+
+    settings: ResolvedSettings
+    engine: DynaLayEngine
+    agent: Agent
+    checkpoint: dict[str, Any]
+
+
+def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild the run in ``run_dir`` from its checkpoint; refused with :class:`CheckpointError`
+    when the checkpoint is missing, corrupt or does not fit its own configuration."""
+    dev = resolve_device(device)
+    checkpoint = load_checkpoint(run_dir, map_location=dev)
     try:
-        trainer = make_trainer(args, env_kwargs, device)
-        trainer.engine_call("load_state_dict", checkpoint["engine"])
-    except ValueError as err:
+        settings = settings_from_json(checkpoint["config"], ALGORITHMS)
+        env = replace(settings.env, pretrain_epochs=0, cotrain=False)
+        engine = build_engine(settings.run.num_envs, device=dev, **asdict(env))
+        agent = make_agent(settings.run.algo, settings.agent, engine, reward_weight=settings.run.reward_weight, seed=settings.run.seed,
+                           device=dev, total_timesteps=settings.run.total_timesteps)
+        engine.load_state_dict(checkpoint["engine"])
+    except (ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint in {run_dir} does not fit its own configuration: {err}") from None
-    trainer.load_state(checkpoint["agent"])
-    return args, trainer, checkpoint
+    agent.load_state(checkpoint["agent"])
+    return LoadedRun(settings, engine, agent, checkpoint)
 
 
 def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True,
                  timing_repeats: int = 3) -> dict:
-    dev = resolve_device(device)
-    args, trainer, checkpoint = _load_run(run_dir, dev)
-    lams = list(lams) if lams else [args.lam]
+    loaded = load_run(run_dir, device)
+    settings, engine = loaded.settings, loaded.engine
+    lams = list(lams) if lams else [settings.env.lam]
     if any(lam < 0 for lam in lams):
         raise ValueError(f"lambda values must be >= 0, got {lams}")
-    policy = trainer.policy()
-    results = [trainer.engine_call("evaluate", policy, lam=float(lam), timing_repeats=timing_repeats).as_dict() for lam in lams]
+    policy = loaded.agent.policy()
+    results = [
+        evaluate_policy(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
+                        device=engine.device, timing_repeats=timing_repeats).as_dict()
+        for lam in lams
+    ]
+    algo, timesteps = settings.run.algo, int(loaded.checkpoint["timesteps"])
     out = {
         "run_dir": str(run_dir),
-        "algo": checkpoint["algo"],
-        "timesteps": int(checkpoint["timesteps"]),
-        "dataset": args.dataset,
-        "trained_lam": args.lam,
-        "trained_lam_range": args.lam_range,
+        "algo": algo,
+        "timesteps": timesteps,
+        "dataset": settings.env.dataset,
+        "trained_lam": settings.env.lam,
+        "trained_lam_range": settings.env.lam_range,
         "results": results,
     }
     if figures:
-        out["figures"] = _write_figures(run_dir, results, checkpoint["algo"], int(checkpoint["timesteps"]))
+        out["figures"] = _write_figures(run_dir, results, algo, timesteps)
     return out
 
 

@@ -4,7 +4,7 @@ Tags (one name for every algorithm, so runs overlay):
   charts/episode_reward          mean Eq. 2 return of the episodes finished since the last log
   charts/train_accuracy          share of those episodes answered correctly
   charts/compute                 mean compute per episode, in straightforward passes
-  charts/action_freq/<action>    share of actions taken (nop, layer1, ...)
+  charts/action_freq/<action>    share of actions taken (NOP, L1, ..., LL)
   charts/fpi_iterations/layer<i> mean FPI iterations each time layer i was chosen
   charts/layer_selection         histogram of the actions taken
   charts/SPS                     environment steps per second
@@ -21,13 +21,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-
-def action_names(num_layers: int) -> list[str]:
-    return ["nop"] + [f"layer{i}" for i in range(1, num_layers + 1)]
+from dynalay_env import EpisodeRecord, action_names
 
 
 class EpisodeStats:
-    """Accumulates finished episodes between two logs (numpy arrays or per-episode dicts)."""
+    """Accumulates finished episodes between two logs."""
 
     def __init__(self, num_layers: int, max_steps: int) -> None:
         self.num_layers = num_layers
@@ -42,40 +40,23 @@ class EpisodeStats:
         self.action_counts = np.zeros(self.num_layers + 1, dtype=np.int64)
         self.layer_iterations = np.zeros(self.num_layers, dtype=np.int64)
 
-    def add_batch(self, finished: Mapping[str, np.ndarray]) -> None:
-        """Episodes as arrays: correct (n,), return (n,), compute (n,), steps (n,), path (n, T),
-        layer_iterations (n, L)."""
-        n = len(finished["correct"])
+    def add(self, record: EpisodeRecord) -> None:
+        n = len(record)
         if n == 0:
             return
+        episodes = record.numpy()
         self.episodes += n
-        self.correct += int(np.sum(finished["correct"]))
-        self.returns += float(np.sum(finished["return"]))
-        self.compute += float(np.sum(finished["compute"]))
-        paths = np.asarray(finished["path"]).reshape(n, -1)
+        self.correct += int(np.sum(episodes["correct"]))
+        self.returns += float(np.sum(episodes["return"]))
+        self.compute += float(np.sum(episodes["compute"]))
+        paths = episodes["path"].reshape(n, -1)
         self.action_counts += np.bincount(paths[paths > 0], minlength=self.num_layers + 1)
-        self.action_counts[0] += int(np.sum(np.asarray(finished["steps"]) < self.max_steps))
-        self.layer_iterations += np.asarray(finished["layer_iterations"]).reshape(n, -1).sum(axis=0)
+        self.action_counts[0] += int(np.sum(episodes["steps"] < self.max_steps))
+        self.layer_iterations += episodes["layer_iterations"].reshape(n, -1).sum(axis=0)
 
     def add_infos(self, infos: Iterable[Mapping[str, Any]]) -> None:
         """SB3-style per-env info dicts; finished episodes carry the episode keys."""
-        done = [info for info in infos if "path" in info]
-        if not done:
-            return
-        T = self.max_steps
-        paths = np.zeros((len(done), T), dtype=np.int64)
-        for i, info in enumerate(done):
-            paths[i, : len(info["path"])] = info["path"]  # already 0-padded to T by the env
-        self.add_batch(
-            {
-                "correct": np.array([info["correct"] for info in done]),
-                "return": np.array([info["return"] for info in done]),
-                "compute": np.array([info["compute"] for info in done]),
-                "steps": np.array([info["steps"] for info in done]),
-                "path": paths,
-                "layer_iterations": np.stack([info["layer_iterations"] for info in done]),
-            }
-        )
+        self.add(EpisodeRecord.from_info_dicts(infos))
 
 
 class RunLogger:
@@ -138,7 +119,7 @@ def layer_selection_figure(frequency: list[float], title: str = ""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["NOP"] + [f"FPI L{i}" for i in range(1, len(frequency))]
+    names = action_names(len(frequency) - 1)
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
     ax.bar(names, frequency, color=["#888888"] + ["#3b75af"] * (len(frequency) - 1))
     ax.set_ylabel("share of actions")

@@ -1,6 +1,7 @@
 """REINFORCE with a learned baseline, entropy bonus and epsilon-greedy exploration (paper App. A).
 
-It runs on the batched environment's torch face (``DynaLayVectorEnv(torch_arrays=True)``):
+:class:`ReinforceLearner` is the whole algorithm, top to bottom: settings, the rollout loop, the
+update. It runs on the batched environment's torch face (``DynaLayVectorEnv(torch_arrays=True)``):
 observations, actions, rewards and episode ends stay on ``device`` and are batched over the N
 episodes in flight, with no numpy round trip per step. Rollouts of ``n_steps`` batched steps
 are turned into Monte-Carlo returns; steps of episodes still unfinished at the rollout's end wait
@@ -12,36 +13,46 @@ belongs to the main model and is optimized inside the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynalay_env import EPISODE_KEYS, DynaLayEngine, DynaLayVectorEnv, EpisodeRecord
+
+from .checkpoint import CheckpointError
+from .hooks import Hooks
 from .nets import AgentNet, mlp
 
 
+def _arg(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
-class ReinforceConfig:
-    learning_rate: float = 1e-3
-    n_steps: int = 16
-    discount: float = 1.0
-    reward_weight: float = 0.2
-    """The paper's gamma."""
-    ent_coef: float = 0.01
-    value_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    exploration_initial_eps: float = 0.2
-    exploration_final_eps: float = 0.02
-    exploration_fraction: float = 0.3
+class ReinforceSettings:
+    learning_rate: float = _arg(1e-3, "Adam learning rate of the policy and its baseline")
+    n_steps: int = _arg(16, "update once this many vector steps have finished episodes (each adds its complete episodes)")
+    gamma: float = _arg(1.0, "RL discount of the Monte-Carlo returns (episodes last at most T steps)")
+    ent_coef: float = _arg(0.01, "entropy bonus")
+    value_coef: float = _arg(0.5, "baseline loss weight")
+    max_grad_norm: float = _arg(0.5, "gradient clipping norm")
+    exploration_initial_eps: float = _arg(0.2, "initial epsilon of epsilon-greedy exploration")
+    exploration_final_eps: float = _arg(0.02, "final epsilon")
+    exploration_fraction: float = _arg(0.3, "share of training over which epsilon decays")
 
 
 class ReinforceAgent(nn.Module):
     """AgentNet policy plus a state-value baseline of the same shape."""
 
-    def __init__(self, obs_dim: int, num_actions: int, config: ReinforceConfig) -> None:
+    def __init__(self, obs_dim: int, num_actions: int, config: ReinforceSettings, reward_weight: float) -> None:
         super().__init__()
         self.config = config
+        self.reward_weight = reward_weight
+        """The paper's gamma: weight of the reward in the agent's loss (Eq. 3)."""
         self.policy = AgentNet(obs_dim, num_actions)
         self.baseline = mlp(obs_dim, 1)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=config.learning_rate)
@@ -77,7 +88,7 @@ class ReinforceAgent(nn.Module):
         entropy = -(logp_all.exp() * logp_all).sum(dim=1).mean()
         values = self.baseline(obs).squeeze(1)
         advantage = (returns - values).detach()
-        policy_loss = -c.reward_weight * (advantage * logp).mean()
+        policy_loss = -self.reward_weight * (advantage * logp).mean()
         value_loss = F.mse_loss(values, returns)
         loss = policy_loss + c.value_coef * value_loss - c.ent_coef * entropy
         self.optimizer.zero_grad(set_to_none=True)
@@ -127,3 +138,78 @@ class EpisodeBuffer:
         self.length[done_rows] = 0
         self.rewards[done_rows] = 0.0
         return out
+
+
+class ReinforceLearner:
+    """REINFORCE on the torch face of ``engine``: act, record, update every ``n_steps``."""
+
+    def __init__(
+        self, settings: ReinforceSettings, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device,
+        total_timesteps: int,
+    ) -> None:
+        self.settings = settings
+        self.env = DynaLayVectorEnv(engine=engine, torch_arrays=True)
+        obs_dim = self.env.single_observation_space.shape[0]
+        self.agent = ReinforceAgent(obs_dim, int(self.env.single_action_space.n), settings, reward_weight).to(device)
+        self.buffer = EpisodeBuffer(self.env.num_envs, engine.max_steps, obs_dim, settings.gamma, device)
+        self.total = total_timesteps
+        self.num_timesteps = 0
+        self.seed = seed
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.device = device
+
+    def effective_settings(self) -> dict[str, Any]:
+        return {name: getattr(self.settings, name) for name in self.settings.__dataclass_fields__}
+
+    def learn(self, steps: int, hooks: Hooks) -> None:
+        from tqdm.auto import tqdm
+
+        n = self.env.num_envs
+        obs, _ = self.env.reset(seed=self.seed + self.num_timesteps)
+        target = self.num_timesteps + steps
+        pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        bar = tqdm(total=steps, disable=not hooks.progress, unit="step", desc="reinforce")
+        while self.num_timesteps < target:
+            eps = self.agent.epsilon(self.num_timesteps / max(1, self.total))
+            actions = self.agent.act(obs, eps, self.generator)
+            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+            finished = self.buffer.add(obs, actions, rewards, terminated | truncated)
+            if finished[0].shape[0]:
+                pending.append(finished)
+            if "final_info" in infos:
+                mask = infos["_final_info"]
+                hooks.on_episodes(EpisodeRecord({k: infos["final_info"][k][mask] for k in EPISODE_KEYS}))
+            obs = next_obs
+            self.num_timesteps += n
+            bar.update(n)
+            if len(pending) >= self.settings.n_steps:
+                batch = [torch.cat(parts) for parts in zip(*pending)]
+                hooks.on_losses(self.agent.update(*batch), self.num_timesteps)
+                pending.clear()
+            hooks.after_step(self.num_timesteps)
+        bar.close()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizer": self.agent.optimizer.state_dict(),
+            "num_timesteps": self.num_timesteps,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.agent.optimizer.load_state_dict(state["optimizer"])
+            self.num_timesteps = int(state["num_timesteps"])
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"the checkpoint's agent does not match this environment: {err}") from None
+
+    def policy(self) -> Callable[[Tensor], Tensor]:
+        agent = self.agent
+        return lambda obs: agent.predict(obs.to(self.device))
+
+    def attach_run(self, run_dir: Path) -> None:
+        """REINFORCE logs through the shared RunLogger only."""

@@ -31,18 +31,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import torch
 
 from agents import train
-from agents.evaluate import _load_run, evaluate_run
-from dynalay_env.evaluation import oracle
-from main_models import DatasetSplits
-from main_models.train_baseline import oracle as fixed_path_oracle
-from main_models.train_baseline import run_baseline
+from agents.evaluate import evaluate_run, load_run
+from dynalay_env import oracle
+from main_models import DatasetSplits, fixed_path_oracle, run_baseline, write_json
 
 SETTINGS = ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")
 """The plan fields recorded with each seed; seeds are only averaged when these agree."""
@@ -83,6 +78,15 @@ FULL = Plan(
 QUICK = Plan(["digits-graded"], [0], ["ppo", "reinforce"], 512, 1, 1, 0.005, "0,0.02", [0.0, 0.01], num_envs=8, oracle_limit=48)
 
 
+SMALL_BUDGET_FLAGS = {
+    "ppo": ["--n-steps", "32", "--batch-size", "64"],
+    "a2c": ["--n-steps", "2"],
+    "dqn": ["--batch-size", "64", "--learning-starts", "64"],
+    "reinforce": ["--n-steps", "4"],
+}
+"""Each algorithm's settings for budgets under 2048 steps, so that a quick run still updates."""
+
+
 def _level_compute(per_difficulty: dict) -> dict[str, float]:
     return {str(k): float(v["compute"]) for k, v in sorted(per_difficulty.items(), key=lambda kv: int(kv[0]))}
 
@@ -98,20 +102,20 @@ def _train_agent(plan: Plan, dataset: str, algo: str, seed: int, run_dir: Path, 
     if lam_range:
         argv += ["--lam-range", lam_range]
     if plan.budget < 2048:
-        argv += ["--n-steps", "32", "--batch-size", "64", "--learning-starts", "64"]
+        argv += SMALL_BUDGET_FLAGS[algo]
     return train.main(argv)
 
 
 def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
-    args, trainer, _ = _load_run(run_dir, torch.device("cpu"))
-    model, splits = trainer.engine_attr("model"), trainer.engine_attr("splits")
+    engine = load_run(run_dir, "cpu").engine
+    model, splits = engine.model, engine.splits
     if limit is not None:
         splits = DatasetSplits(
             splits.name, splits.x_train[:1], splits.y_train[:1], splits.x_test[:limit], splits.y_test[:limit], splits.num_classes,
             difficulty_train=None if splits.difficulty_train is None else splits.difficulty_train[:1],
             difficulty_test=None if splits.difficulty_test is None else splits.difficulty_test[:limit],
         )
-    return oracle(model, splits, max_steps=trainer.engine_attr("max_steps")).as_dict()
+    return oracle(model, splits, max_steps=engine.max_steps).as_dict()
 
 
 def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
@@ -290,11 +294,8 @@ def markdown_tables(summary: dict) -> str:
 
 
 def _write(result: dict, out_dir: Path) -> None:
-    """JSON via a temporary file and rename, so an interrupted run never leaves a torn file."""
-    path = out_dir / "adaptive_vs_fixed.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    """JSON written atomically, so an interrupted run never leaves a torn file, and the figure."""
+    write_json(out_dir / "adaptive_vs_fixed.json", result)
     pareto_figure(result["summary"], out_dir / "pareto.png")
 
 

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from dynalay_env import DynaLayEngine
+from dynalay_env import build_engine, evaluate_policy
+from main_models import MainModelTrainer
 
 PATHS = {"plain": [], "fpi_L1": [1], "fpi_L1_L2": [1, 2], "fpi_all": [1, 2, 3]}
 
@@ -31,12 +27,13 @@ def run(epochs: int, stop_probs: list[float], seed: int) -> dict:
     rows = []
     for p in stop_probs:
         start = time.perf_counter()
-        engine = DynaLayEngine(1, warmup_stop_prob=p, cotrain=False, seed=seed)
-        losses = engine.pretrain(epochs, seed=seed)
+        engine = build_engine(1, cotrain=False, seed=seed)
+        trainer = MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train)
+        losses = trainer.warm_up(epochs, max_steps=engine.max_steps, stop_prob=p, seed=seed)
         seconds = time.perf_counter() - start
         row = {"stop_prob": p, "warmup_seconds": round(seconds, 2), "final_loss": losses[-1]}
         for name, path in PATHS.items():
-            report = engine.evaluate(path)
+            report = evaluate_policy(engine.model, engine.splits, path, max_steps=engine.max_steps)
             row[f"{name}_accuracy"] = report.accuracy
             row[f"{name}_compute"] = report.compute
         rows.append(row)

@@ -2,9 +2,11 @@
 
 import gymnasium as gym
 
-from .engine import DynaLayEngine, ObservationLayout, StepOutput, resolve_device
+from .config import EnvConfig, RewardConfig, action_names, default_max_steps
+from .engine import DynaLayEngine, ObservationLayout, StepOutput, build_engine
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
-from .evaluation import EvalReport, evaluate_policy
+from .evaluation import EvalReport, OracleReport, evaluate_policy, oracle
+from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord
 
 ENV_ID = "DynaLay-v0"
 
@@ -19,13 +21,22 @@ if ENV_ID not in gym.registry:
 
 __all__ = [
     "ENV_ID",
+    "EPISODE_FIELDS",
+    "EPISODE_KEYS",
     "DynaLayEngine",
     "DynaLayEnv",
     "DynaLaySB3VecEnv",
     "DynaLayVectorEnv",
+    "EnvConfig",
+    "EpisodeRecord",
     "EvalReport",
     "ObservationLayout",
+    "OracleReport",
+    "RewardConfig",
     "StepOutput",
+    "action_names",
+    "build_engine",
+    "default_max_steps",
     "evaluate_policy",
-    "resolve_device",
+    "oracle",
 ]

@@ -5,7 +5,9 @@
   autoreset (``gym.make_vec("DynaLay-v0", num_envs=N, vectorization_mode="vector_entry_point")``).
 * :class:`DynaLaySB3VecEnv` - stable-baselines3 ``VecEnv`` over the same engine.
 
-Each converts actions and results between numpy and the engine's tensors once per batched step.
+Each face either builds its engine from the settings of :class:`~dynalay_env.config.EnvConfig`, or
+adapts one it is given (``DynaLaySB3VecEnv(engine)``). Each converts actions and results between
+numpy and the engine's tensors once per batched step, and nothing else.
 """
 
 from __future__ import annotations
@@ -20,9 +22,21 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from .engine import DynaLayEngine, StepOutput
+from .engine import DynaLayEngine, StepOutput, build_engine
 
-EPISODE_KEYS = ("correct", "compute", "iterations", "layer_iterations", "return", "steps", "path", "label", "lam", "difficulty")
+
+def _engine(engine: DynaLayEngine | None, num_envs: int, autoreset: bool, settings: dict[str, Any]) -> DynaLayEngine:
+    """The given engine, checked to fit the face, or a new one built from ``settings``."""
+    if engine is None:
+        return build_engine(num_envs, autoreset=autoreset, **settings)
+    if settings:
+        raise TypeError(f"pass either an engine or settings to build one, not both (got {sorted(settings)})")
+    if engine.num_envs != num_envs or engine.autoreset != autoreset:
+        raise ValueError(
+            f"this face needs an engine with num_envs={num_envs} and autoreset={autoreset}, "
+            f"got num_envs={engine.num_envs} and autoreset={engine.autoreset}"
+        )
+    return engine
 
 
 def _spaces(engine: DynaLayEngine) -> tuple[spaces.Box, spaces.Discrete]:
@@ -54,20 +68,17 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", copy=True).numpy()
 
 
-def _finished_numpy(out: StepOutput) -> dict[str, np.ndarray]:
-    return {k: _np(out.finished[k]) for k in EPISODE_KEYS}
-
-
 class DynaLayEnv(gym.Env):
-    """One DynaLay episode at a time. Keyword arguments go to :class:`DynaLayEngine`."""
+    """One DynaLay episode at a time. Keyword arguments are :class:`EnvConfig` settings, or
+    ``engine=`` a one-row engine built without autoreset."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, render_mode: str | None = None, **engine_kwargs: Any) -> None:
+    def __init__(self, render_mode: str | None = None, *, engine: DynaLayEngine | None = None, **settings: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
-        engine_kwargs.pop("num_envs", None)
-        self.engine = DynaLayEngine(1, autoreset=False, **engine_kwargs)
+        settings.pop("num_envs", None)
+        self.engine = _engine(engine, 1, False, settings)
         self.observation_space, self.action_space = _spaces(self.engine)
         self.render_mode = None
         self._needs_reset = True
@@ -94,10 +105,9 @@ class DynaLayEnv(gym.Env):
         obs = _np(out.obs[0])
         if terminated:
             self._needs_reset = True
-            fin = _finished_numpy(out)
-            info.update({k: v[0] for k, v in fin.items() if k != "path"})
-            info["correct"] = bool(fin["correct"][0])
-            info["path"] = fin["path"][0]
+            (episode,) = out.finished.info_dicts()
+            info.update(episode)
+            info["correct"] = bool(episode["correct"])
             obs = _np(out.final_obs[0])
         return obs, float(out.reward[0]), terminated, False, info
 
@@ -113,19 +123,25 @@ class DynaLayVectorEnv(VectorEnv):
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(
-        self, num_envs: int = 1, render_mode: str | None = None, torch_arrays: bool = False, **engine_kwargs: Any
+        self,
+        num_envs: int = 1,
+        render_mode: str | None = None,
+        torch_arrays: bool = False,
+        *,
+        engine: DynaLayEngine | None = None,
+        **settings: Any,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
         self.torch_arrays = torch_arrays
-        self.engine = DynaLayEngine(num_envs, autoreset=True, **engine_kwargs)
-        self.num_envs = num_envs
+        self.engine = _engine(engine, engine.num_envs if engine is not None else num_envs, True, settings)
+        self.num_envs = self.engine.num_envs
         self.single_observation_space, self.single_action_space = _spaces(self.engine)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.render_mode = None
 
-    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[Any, dict]:
         if seed is not None:
             first = seed[0] if isinstance(seed, (list, tuple)) else seed
             self.engine.seed(int(first))
@@ -145,8 +161,7 @@ class DynaLayVectorEnv(VectorEnv):
         if self.torch_arrays:
             return self._torch_result(out)
         terminated = _np(out.terminated)
-        n = self.num_envs
-        everyone = np.ones(n, dtype=bool)
+        everyone = np.ones(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {
             "step_cost": _np(out.step_cost),
             "_step_cost": everyone,
@@ -155,23 +170,11 @@ class DynaLayVectorEnv(VectorEnv):
         }
         done_idx = np.flatnonzero(terminated)
         if done_idx.size:
-            final_obs = np.full(n, None, dtype=object)
-            final_obs_rows = _np(out.final_obs)
-            final_obs[done_idx] = list(final_obs_rows)
-            final_info: dict[str, Any] = {}
-            for key, values in _finished_numpy(out).items():
-                full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
-                full[done_idx] = values
-                final_info[key] = full
-                final_info[f"_{key}"] = terminated
-            infos.update({"final_obs": final_obs, "_final_obs": terminated, "final_info": final_info, "_final_info": terminated})
-        return (
-            _np(out.obs),
-            _np(out.reward).astype(np.float64),
-            terminated,
-            _np(out.truncated),
-            infos,
-        )
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            final_obs[done_idx] = list(_np(out.final_obs))
+            infos.update({"final_obs": final_obs, "_final_obs": terminated,
+                          "final_info": out.finished.scatter(done_idx, self.num_envs, as_numpy=True), "_final_info": terminated})
+        return _np(out.obs), _np(out.reward).astype(np.float64), terminated, _np(out.truncated), infos
 
     def _torch_result(self, out: StepOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         done = out.terminated
@@ -186,14 +189,8 @@ class DynaLayVectorEnv(VectorEnv):
             rows = done.nonzero().squeeze(1)
             final_obs = torch.zeros_like(out.obs)
             final_obs[rows] = out.final_obs
-            final_info: dict[str, Any] = {}
-            for key in EPISODE_KEYS:
-                values = out.finished[key]
-                full = torch.zeros((self.num_envs, *values.shape[1:]), dtype=values.dtype, device=values.device)
-                full[rows] = values
-                final_info[key] = full
-                final_info[f"_{key}"] = done
-            infos.update({"final_obs": final_obs, "_final_obs": done, "final_info": final_info, "_final_info": done})
+            infos.update({"final_obs": final_obs, "_final_obs": done,
+                          "final_info": out.finished.scatter(rows, self.num_envs, as_numpy=False), "_final_info": done})
         return out.obs.clone(), out.reward, done, out.truncated, infos
 
     def close_extras(self, **kwargs: Any) -> None:
@@ -203,16 +200,20 @@ class DynaLayVectorEnv(VectorEnv):
 class DynaLaySB3VecEnv(VecEnv):
     """stable-baselines3 ``VecEnv`` over the batched engine (same-step reset, SB3's convention).
 
-    Finished episodes carry ``terminal_observation`` plus the episode keys (correct, compute,
-    iterations, steps, path, label, lam, ...) in their info dict. ``path`` is always a (T,) array
-    padded with 0 after the episode's ``steps`` actions, in every face, so infos batch cleanly.
+    ``DynaLaySB3VecEnv(engine)`` adapts an engine built with autoreset; ``DynaLaySB3VecEnv(N,
+    **settings)`` builds one. Finished episodes carry ``terminal_observation`` plus the episode keys
+    of :data:`~dynalay_env.record.EPISODE_FIELDS` in their info dict. ``path`` is always a (T,) array
+    padded with 0 after the episode's ``steps`` actions, so infos batch cleanly.
     """
 
-    def __init__(self, num_envs: int = 1, **engine_kwargs: Any) -> None:
-        self.engine = DynaLayEngine(num_envs, autoreset=True, **engine_kwargs)
+    def __init__(self, engine: DynaLayEngine | int = 1, **settings: Any) -> None:
+        if isinstance(engine, DynaLayEngine):
+            self.engine = _engine(engine, engine.num_envs, True, settings)
+        else:
+            self.engine = _engine(None, engine, True, settings)
         obs_space, act_space = _spaces(self.engine)
         self.render_mode = None
-        super().__init__(num_envs, obs_space, act_space)
+        super().__init__(self.engine.num_envs, obs_space, act_space)
         self._actions: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
@@ -233,25 +234,9 @@ class DynaLaySB3VecEnv(VecEnv):
         self._actions = None
         dones = _np(out.terminated)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        done_idx = np.flatnonzero(dones)
-        if done_idx.size:
-            fin = _finished_numpy(out)
-            final_obs = _np(out.final_obs)
-            for j, i in enumerate(done_idx):
-                infos[i] = {
-                    "terminal_observation": final_obs[j],
-                    "TimeLimit.truncated": False,
-                    "correct": bool(fin["correct"][j]),
-                    "compute": float(fin["compute"][j]),
-                    "iterations": int(fin["iterations"][j]),
-                    "layer_iterations": fin["layer_iterations"][j],
-                    "return": float(fin["return"][j]),
-                    "steps": int(fin["steps"][j]),
-                    "path": fin["path"][j],
-                    "label": int(fin["label"][j]),
-                    "lam": float(fin["lam"][j]),
-                    "difficulty": int(fin["difficulty"][j]),
-                }
+        final_obs = _np(out.final_obs)
+        for j, (i, episode) in enumerate(zip(np.flatnonzero(dones), out.finished.info_dicts())):
+            infos[i] = {"terminal_observation": final_obs[j], "TimeLimit.truncated": False, **episode}
         return _np(out.obs), _np(out.reward).astype(np.float32), dones, infos
 
     def close(self) -> None:
@@ -261,16 +246,15 @@ class DynaLaySB3VecEnv(VecEnv):
         return len(list(self._get_indices(indices)))
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        target = self if hasattr(self, attr_name) else self.engine
-        value = getattr(target, attr_name)
-        return [value] * self._indices_count(indices)
+        """The face's own attribute, once per requested index (the rows share one engine)."""
+        return [getattr(self, attr_name)] * self._indices_count(indices)
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        setattr(self.engine, attr_name, value)
+        setattr(self, attr_name, value)
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
-        """Calls the shared engine's method once; every requested index gets that result."""
-        result = getattr(self.engine, method_name)(*method_args, **method_kwargs)
+        """Calls the face's method once; every requested index gets that result."""
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
         return [result] * self._indices_count(indices)
 
     def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:

@@ -10,8 +10,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from main_models import DatasetSplits, FPINetwork, PathState
+from main_models import DatasetSplits, FPINetwork, PathState, per_level
 
+from .config import RewardConfig, default_max_steps
 from .engine import DynaLayEngine
 
 Policy = Callable[[Tensor], Tensor]
@@ -67,7 +68,7 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
     remaining = num_samples
     while remaining > 0:
         n = min(remaining, engine.num_envs)
-        engine.running.zero_()
+        engine.stop()
         engine.reset(torch.arange(n, device=engine.device))
         remaining -= n
         while True:
@@ -81,8 +82,7 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
                 actions[live] = policy(engine.obs[live]).to(engine.device, torch.long).reshape(-1)
             engine.validate_actions(actions)
             action_counts += torch.bincount(actions[live], minlength=L + 1)
-            out = engine.step(actions, validate=False)
-            fin = out.finished
+            fin = engine.step(actions, validate=False).finished
             correct.append(fin["correct"])
             compute.append(fin["compute"])
             lengths.append(fin["steps"])
@@ -101,18 +101,7 @@ def _timed(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: i
 
 
 def _per_difficulty(rollout: _Rollout) -> dict[int, dict[str, float]]:
-    levels = torch.unique(rollout.difficulty).tolist()
-    if levels == [-1]:
-        return {}
-    table = {}
-    for level in levels:
-        mask = rollout.difficulty == level
-        table[int(level)] = {
-            "accuracy": float(rollout.correct[mask].float().mean()),
-            "compute": float(rollout.compute[mask].mean()),
-            "count": int(mask.sum()),
-        }
-    return table
+    return per_level(rollout.correct, rollout.compute, rollout.difficulty)
 
 
 def evaluate_policy(
@@ -120,16 +109,15 @@ def evaluate_policy(
     splits: DatasetSplits,
     policy: Policy | Sequence[int],
     *,
-    lam: float = 1.0,
-    alpha: float = 0.5,
-    beta: float = 0.3,
+    reward: RewardConfig = RewardConfig(),
     max_steps: int | None = None,
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
     timing_repeats: int = 3,
 ) -> EvalReport:
     """Evaluate ``policy`` (a callable on observations, or a fixed action path such as [1, 2, 3])
-    on every test sample once, with the main model frozen.
+    on every test sample once, with the main model frozen, at ``reward.lam`` (a lambda range is
+    ignored: evaluation is at one lambda).
 
     ``seconds`` and ``fpi_all_seconds`` are the medians of ``timing_repeats`` timed rollouts of the
     policy and of FPI on every layer, interleaved so that drift in machine load hits both alike;
@@ -137,13 +125,12 @@ def evaluate_policy(
     if timing_repeats < 1:
         raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}")
     was_training = model.training
+    reward = reward.fixed(reward.lam)
     engine = DynaLayEngine(
         min(batch_size, int(splits.y_test.shape[0])),
-        dataset=splits,
-        model=model,
-        lam=lam,
-        alpha=alpha,
-        beta=beta,
+        splits,
+        model,
+        reward=reward,
         max_steps=max_steps,
         mode="eval",
         autoreset=False,
@@ -173,7 +160,7 @@ def evaluate_policy(
         action_frequency=(counts / counts.sum()).tolist(),
         mean_episode_length=float(result.steps.float().mean()),
         num_samples=n,
-        lam=lam,
+        lam=reward.lam,
         per_difficulty=_per_difficulty(result),
         seconds=seconds,
         fpi_all_seconds=fpi_all_seconds,
@@ -216,7 +203,7 @@ def oracle(
     was_training = model.training
     model.eval()
     L = model.num_layers
-    T = max_steps if max_steps is not None else 2 * L
+    T = max_steps if max_steps is not None else default_max_steps(L)
     full = float(model.straightforward_flops)
     x = splits.x_test.to(dev)
     y = splits.y_test.to(dev)

@@ -1,14 +1,14 @@
-"""Main models for DynaLay: FPI layers and the networks built from them. No RL in here."""
+"""Main models for DynaLay: FPI layers, the networks built from them, their data, and training
+along action paths. Nothing in here knows about reinforcement learning."""
 
+from .atomic import atomic_write_bytes, atomic_write_text, write_json
+from .build import MAIN_MODELS, build_main_model, default_model
 from .conv import ContractiveConvBlock, ConvOperatorNorm, build_conv_fpi_network
 from .data import (
     DATASETS,
     INPUT_KINDS,
-    MAIN_MODELS,
     OFFLINE_DATASETS,
     DatasetSplits,
-    build_main_model,
-    default_model,
     infer_input_kind,
     load_cifar10,
     load_cifar100,
@@ -19,42 +19,11 @@ from .data import (
     load_npz,
     load_parity,
     load_wikitext2,
+    split_indices,
 )
+from .device import resolve_device
 from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, fixed_point_solve
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
 from .network import FPINetwork, PathState, build_mlp_fpi_network
-
-__all__ = [
-    "DATASETS",
-    "GRAD_MODES",
-    "INPUT_KINDS",
-    "MAIN_MODELS",
-    "OFFLINE_DATASETS",
-    "CausalConvEmbedding",
-    "ContractiveConvBlock",
-    "ContractiveTanhBlock",
-    "ConvOperatorNorm",
-    "DatasetSplits",
-    "FPILayer",
-    "FPINetwork",
-    "FPIResult",
-    "JacobiLSTMBlock",
-    "LastStepHead",
-    "PathState",
-    "build_conv_fpi_network",
-    "build_lstm_fpi_network",
-    "build_main_model",
-    "build_mlp_fpi_network",
-    "default_model",
-    "fixed_point_solve",
-    "infer_input_kind",
-    "load_cifar10",
-    "load_cifar100",
-    "load_dataset",
-    "load_digits",
-    "load_digits_graded",
-    "load_imdb",
-    "load_npz",
-    "load_parity",
-    "load_wikitext2",
-]
+from .paths import evaluate_fixed_path, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline
+from .trainer import MainModelTrainer, PathSource, fixed_paths, random_paths

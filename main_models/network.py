@@ -27,9 +27,6 @@ class PathState:
     def rows(self, index: Tensor | slice) -> "PathState":
         return PathState(self.u[index], [z[index] for z in self.z])
 
-    def clone(self) -> "PathState":
-        return PathState(self.u.clone(), [z.clone() for z in self.z])
-
 
 def _scatter_rows(dst: Tensor, index: Tensor, src: Tensor) -> Tensor:
     """dst[index] = src, out of place when autograd records the step, in place otherwise."""

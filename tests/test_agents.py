@@ -14,13 +14,21 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import evaluate, train
+from agents.algorithms import ALGORITHMS
+from agents.settings import resolve
 from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.reinforce import EpisodeBuffer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--total-timesteps", "512", "--num-envs", "8", "--n-steps", "64", "--batch-size", "64",
-        "--pretrain-epochs", "1", "--cotrain-every", "16", "--learning-starts", "64",
-        "--checkpoint-freq", "256", "--log-every", "128", "--no-progress", "--device", "cpu"]
+TINY_RUN = ["--total-timesteps", "512", "--num-envs", "8", "--pretrain-epochs", "1", "--cotrain-every", "16",
+            "--checkpoint-freq", "256", "--log-every", "128", "--no-progress", "--device", "cpu"]
+TINY_AGENT = {"ppo": ["--n-steps", "64", "--batch-size", "64"], "a2c": ["--n-steps", "4"],
+              "dqn": ["--batch-size", "64", "--learning-starts", "64"], "reinforce": ["--n-steps", "4"]}
+
+
+def tiny(algo: str) -> list[str]:
+    """A run small enough for a test that still updates its agent."""
+    return TINY_RUN + ["--algo", algo] + TINY_AGENT[algo]
 
 
 def _scalars(run_dir: Path) -> set[str]:
@@ -35,18 +43,18 @@ def _scalars(run_dir: Path) -> set[str]:
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "reinforce"])
 def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
-    result = train.main(TINY + ["--algo", algo, "--logdir", str(tmp_path), "--run-name", algo, "--lam-range", "0,0.05"])
+    result = train.main(tiny(algo) + ["--logdir", str(tmp_path), "--run-name", algo, "--lam-range", "0,0.05"])
     run = tmp_path / algo
     assert result["algo"] == algo and result["timesteps"] >= 512
     config = json.loads((run / "config.json").read_text())
-    assert config["algo"] == algo and config["lam_range"] == "0,0.05"
+    assert config["algo"] == algo and config["env"]["lam_range"] == [0.0, 0.05]
     ckpt = load_checkpoint(run)
     assert ckpt["algo"] == algo and ckpt["timesteps"] == result["timesteps"]
-    assert {"model", "optimizer"} <= set(ckpt["engine"]) and ckpt["engine"]["optimizer"] is not None
+    assert "model" in ckpt["engine"] and ckpt["engine"]["trainer"]["optimizer"] is not None
     evaluation = json.loads((run / "eval.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["compute_fraction"] > 0
     tags = _scalars(run)
-    expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/nop",
+    expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/NOP",
                 "losses/main_model_ce", "eval/accuracy", "eval/compute_fraction", "charts/SPS"}
     assert expected <= tags, expected - tags
     if algo == "ppo":  # SB3's own tags land in the same run directory
@@ -55,28 +63,32 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
         assert {"losses/policy_loss", "losses/value_loss", "losses/entropy"} <= tags
 
 
-def test_thin_entry_points_choose_their_algorithm(tmp_path):
-    for algo in ("ppo", "dqn", "reinforce"):
-        text = (ROOT / "agents" / f"train_{algo}.py").read_text()
-        assert f'forced={{"algo": "{algo}"}}' in text
-    args = train.resolve_args(["--algo", "ppo"], forced={"algo": "dqn"})
-    assert args.algo == "dqn"
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "reinforce"])
+def test_thin_entry_points_run_their_algorithm(algo, monkeypatch):
+    import runpy
+
+    calls = []
+    monkeypatch.setattr(train, "main", lambda argv=None, forced=None: calls.append(forced))
+    runpy.run_path(str(ROOT / "agents" / f"train_{algo}.py"), run_name="__main__")
+    assert calls == [{"algo": algo}]
+    settings = resolve(["--algo", "ppo"], ALGORITHMS, forced={"algo": algo})
+    assert settings.run.algo == algo and type(settings.agent).__name__.lower().startswith(algo[:3])
 
 
 def test_yaml_config_is_overridden_by_explicit_flags(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("algo: dqn\nlam: 0.3\nnum-envs: 4\nexploration_fraction: 0.5\n")
-    args = train.resolve_args(["--config", str(cfg), "--lam", "0.1"])
-    assert args.algo == "dqn" and args.num_envs == 4 and args.exploration_fraction == 0.5
-    assert args.lam == 0.1
+    settings = resolve(["--config", str(cfg), "--lam", "0.1"], ALGORITHMS)
+    assert settings.run.algo == "dqn" and settings.run.num_envs == 4 and settings.agent.exploration_fraction == 0.5
+    assert settings.env.lam == 0.1
     bad = tmp_path / "bad.yaml"
     bad.write_text("lamda: 0.3\n")
     with pytest.raises(SystemExit, match="unknown key 'lamda'"):
-        train.resolve_args(["--config", str(bad)])
+        resolve(["--config", str(bad)], ALGORITHMS)
     broken = tmp_path / "broken.yaml"
     broken.write_text("lam: [0.3\n")
     with pytest.raises(SystemExit, match="not valid YAML"):
-        train.resolve_args(["--config", str(broken)])
+        resolve(["--config", str(broken)], ALGORITHMS)
 
 
 def test_bad_flags_are_refused_before_anything_is_written(tmp_path):
@@ -111,7 +123,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     proc.wait()
     at_kill = load_checkpoint(run)
     killed_at = at_kill["timesteps"]
-    load_checkpoint_updates = at_kill["engine"]["cotrain_updates"]
+    load_checkpoint_updates = at_kill["engine"]["trainer"]["updates"]
     assert 512 <= killed_at < 3072
     assert not (run / "eval.json").exists()
 
@@ -123,17 +135,17 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert final["timesteps"] >= 3072
     assert json.loads((run / "eval.json").read_text())["timesteps"] == final["timesteps"]
     # the co-trained main model continued from the checkpoint's state rather than starting over
-    assert final["engine"]["cotrain_updates"] > load_checkpoint_updates
+    assert final["engine"]["trainer"]["updates"] > load_checkpoint_updates
 
 
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
-    train.main(TINY + ["--algo", "reinforce", "--total-timesteps", "64", "--logdir", str(tmp_path), "--run-name", "r"])
+    train.main(tiny("reinforce") + ["--total-timesteps", "64", "--logdir", str(tmp_path), "--run-name", "r"])
     run = tmp_path / "r"
     good = load_checkpoint(run)
     # a different step budget does not fit the saved engine
     config = json.loads((run / "config.json").read_text())
-    config["max_steps"] = 3
+    config["env"]["max_steps"] = 3
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="cannot resume: checkpoint is for 3 layers / budget 6"):
         train.main(["--resume", str(run), "--no-progress", "--device", "cpu"])
@@ -146,7 +158,7 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
     # a main model with other shapes
     good["engine"]["model"] = {k: v[..., :1] if v.dim() else v for k, v in good["engine"]["model"].items()}
     save_checkpoint(run, {k: v for k, v in good.items() if k != "format"})
-    config["max_steps"] = 0
+    config["env"]["max_steps"] = None
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="does not match the main model"):
         train.main(["--resume", str(run), "--no-progress", "--device", "cpu"])
@@ -169,7 +181,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_evaluate_reports_tradeoff_and_writes_figures(tmp_path, capsys):
-    train.main(TINY + ["--algo", "reinforce", "--logdir", str(tmp_path), "--run-name", "e", "--lam-range", "0,0.05"])
+    train.main(tiny("reinforce") + ["--logdir", str(tmp_path), "--run-name", "e", "--lam-range", "0,0.05"])
     run = tmp_path / "e"
     capsys.readouterr()
     out = evaluate.main([str(run), "--lam", "0", "0.01", "0.05", "--json", "--device", "cpu"])
@@ -201,7 +213,7 @@ def test_reinforce_buffer_emits_complete_episodes_with_returns():
 
 @pytest.mark.parametrize("algo", ["ppo", "reinforce"])
 def test_warmup_cache_continues_exactly_like_a_warm_up(algo, tmp_path):
-    base = TINY + ["--algo", algo, "--logdir", str(tmp_path), "--checkpoint-freq", "0", "--lam", "0.005"]
+    base = tiny(algo) + ["--logdir", str(tmp_path), "--checkpoint-freq", "0", "--lam", "0.005"]
     cache = tmp_path / "cache"
     plain = train.main(base + ["--run-name", "plain"])
     first = train.main(base + ["--run-name", "first", "--warmup-cache", str(cache)])

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from main_models import DATASETS, DatasetSplits, load_dataset, load_digits
-from main_models.datasets_files import tokenize
-from main_models.datasets_graded import DIGITS_NOISE, make_parity
+from main_models.data.files import tokenize
+from main_models.data.offline import DIGITS_NOISE, make_parity
 
 # ---- writers of the real formats ---------------------------------------------------------------
 

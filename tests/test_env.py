@@ -6,7 +6,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dynalay_env
-from dynalay_env import DynaLayEngine, DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
+from dynalay_env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, build_engine, evaluate_policy
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,10 @@ def test_env_passes_gymnasium_and_sb3_checkers():
 
 def test_make_passes_kwargs_and_make_vec_returns_the_batched_engine():
     env = gym.make("DynaLay-v0", lam=0.25, max_steps=4)
-    assert env.unwrapped.engine.lam == 0.25 and env.unwrapped.engine.max_steps == 4
+    assert env.unwrapped.engine.reward.lam == 0.25 and env.unwrapped.engine.max_steps == 4
     venv = gym.make_vec("DynaLay-v0", num_envs=5, vectorization_mode="vector_entry_point", lam=0.1)
     assert isinstance(venv, DynaLayVectorEnv)
-    assert venv.engine.num_envs == 5 and venv.engine.lam == 0.1
+    assert venv.engine.num_envs == 5 and venv.engine.reward.lam == 0.1
     obs, _ = venv.reset(seed=3)
     assert obs.shape == (5, venv.single_observation_space.shape[0]) and obs.dtype == np.float32
 
@@ -46,7 +46,7 @@ def test_out_of_range_action_names_the_valid_range():
         venv.step(np.array([0, 9, 1]))
     with pytest.raises(ValueError, match="expected 3"):
         venv.step(np.array([0, 1]))
-    engine = DynaLayEngine(2)
+    engine = build_engine(2)
     engine.reset()
     with pytest.raises(ValueError, match="valid actions"):
         engine.step(torch.tensor([0, 5]))
@@ -156,7 +156,9 @@ def test_sb3_vecenv_reports_terminal_observation_and_episode_keys():
     assert dones.tolist() == [True, False, False]
     assert set(infos[0]) >= {"terminal_observation", "correct", "compute", "path", "lam"}
     assert infos[1] == {}
-    assert env.get_attr("num_layers") == [3, 3, 3]
+    assert env.get_attr("render_mode") == [None, None, None]
+    with pytest.raises(AttributeError):  # a pure adapter: the engine's internals are not reachable by name
+        env.get_attr("num_layers")
 
 
 def test_returned_observations_are_copies():
@@ -167,33 +169,33 @@ def test_returned_observations_are_copies():
 
 
 def test_cotraining_updates_only_the_main_model_every_k_episodes():
-    engine = DynaLayEngine(8, cotrain_every=16, seed=0)
+    engine = build_engine(8, cotrain_every=16, seed=0)
     before = [p.detach().clone() for p in engine.model.parameters()]
     engine.reset()
     finished = 0
     gen = torch.Generator().manual_seed(0)
     while finished < 40:
         finished += int(engine.step(torch.randint(0, 4, (8,), generator=gen)).terminated.sum())
-        assert engine.cotrain_updates == finished // 16
-    assert np.isfinite(engine.last_main_loss)
+        assert engine.trainer.updates == finished // 16
+    assert np.isfinite(engine.trainer.last_loss)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, engine.model.parameters()))
     # observations never carry a graph back to the main model
     assert not engine.obs.requires_grad
 
 
 def test_lambda_is_drawn_per_episode_from_the_range():
-    engine = DynaLayEngine(64, lam_range=(0.1, 0.4), cotrain=False)
+    engine = build_engine(64, lam_range=(0.1, 0.4), cotrain=False)
     obs = engine.reset()
     lam = obs[:, engine.layout.lam]
     assert (lam >= 0.1).all() and (lam <= 0.4).all() and lam.std() > 0.03
 
 
 def test_eval_mode_shows_each_test_sample_once_with_a_frozen_model(splits):
-    engine = DynaLayEngine(100, mode="eval", autoreset=False, dataset=splits)
-    assert engine.optimizer is None and not engine.model.training
+    engine = build_engine(100, mode="eval", autoreset=False, dataset=splits)
+    assert engine.trainer is None and not engine.model.training
     seen = []
     for _ in range(4):
-        engine.running.zero_()
+        engine.stop()
         n = min(100, engine.num_samples - len(seen))
         engine.reset(torch.arange(n))
         seen += engine.sample[:n].tolist()
@@ -201,7 +203,7 @@ def test_eval_mode_shows_each_test_sample_once_with_a_frozen_model(splits):
 
 
 def test_idle_rows_get_no_compute():
-    engine = DynaLayEngine(4, autoreset=False, cotrain=False)
+    engine = build_engine(4, autoreset=False, cotrain=False)
     engine.reset()
     engine.step(torch.tensor([0, 0, 1, 1]))
     assert engine.running.tolist() == [False, False, True, True]
@@ -212,12 +214,12 @@ def test_idle_rows_get_no_compute():
 
 
 def test_evaluate_policy_reports_compute_relative_to_fpi_everywhere(splits):
-    engine = DynaLayEngine(1, dataset=splits, cotrain=False)
-    nop = engine.evaluate(lambda obs: torch.zeros(obs.shape[0], dtype=torch.long))
+    engine = build_engine(1, dataset=splits, cotrain=False)
+    nop = evaluate_policy(engine.model, engine.splits, lambda obs: torch.zeros(obs.shape[0], dtype=torch.long))
     assert nop.compute == pytest.approx(1.0)
     assert nop.action_frequency == [1.0, 0.0, 0.0, 0.0]
     assert nop.num_samples == 359 and nop.mean_episode_length == 0
-    full = engine.evaluate([1, 2, 3])
+    full = evaluate_policy(engine.model, engine.splits, [1, 2, 3])
     assert full.compute_fraction == pytest.approx(1.0)
     assert full.accuracy == pytest.approx(full.fpi_all_accuracy)
     assert nop.compute_fraction == pytest.approx(1.0 / full.fpi_all_compute)

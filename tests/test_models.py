@@ -17,6 +17,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import copy_state, load_script
 from dynalay_env import DynaLayEnv
 from main_models import (
     ContractiveConvBlock,
@@ -72,7 +73,7 @@ def test_each_model_runs_every_pass_with_consistent_shapes(name):
         assert len(state.z) == 3 and all(z.shape[0] == 5 for z in state.z)
         logits = net.readout(state)
         assert logits.shape == (5, splits.num_classes) and torch.isfinite(logits).all()
-        new, iters = net.fpi_step(state.clone(), torch.tensor([0, 1, 2, 3, 1]))
+        new, iters = net.fpi_step(copy_state(state), torch.tensor([0, 1, 2, 3, 1]))
         assert iters[0] == 0 and (iters[1:] > 0).all()
         for z_old, z_new in zip(state.z, new.z):
             assert z_new.shape == z_old.shape
@@ -323,7 +324,7 @@ def _baseline_args(tmp_path: Path, layers: str, name: str) -> list[str]:
 
 
 def test_train_baseline_writes_accuracy_compute_levels_and_per_sample_results(tmp_path, capsys):
-    from main_models import train_baseline
+    train_baseline = load_script("benchmarks/fixed_paths.py")
 
     plain = train_baseline.main(_baseline_args(tmp_path, "", "m0.json"))
     full = train_baseline.main(_baseline_args(tmp_path, "1,2,3", "m3.json"))
@@ -347,7 +348,7 @@ def test_train_baseline_writes_accuracy_compute_levels_and_per_sample_results(tm
 
 
 def test_train_baseline_refuses_bad_flags(tmp_path, capsys):
-    from main_models import train_baseline
+    train_baseline = load_script("benchmarks/fixed_paths.py")
 
     for argv, message in [
         (["--fpi-layers", "1,x"], "--fpi-layers must be a comma-separated list"),
@@ -364,9 +365,9 @@ def test_train_baseline_refuses_bad_flags(tmp_path, capsys):
             train_baseline.main(argv)
         assert exc.value.code == 2, argv
         assert re.search(message, capsys.readouterr().err), (argv, message)
-    # as a script, from any directory: the repository root is put on sys.path
+    # as a script, from any directory: the installed packages are found
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main_models" / "train_baseline.py"), "--fpi-layers", "9", "--dataset", "digits"],
+        [sys.executable, str(ROOT / "benchmarks" / "fixed_paths.py"), "--fpi-layers", "9", "--dataset", "digits"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 2 and "layer numbers in 1..3" in proc.stderr

@@ -1,5 +1,6 @@
 import torch
 
+from conftest import copy_state
 from main_models import FPINetwork, build_main_model, load_digits
 
 
@@ -24,7 +25,7 @@ def test_fpi_step_leaves_nop_rows_untouched_and_uncomputed():
         seen = []
         hooks = [layer.block.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0])) for layer in net.layers]
         choice = torch.tensor([0, 1, 0, 2, 3, 0])
-        new, iters = net.fpi_step(state.clone(), choice)
+        new, iters = net.fpi_step(copy_state(state), choice)
         for h in hooks:
             h.remove()
     for z_old, z_new in zip(state.z, new.z):
@@ -39,7 +40,7 @@ def test_fpi_on_a_layer_reaches_its_fixed_point_and_repropagates_downstream():
     x = load_digits().x_test[:4]
     with torch.no_grad():
         state = net.straightforward(x)
-        new, _ = net.fpi_step(state.clone(), torch.full((4,), 1))
+        new, _ = net.fpi_step(copy_state(state), torch.full((4,), 1))
         layer1 = net.layers[0]
         residual = (layer1.apply_once(new.z[0], new.u) - new.z[0]).norm(dim=1) / new.z[0].norm(dim=1)
         assert (residual < 5 * layer1.tol).all()

@@ -1,8 +1,10 @@
-"""Offline datasets with a known per-sample difficulty level (0 = easiest), for adaptive compute.
+"""Datasets that need no download: bundled with scikit-learn or generated from a seed.
 
-Adaptive compute only means something where extra iteration helps, so each level is recorded in
-``difficulty_train`` / ``difficulty_test`` and ``train_baseline.py`` reports accuracy and compute
-per level.
+* ``digits`` (the default): scikit-learn's bundled 8x8 handwritten digits.
+
+The others carry a known per-sample difficulty level (0 = easiest) in ``difficulty_train`` /
+``difficulty_test``, because adaptive compute only means something where extra iteration helps,
+and the fixed-path baselines report accuracy and compute per level:
 
 * ``digits-graded``: the bundled 8x8 digits, each image at every corruption level (noise plus
   an occluded square, both growing with the level).
@@ -17,6 +19,36 @@ import numpy as np
 import torch
 
 from .splits import DatasetSplits, split_indices
+
+def _digits_split(seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (N, 8, 8) images in [0, 1], int64 labels, and the seeded
+    (train, test) indices that ``digits`` and ``digits-graded`` share."""
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    labels = bunch.target.astype(np.int64)
+    train, test = split_indices(len(labels), test_fraction, seed)
+    return bunch.images / 16.0, labels, train, test
+
+
+def load_digits(data_dir: str | None = None, *, seed: int = 0, test_fraction: float = 0.2) -> DatasetSplits:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), pixels scaled to [0, 1].
+
+    ``data_dir`` is accepted for a uniform loader signature and ignored: the data is bundled.
+    The split is a fixed permutation drawn from ``seed``.
+    """
+    images, labels, train, test = _digits_split(seed, test_fraction)
+    x = images.reshape(len(labels), -1).astype(np.float32)
+    return DatasetSplits(
+        "digits",
+        torch.from_numpy(x[train]),
+        torch.from_numpy(labels[train]),
+        torch.from_numpy(x[test]),
+        torch.from_numpy(labels[test]),
+        num_classes=10,
+        meta={"source": "sklearn.datasets.load_digits", "split_seed": seed, "input_kind": "flat"},
+    )
+
 
 DIGITS_NOISE: tuple[float, ...] = (0.0, 0.15, 0.3, 0.45, 0.6)
 """Std of the Gaussian pixel noise at each level (pixels are in [0, 1])."""
@@ -50,12 +82,7 @@ def load_digits_graded(data_dir: str | None = None, *, seed: int = 0, test_fract
     training samples, which the small digits set needs. Deterministic from ``seed``. ``data_dir``
     is accepted for a uniform loader signature and ignored: the data is bundled.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
-
-    bunch = _sk_load_digits()
-    images = bunch.images / 16.0
-    labels = bunch.target.astype(np.int64)
-    train, test = split_indices(len(labels), test_fraction, seed)
+    images, labels, train, test = _digits_split(seed, test_fraction)
     rng = np.random.default_rng([seed, 1])
     num_levels = len(DIGITS_NOISE)
 

@@ -1,0 +1,126 @@
+"""A training run's bookkeeping, shared by every algorithm: the run directory, TensorBoard, periodic
+evaluation and checkpoints, and the main model's warm-up (with its cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, evaluate_policy
+from main_models import MainModelTrainer
+
+from .algorithms import Agent
+from .checkpoint import CheckpointError, load_warmup, save_checkpoint
+from .metrics import RunLogger
+from .settings import ResolvedSettings
+
+
+class TrainingRun:
+    """Logs, evaluates and checkpoints one run; an algorithm's loop calls it as its :class:`Hooks`."""
+
+    def __init__(self, settings: ResolvedSettings, run_dir: Path, engine: DynaLayEngine, agent: Agent) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.engine = engine
+        self.agent = agent
+        run = settings.run
+        self.progress = run.progress
+        self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every)
+        self.next_eval = run.eval_freq or None
+        self.next_checkpoint = run.checkpoint_freq or None
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def on_infos(self, infos: Sequence[Mapping[str, Any]]) -> None:
+        self.logger.stats.add_infos(infos)
+
+    def on_episodes(self, record: EpisodeRecord) -> None:
+        self.logger.stats.add(record)
+
+    def on_losses(self, losses: Mapping[str, float], step: int) -> None:
+        for name, value in losses.items():
+            self.logger.writer.add_scalar(f"losses/{name}", value, step)
+
+    def after_step(self, step: int) -> None:
+        self.logger.maybe_log(step, self.main_loss)
+        if self.next_eval is not None and step >= self.next_eval:
+            self.evaluate(step)
+            while self.next_eval <= step:
+                self.next_eval += self.settings.run.eval_freq
+        if self.next_checkpoint is not None and step >= self.next_checkpoint:
+            self.checkpoint()
+            while self.next_checkpoint <= step:
+                self.next_checkpoint += self.settings.run.checkpoint_freq
+
+    # ---- the run -----------------------------------------------------------------------------
+    @property
+    def main_loss(self) -> float | None:
+        return self.engine.trainer.last_loss if self.engine.trainer is not None else None
+
+    def resume_counters(self, checkpoint: Mapping[str, Any]) -> None:
+        """Continue the logging, evaluation and checkpoint schedules where the checkpoint left them."""
+        step = self.agent.num_timesteps
+        run = self.settings.run
+        self.logger.last_log_step = int(checkpoint.get("logger", {}).get("last_log_step", step))
+        self.next_eval = (step // run.eval_freq + 1) * run.eval_freq if run.eval_freq else None
+        self.next_checkpoint = (step // run.checkpoint_freq + 1) * run.checkpoint_freq if run.checkpoint_freq else None
+
+    def evaluate(self, step: int) -> EvalReport:
+        """The agent on the test split at the run's lambda, with the main model frozen."""
+        engine = self.engine
+        report = evaluate_policy(engine.model, engine.splits, self.agent.policy(), reward=engine.reward.fixed(self.settings.env.lam),
+                                 max_steps=engine.max_steps, device=engine.device)
+        self.logger.log_eval(report, step)
+        return report
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(
+            self.run_dir,
+            {
+                "algo": self.settings.run.algo,
+                "timesteps": self.agent.num_timesteps,
+                "agent": self.agent.state(),
+                "engine": self.engine.state_dict(),
+                "config": self.settings.to_json(),
+                "logger": {"last_log_step": self.logger.last_log_step},
+            },
+        )
+
+
+def warm_up(engine: DynaLayEngine, settings: ResolvedSettings) -> None:
+    """Pretrain the main model on random paths, or load the result of an identical earlier warm-up
+    from ``--warmup-cache``, restoring the RNG states it ended with so that what follows is the same."""
+    run, env = settings.run, settings.env
+    trainer = engine.trainer or MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train, lr=env.main_lr)
+
+    def pretrain() -> None:
+        trainer.warm_up(env.pretrain_epochs, max_steps=engine.max_steps, stop_prob=env.warmup_stop_prob, seed=run.seed,
+                        progress=run.progress)
+
+    if not run.warmup_cache:
+        pretrain()
+        return
+    key = {"dataset": env.dataset, "data_dir": env.data_dir, "model": env.model, "seed": run.seed, "pretrain_epochs": env.pretrain_epochs,
+           "warmup_stop_prob": env.warmup_stop_prob, "main_lr": env.main_lr, "max_steps": engine.max_steps, "device": str(engine.device)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = Path(run.warmup_cache)
+    path = cache_dir / f"warmup-{Path(env.dataset).name}-s{run.seed}-e{env.pretrain_epochs}-{digest}.pt"
+    if path.is_file():
+        try:
+            cached = load_warmup(path)
+            if cached["key"] != key:
+                raise CheckpointError(f"warm-up cache {path} holds {cached['key']}, not {key}")
+            engine.load_state_dict(cached["engine"])
+        except (CheckpointError, ValueError) as err:
+            raise SystemExit(f"error: {err} (delete the file to warm up again)") from None
+        torch.set_rng_state(cached["torch_rng"])
+        np.random.set_state(cached["numpy_rng"])
+        print(f"warm-up loaded from {path}", flush=True)
+        return
+    pretrain()
+    save_checkpoint(cache_dir, {"key": key, "engine": engine.state_dict(), "torch_rng": torch.get_rng_state(),
+                                "numpy_rng": np.random.get_state()}, name=path.name)

@@ -1,0 +1,176 @@
+"""PPO, A2C and DQN from stable-baselines3 against a DynaLay engine.
+
+Each algorithm's settings are a dataclass whose fields are the algorithm's own constructor
+arguments, passed verbatim; ``None`` leaves the library's default. The defaults here are the ones
+DynaLay's benchmarks use, stated once. The policy network is AgentNet's architecture
+(:func:`agents.nets.sb3_policy_kwargs`), so algorithms are compared on their learning rule.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
+
+from dynalay_env import DynaLayEngine, DynaLaySB3VecEnv
+
+from .checkpoint import CheckpointError
+from .hooks import Hooks
+from .nets import sb3_policy_kwargs
+
+
+def _arg(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class PPOSettings:
+    learning_rate: float | None = _arg(None, "Adam learning rate")
+    n_steps: int | None = _arg(128, "rollout length per env between updates")
+    batch_size: int | None = _arg(256, "minibatch size")
+    n_epochs: int | None = _arg(4, "epochs over each rollout")
+    gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
+    gae_lambda: float | None = _arg(None, "GAE lambda")
+    clip_range: float | None = _arg(None, "PPO clipping parameter")
+    normalize_advantage: bool | None = _arg(None, "normalise advantages per minibatch")
+    ent_coef: float | None = _arg(0.01, "entropy bonus")
+    vf_coef: float | None = _arg(None, "value loss weight")
+    max_grad_norm: float | None = _arg(None, "gradient clipping norm")
+    target_kl: float | None = _arg(None, "stop an update early past this KL divergence")
+
+
+@dataclass
+class A2CSettings:
+    learning_rate: float | None = _arg(None, "RMSprop learning rate")
+    n_steps: int | None = _arg(8, "rollout length per env between updates")
+    gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
+    gae_lambda: float | None = _arg(None, "GAE lambda")
+    ent_coef: float | None = _arg(0.01, "entropy bonus")
+    vf_coef: float | None = _arg(None, "value loss weight")
+    max_grad_norm: float | None = _arg(None, "gradient clipping norm")
+    normalize_advantage: bool | None = _arg(None, "normalise advantages")
+
+
+@dataclass
+class DQNSettings:
+    learning_rate: float | None = _arg(None, "Adam learning rate")
+    buffer_size: int | None = _arg(50_000, "replay buffer size (transitions)")
+    learning_starts: int | None = _arg(1_000, "environment steps before learning starts")
+    batch_size: int | None = _arg(256, "minibatch size")
+    tau: float | None = _arg(None, "soft target update coefficient (1: hard update)")
+    gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
+    train_freq: int | None = _arg(1, "update every this many vector steps")
+    gradient_steps: int | None = _arg(4, "gradient steps per update (4 for the 16 episodes in flight by default)")
+    target_update_interval: int | None = _arg(1_000, "environment steps between target network updates")
+    exploration_fraction: float | None = _arg(0.3, "share of training over which epsilon decays")
+    exploration_initial_eps: float | None = _arg(1.0, "initial epsilon")
+    exploration_final_eps: float | None = _arg(0.02, "final epsilon")
+    max_grad_norm: float | None = _arg(None, "gradient clipping norm")
+
+
+class RewardWeight(VecEnvWrapper):
+    """Multiplies rewards by the paper's gamma (total loss = CE - gamma * R, Eq. 3).
+
+    Placed outside ``VecMonitor`` so the logged episode reward stays the plain Eq. 2 return."""
+
+    def __init__(self, venv: Any, weight: float) -> None:
+        super().__init__(venv)
+        self.weight = float(weight)
+
+    def reset(self) -> np.ndarray:
+        return self.venv.reset()
+
+    def step_wait(self) -> tuple:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        return obs, rewards * self.weight, dones, infos
+
+
+def _algorithm_class(algo: str) -> type:
+    from stable_baselines3 import A2C, DQN, PPO
+
+    return {"ppo": PPO, "a2c": A2C, "dqn": DQN}[algo]
+
+
+class SB3Agent:
+    """An SB3 algorithm on the SB3 face of ``engine``, with the shared hooks as a callback."""
+
+    def __init__(self, algo: str, settings: Any, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device) -> None:
+        self.algo = algo
+        self.settings = settings
+        self.env = DynaLaySB3VecEnv(engine)
+        self.venv = RewardWeight(VecMonitor(self.env), reward_weight)
+        self.cls = _algorithm_class(algo)
+        self.device = device
+        kwargs = {k: v for k, v in asdict(settings).items() if v is not None}
+        self.model = self.cls("MlpPolicy", self.venv, policy_kwargs=sb3_policy_kwargs(algo), seed=seed, device=device, verbose=0, **kwargs)
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def effective_settings(self) -> dict[str, Any]:
+        """Every setting as the library actually runs it (its defaults filled in)."""
+        return {name: _plain(getattr(self.model, name, None)) for name in asdict(self.settings)}
+
+    def learn(self, steps: int, hooks: Hooks) -> None:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Callback(BaseCallback):
+            def _on_step(inner) -> bool:  # noqa: N805
+                hooks.on_infos(inner.locals.get("infos", ()))
+                hooks.after_step(self.num_timesteps)
+                return True
+
+        self.model.learn(steps, callback=Callback(), reset_num_timesteps=False, progress_bar=hooks.progress)
+
+    def state(self) -> dict[str, Any]:
+        buf = io.BytesIO()
+        self.model.save(buf)
+        out: dict[str, Any] = {"zip": buf.getvalue(), "replay_buffer": None}
+        if self.algo == "dqn":
+            rb = io.BytesIO()
+            self.model.save_replay_buffer(rb)
+            out["replay_buffer"] = rb.getvalue()
+        return out
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model = self.cls.load(io.BytesIO(state["zip"]), env=self.venv, device=self.device)
+        except Exception as err:
+            raise CheckpointError(f"the checkpoint's agent cannot be loaded for this environment: {err}") from None
+        if state.get("replay_buffer"):
+            self.model.load_replay_buffer(io.BytesIO(state["replay_buffer"]))
+
+    def policy(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        model = self.model
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            actions, _ = model.predict(obs.cpu().numpy(), deterministic=True)
+            return torch.as_tensor(actions)
+
+        return act
+
+    def attach_run(self, run_dir: Path) -> None:
+        from stable_baselines3.common.logger import configure
+
+        # SB3's own tags (rollout/ep_rew_mean, train/*, time/fps) go into the same run directory
+        self.model.set_logger(configure(str(run_dir), ["tensorboard"]))
+
+
+def _plain(value: Any) -> Any:
+    """A library attribute as a JSON value (SB3 stores schedules as callables)."""
+    if callable(value):
+        try:
+            return float(value(1.0))
+        except Exception:
+            return repr(value)
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return repr(value)

@@ -1,0 +1,270 @@
+"""The settings of a training run, and how they are read from flags, a YAML file and a resumed run.
+
+A run has three groups of settings, each a dataclass whose fields are the flags:
+
+* :class:`RunSettings`: the run itself (budget, seeds, logging, checkpoints);
+* :class:`~dynalay_env.EnvConfig`: the environment, with the same defaults as ``gym.make``;
+* the algorithm's own settings (e.g. :class:`~agents.sb3_agents.PPOSettings`), passed verbatim to
+  the algorithm; ``None`` means the library's default.
+
+Precedence: defaults < the saved config.json of ``--resume`` < ``--config`` YAML < explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from dynalay_env import EnvConfig
+
+
+def _setting(default: Any, help: str, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class RunSettings:
+    algo: str = _setting("ppo", "learning algorithm", choices=("ppo", "a2c", "dqn", "reinforce"))
+    total_timesteps: int = _setting(40_000, "environment steps to train for")
+    num_envs: int = _setting(16, "episodes in flight in the batched engine")
+    seed: int = _setting(1, "seed of the main model, the episode sampler and the agent")
+    device: str = _setting("auto", "cpu, cuda, cuda:N or auto")
+    threads: int = _setting(1, "torch CPU threads (0: torch's default); the small models here run fastest on 1")
+    reward_weight: float = _setting(0.2, "the paper's gamma: weight of the reward in the agent's loss (Eq. 3)")
+    warmup_cache: str | None = _setting(None, "directory of warmed-up main models keyed by dataset, model, seed, epochs and budget: "
+                                              "a run finding its key there skips the warm-up and continues exactly as if it had run it")
+    eval_freq: int = _setting(0, "evaluate on the test split every this many steps (0: only at the end)")
+    checkpoint_freq: int = _setting(10_000, "write checkpoint.pt every this many steps (0: only at the end)")
+    log_every: int = _setting(2048, "log training charts every this many steps")
+    run_name: str | None = _setting(None, "run directory name under --logdir (default <algo>-<dataset>-s<seed>-<time>)")
+    logdir: str = _setting("runs", "parent directory of run directories")
+    progress: bool = _setting(True, "show progress bars")
+
+
+TRAIN_ENV_DEFAULTS = {"pretrain_epochs": 10}
+"""Where a training run's environment differs from ``gym.make``'s defaults."""
+
+GROUPS = ("run", "env", "agent")
+_CONTROL = ("resume", "config")
+
+
+@dataclass
+class ResolvedSettings:
+    run: RunSettings
+    env: EnvConfig
+    agent: Any
+    resume: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"algo": self.run.algo, "run": _jsonable(self.run), "env": _jsonable(self.env), "agent": _jsonable(self.agent)}
+
+
+def _jsonable(obj: Any) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(obj, f.name), tuple) else v) for f in fields(obj)}
+
+
+def parse_pair(text: str, name: str = "value") -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} must be 'low,high', got {text!r}") from None
+    return low, high
+
+
+def _field_type(cls: type, name: str) -> tuple[Any, bool]:
+    """The field's type without ``None``, and whether it may be ``None``."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def _converter(cls: type, name: str) -> Callable[[str], Any]:
+    kind, optional = _field_type(cls, name)
+    if typing.get_origin(kind) is tuple:
+        flag = "--" + name.replace("_", "-")
+        base: Callable[[str], Any] = lambda text: parse_pair(text, flag)  # noqa: E731
+    else:
+        base = {int: int, float: float, str: str}[kind]
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "default"):
+            return None
+        return base(text)
+
+    convert.__name__ = getattr(kind, "__name__", str(kind))  # argparse names the type in its errors
+    return convert
+
+
+def _add_group(parser: argparse.ArgumentParser, title: str, cls: type, defaults: dict[str, Any], skip: Sequence[str] = ()) -> None:
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kind, _ = _field_type(cls, f.name)
+        if kind is bool:
+            group.add_argument(flag, default=defaults[f.name], action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            group.add_argument(flag, default=defaults[f.name], type=_converter(cls, f.name), choices=choices, help=help_text,
+                               metavar=None if choices else f.name.upper())
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls)}
+
+
+def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """A value from YAML or JSON into the field's type, refused by name when it does not fit."""
+    kind, optional = _field_type(cls, name)
+    if value is None:
+        if optional:
+            return None
+        raise SystemExit(f"error: {source}: {name} cannot be null")
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            try:
+                return parse_pair(value, name)
+            except argparse.ArgumentTypeError as err:
+                raise SystemExit(f"error: {source}: {err}") from None
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+            return float(value[0]), float(value[1])
+        raise SystemExit(f"error: {source}: {name} must be 'low,high' or a list of two numbers, got {value!r}")
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and _is_number(value):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise SystemExit(f"error: {source}: {name} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__} {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SystemExit(f"error: cannot read --config {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"error: --config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: --config {path} must hold a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _read_saved(run_dir: Path) -> dict[str, Any]:
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise SystemExit(f"error: --resume {run_dir}: no config.json there (is it a run directory?)")
+    try:
+        data = json.loads(saved.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"error: --resume {run_dir}: config.json is unreadable: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(g), dict) for g in GROUPS):
+        raise SystemExit(f"error: --resume {run_dir}: config.json is not a DynaLay run configuration")
+    return {k: v for g in GROUPS for k, v in data[g].items()}
+
+
+def resolve(
+    argv: Sequence[str] | None,
+    algorithms: dict[str, type],
+    forced: dict[str, Any] | None = None,
+    description: str = "",
+) -> ResolvedSettings:
+    """Read the run, environment and algorithm settings from ``argv`` (see the module docstring).
+
+    ``algorithms`` maps each algorithm name to its settings dataclass; ``forced`` fixes settings
+    (``train_ppo.py`` forces ``algo``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    forced = dict(forced or {})
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--resume", type=Path)
+    pre.add_argument("--config")
+    pre.add_argument("--algo", choices=list(algorithms))
+    known, _ = pre.parse_known_args(argv)
+    layered: dict[str, Any] = {}
+    if known.resume:
+        layered.update(_read_saved(known.resume))
+    if known.config:
+        layered.update(_read_yaml(known.config))
+    algo = forced.get("algo") or known.algo or layered.get("algo") or RunSettings.algo
+    if algo not in algorithms:
+        raise SystemExit(f"error: {known.config or known.resume}: unknown algorithm {algo!r}; choose one of {', '.join(algorithms)}")
+    agent_cls = algorithms[algo]
+    classes = {"run": RunSettings, "env": EnvConfig, "agent": agent_cls}
+    owner = {f.name: g for g, cls in classes.items() for f in fields(cls) if not (g == "env" and f.name == "seed")}
+    env_defaults = {k: v for k, v in _defaults(EnvConfig).items() if k != "seed"}  # the env is seeded by the run's seed
+    defaults = {**_defaults(RunSettings), **env_defaults, **TRAIN_ENV_DEFAULTS, **_defaults(agent_cls)}
+    source = f"--resume {known.resume}" if known.resume else ""
+    for key, value in layered.items():
+        if key in _CONTROL:
+            raise SystemExit(f"error: --config {known.config}: {key!r} is a command-line flag only")
+        if key not in owner:
+            others = [name for name, cls in algorithms.items() if key in {f.name for f in fields(cls)}]
+            hint = f" (it is a setting of {', '.join(others)}, not {algo})" if others else ""
+            raise SystemExit(f"error: {known.config or source}: unknown key {key!r}{hint}")
+        defaults[key] = _coerce(classes[owner[key]], key, value, known.config or source)
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--resume", type=Path, default=None, help="run directory to resume from its checkpoint")
+    parser.add_argument("--config", default=None, help="YAML file with the same keys as these flags; explicit flags override it")
+    _add_group(parser, "run", RunSettings, defaults)
+    _add_group(parser, "environment (gym.make's keyword arguments)", EnvConfig, defaults, skip=("seed",))
+    _add_group(parser, f"{algo} (passed verbatim to the algorithm; none = the library's default)", agent_cls, defaults)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = unknown[0].split("=")[0]
+        name = flag.lstrip("-").replace("-", "_")
+        others = [n for n, cls in algorithms.items() if name in {f.name for f in fields(cls)}]
+        hint = f" ({flag} is a setting of {', '.join(others)}, not {algo})" if others else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    values = vars(args)
+    values.update(forced)
+    values["algo"] = algo
+    try:
+        run = RunSettings(**{f.name: values[f.name] for f in fields(RunSettings)})
+        env = EnvConfig(**{f.name: values[f.name] for f in fields(EnvConfig) if f.name != "seed"}, seed=run.seed)
+        agent = agent_cls(**{f.name: values[f.name] for f in fields(agent_cls)})
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    return ResolvedSettings(run, env, agent, values.get("resume"))
+
+
+def settings_from_json(data: dict[str, Any], algorithms: dict[str, type]) -> ResolvedSettings:
+    """The settings a run saved in its config.json."""
+    algo = data.get("algo")
+    if algo not in algorithms or not all(isinstance(data.get(g), dict) for g in GROUPS):
+        raise ValueError(f"not a DynaLay run configuration (algo {algo!r})")
+    classes = {"run": RunSettings, "env": EnvConfig, "agent": algorithms[algo]}
+    built = {}
+    for group, cls in classes.items():
+        names = {f.name for f in fields(cls)}
+        extra = set(data[group]) - names
+        if extra:
+            raise ValueError(f"config.json {group} has unknown settings {sorted(extra)}")
+        built[group] = cls(**{k: _coerce(cls, k, v, "config.json") for k, v in data[group].items()})
+    return ResolvedSettings(built["run"], built["env"], built["agent"])
+
+
+def replace_settings(settings: Any, **changes: Any) -> Any:
+    return dataclasses.replace(settings, **changes)

@@ -1,0 +1,142 @@
+"""The environment's settings and their defaults, in one place.
+
+Everything that builds a DynaLay environment (``gym.make("DynaLay-v0", ...)``, the vector and SB3
+faces, ``agents/train.py``, the evaluation) takes its defaults from :class:`EnvConfig` and
+:class:`RewardConfig`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+MAX_STEPS_PER_LAYER = 2
+"""The default step budget T is this many FPI steps per layer (T = 2L)."""
+
+
+def default_max_steps(num_layers: int) -> int:
+    return MAX_STEPS_PER_LAYER * num_layers
+
+
+def action_names(num_layers: int) -> list[str]:
+    """The name of each action: ``NOP`` (answer now), then ``L1`` .. ``LL`` (FPI on layer i)."""
+    return ["NOP"] + [f"L{i}" for i in range(1, num_layers + 1)]
+
+
+def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g} and finite, got {value}")
+    return value
+
+
+def _integer(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Paper Eq. 2: an answer earns ``alpha * 1[correct]``; an FPI step costs
+    ``beta * lam * cost * k``, with cost its FLOPs over one straightforward pass and k the count of
+    consecutive choices of the same layer.
+
+    ``lam_range=(low, high)`` draws lambda per episode from that range, so that one agent learns the
+    whole trade-off; otherwise every episode uses ``lam``.
+    """
+
+    alpha: float = 0.5
+    beta: float = 0.3
+    lam: float = 0.005
+    lam_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", _number("alpha", self.alpha))
+        object.__setattr__(self, "beta", _number("beta", self.beta))
+        object.__setattr__(self, "lam", _number("lam", self.lam))
+        if self.lam_range is not None:
+            try:
+                lo, hi = self.lam_range
+            except (TypeError, ValueError):
+                raise TypeError(f"lam_range must be a pair (low, high), got {self.lam_range!r}") from None
+            lo, hi = _number("lam_range low", lo), _number("lam_range high", hi)
+            if hi < lo:
+                raise ValueError(f"lam_range must satisfy 0 <= low <= high, got {(lo, hi)}")
+            object.__setattr__(self, "lam_range", (lo, hi))
+
+    @property
+    def lam_high(self) -> float:
+        """The largest lambda an episode can have (the observation space's bound)."""
+        return self.lam_range[1] if self.lam_range is not None else self.lam
+
+    def fixed(self, lam: float) -> "RewardConfig":
+        """The same weights with every episode at ``lam`` (how an agent is evaluated)."""
+        return replace(self, lam=lam, lam_range=None)
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """How a DynaLay environment is built: data, main model, reward, budget and main-model training.
+
+    These are the keyword arguments of ``gym.make("DynaLay-v0", ...)`` and of every face; the
+    training scripts' environment flags are generated from these fields and their help.
+    """
+
+    dataset: str = _setting("digits", "dataset name (see main_models.DATASETS) or a path to an .npz file")
+    data_dir: str | None = _setting(None, "where dataset files live (default $DYNALAY_DATA_DIR or ./data)")
+    model: str | None = _setting(None, "main model: mlp, cnn or lstm (default: the one for the data)")
+    alpha: float = _setting(RewardConfig.alpha, "Eq. 2 weight of a correct answer")
+    beta: float = _setting(RewardConfig.beta, "Eq. 2 weight of compute cost x consecutive-layer count")
+    lam: float = _setting(RewardConfig.lam, "compute penalty weight lambda (training without lam_range; evaluation)")
+    lam_range: tuple[float, float] | None = _setting(None, "'low,high': draw lambda per episode from this range while training")
+    max_steps: int | None = _setting(None, "step budget T per episode (default 2L)")
+    cotrain: bool = _setting(True, "co-train the main model on the paths the agent chose")
+    cotrain_every: int = _setting(64, "finished episodes per main-model update (K)")
+    main_lr: float = _setting(1e-3, "Adam learning rate of the main model")
+    pretrain_epochs: int = _setting(0, "warm-up epochs of the main model on random paths before the agent starts")
+    warmup_stop_prob: float = _setting(0.0, "per-step stop probability of the warm-up path sampler (0: full-length random FPI paths)")
+    seed: int = _setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
+
+    def __post_init__(self) -> None:
+        reward = RewardConfig(self.alpha, self.beta, self.lam, self.lam_range)  # validates the reward fields
+        for name in ("alpha", "beta", "lam", "lam_range"):
+            object.__setattr__(self, name, getattr(reward, name))
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise TypeError(f"dataset must be a dataset name or a path to an .npz file, got {self.dataset!r}")
+        for name in ("data_dir", "model"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__} {value!r}")
+        if self.max_steps is not None:
+            object.__setattr__(self, "max_steps", _integer("max_steps", self.max_steps, minimum=1))
+        object.__setattr__(self, "cotrain_every", _integer("cotrain_every", self.cotrain_every, minimum=1))
+        object.__setattr__(self, "pretrain_epochs", _integer("pretrain_epochs", self.pretrain_epochs, minimum=0))
+        object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=0))
+        if not isinstance(self.cotrain, bool):
+            raise TypeError(f"cotrain must be True or False, got {self.cotrain!r}")
+        if _number("main_lr", self.main_lr) == 0:
+            raise ValueError("main_lr must be > 0")
+        if _number("warmup_stop_prob", self.warmup_stop_prob) > 1:
+            raise ValueError(f"warmup_stop_prob must be in [0, 1], got {self.warmup_stop_prob}")
+
+    @property
+    def reward(self) -> RewardConfig:
+        return RewardConfig(self.alpha, self.beta, self.lam, self.lam_range)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,157 @@
+"""Training a main model along action paths.
+
+One optimizer and one cross-entropy step serve every way the main model is trained: the warm-up
+on random paths, the fixed-path baselines (Model 0-3) and co-training on recorded paths. A path is
+a row of actions: 0 (stop), or i in 1..L for "FPI on layer i", 0-padded (see
+:meth:`FPINetwork.run_paths`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .network import FPINetwork
+
+PathSource = Callable[[int, torch.Generator], Tensor]
+"""``(n, generator) -> (n, T)`` action paths for a minibatch of n samples."""
+
+
+def fixed_paths(path: Sequence[int], device: torch.device | str) -> PathSource:
+    """Every sample follows ``path`` (e.g. [] for Model 0, [1, 2, 3] for Model 3)."""
+    row = torch.tensor(list(path), dtype=torch.long, device=device)
+    return lambda n, generator: row.expand(n, row.numel())
+
+
+def random_paths(max_steps: int, num_layers: int, stop_prob: float, device: torch.device | str) -> PathSource:
+    """Random paths of up to ``max_steps`` actions: at each step stop with ``stop_prob``, else pick a
+    layer uniformly; once a path stops it stays stopped (0-padded)."""
+    if not 0.0 <= stop_prob <= 1.0:
+        raise ValueError(f"stop_prob must be in [0, 1], got {stop_prob}")
+
+    def sample(n: int, generator: torch.Generator) -> Tensor:
+        layers = torch.randint(1, num_layers + 1, (n, max_steps), device=device, generator=generator)
+        stop = torch.rand(n, max_steps, device=device, generator=generator) < stop_prob
+        alive = torch.cumprod((~stop).long(), dim=1).bool()
+        return torch.where(alive, layers, torch.zeros_like(layers))
+
+    return sample
+
+
+class MainModelTrainer:
+    """Adam on the cross-entropy of ``model`` along given action paths, on the samples ``(x, y)``.
+
+    Co-training: :meth:`record` collects the paths of finished episodes (sample indices into x)
+    and takes one step on every ``cotrain_every`` of them.
+    """
+
+    def __init__(self, model: FPINetwork, x: Tensor, y: Tensor, *, lr: float = 1e-3, cotrain_every: int = 64) -> None:
+        if cotrain_every < 1:
+            raise ValueError(f"cotrain_every must be >= 1, got {cotrain_every}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive finite number, got {lr}")
+        self.model = model
+        self.x = x
+        self.y = y
+        self.cotrain_every = cotrain_every
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.updates = 0
+        """Co-training steps taken."""
+        self.last_loss = float("nan")
+        """Cross-entropy of the most recent co-training step."""
+        self._buffer_index = torch.empty(0, dtype=torch.long, device=y.device)
+        self._buffer_path: Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def step(self, index: Tensor, paths: Tensor) -> float:
+        """One optimizer step on the mean cross-entropy of samples ``index`` along ``paths``."""
+        self.model.train()
+        logits, _ = self.model.run_paths(self.x[index], paths)
+        loss = F.cross_entropy(logits, self.y[index])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def train_epochs(
+        self,
+        epochs: int,
+        paths: PathSource,
+        *,
+        generator: torch.Generator,
+        batch_size: int = 64,
+        progress: bool = False,
+        desc: str = "train",
+    ) -> list[float]:
+        """``epochs`` passes over the samples in minibatches drawn with ``generator``, each sample
+        following ``paths``. Returns the mean loss of each epoch."""
+        from tqdm.auto import tqdm
+
+        n = int(self.y.shape[0])
+        losses: list[float] = []
+        bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
+        for _ in bar:
+            order = torch.randperm(n, device=self.device, generator=generator)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                index = order[start : start + batch_size]
+                total += self.step(index, paths(index.numel(), generator)) * index.numel()
+            losses.append(total / n)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return losses
+
+    def warm_up(
+        self, epochs: int, *, max_steps: int, stop_prob: float = 0.0, seed: int = 0, batch_size: int = 64, progress: bool = False
+    ) -> list[float]:
+        """Train on random paths of up to ``max_steps`` FPI steps (paper 4.4), so that every path an
+        agent may choose starts out useful. ``stop_prob`` 0 trains on full-length random FPI paths:
+        a network trained mostly on one-application paths learns to need no iteration
+        (benchmarks/warmup_paths.py)."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed + 1)
+        sampler = random_paths(max_steps, self.model.num_layers, stop_prob, self.device)
+        return self.train_epochs(epochs, sampler, generator=generator, batch_size=batch_size, progress=progress, desc="warm-up")
+
+    # ---- co-training -------------------------------------------------------------------------
+    def record(self, index: Tensor, paths: Tensor) -> None:
+        """Add finished episodes (sample indices and their 0-padded paths); take a step on every
+        ``cotrain_every`` of them."""
+        self._buffer_index = torch.cat([self._buffer_index, index])
+        self._buffer_path = paths if self._buffer_path is None else torch.cat([self._buffer_path, paths])
+        while self._buffer_index.numel() >= self.cotrain_every:
+            k = self.cotrain_every
+            self.last_loss = self.step(self._buffer_index[:k], self._buffer_path[:k])
+            self._buffer_index = self._buffer_index[k:]
+            self._buffer_path = self._buffer_path[k:]
+            self.updates += 1
+
+    def state_dict(self) -> dict:
+        """Optimizer, co-training buffer and counters (the model's weights are saved by its owner)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "buffer_index": self._buffer_index.cpu(),
+            "buffer_path": (self._buffer_path if self._buffer_path is not None else torch.empty(0, 0, dtype=torch.long)).cpu(),
+            "updates": self.updates,
+            "last_loss": self.last_loss,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = {"optimizer", "buffer_index", "buffer_path", "updates", "last_loss"} - set(state)
+        if missing:
+            raise ValueError(f"main-model trainer state is missing {sorted(missing)}")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"optimizer state does not match the main model: {err}") from None
+        self._buffer_index = state["buffer_index"].to(self.device, torch.long)
+        path = state["buffer_path"].to(self.device, torch.long)
+        self._buffer_path = path if path.numel() else None
+        self.updates = int(state["updates"])
+        self.last_loss = float(state["last_loss"])
