@@ -29,31 +29,30 @@ def _arg(default: Any, help: str) -> Any:
 
 
 @dataclass
-class PPOSettings:
-    learning_rate: float | None = _arg(None, "Adam learning rate")
-    n_steps: int | None = _arg(128, "rollout length per env between updates")
-    batch_size: int | None = _arg(256, "minibatch size")
-    n_epochs: int | None = _arg(4, "epochs over each rollout")
-    gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
-    gae_lambda: float | None = _arg(None, "GAE lambda")
-    clip_range: float | None = _arg(None, "PPO clipping parameter")
-    normalize_advantage: bool | None = _arg(None, "normalise advantages per minibatch")
-    ent_coef: float | None = _arg(0.01, "entropy bonus")
-    vf_coef: float | None = _arg(None, "value loss weight")
-    max_grad_norm: float | None = _arg(None, "gradient clipping norm")
-    target_kl: float | None = _arg(None, "stop an update early past this KL divergence")
+class OnPolicySettings:
+    """What PPO and A2C share; each sets its own rollout length."""
 
-
-@dataclass
-class A2CSettings:
-    learning_rate: float | None = _arg(None, "RMSprop learning rate")
-    n_steps: int | None = _arg(8, "rollout length per env between updates")
+    learning_rate: float | None = _arg(None, "optimizer learning rate (Adam for PPO, RMSprop for A2C)")
     gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
     gae_lambda: float | None = _arg(None, "GAE lambda")
     ent_coef: float | None = _arg(0.01, "entropy bonus")
     vf_coef: float | None = _arg(None, "value loss weight")
     max_grad_norm: float | None = _arg(None, "gradient clipping norm")
     normalize_advantage: bool | None = _arg(None, "normalise advantages")
+
+
+@dataclass
+class PPOSettings(OnPolicySettings):
+    n_steps: int | None = _arg(128, "rollout length per env between updates")
+    batch_size: int | None = _arg(256, "minibatch size")
+    n_epochs: int | None = _arg(4, "epochs over each rollout")
+    clip_range: float | None = _arg(None, "PPO clipping parameter")
+    target_kl: float | None = _arg(None, "stop an update early past this KL divergence")
+
+
+@dataclass
+class A2CSettings(OnPolicySettings):
+    n_steps: int | None = _arg(8, "rollout length per env between updates")
 
 
 @dataclass

@@ -22,8 +22,8 @@ from .data import (
     split_indices,
 )
 from .device import resolve_device
-from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, fixed_point_solve
+from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, fixed_point_solve
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
-from .network import FPINetwork, PathState, build_mlp_fpi_network
+from .network import FPINetwork, PathState, assemble_network, build_mlp_fpi_network
 from .paths import evaluate_fixed_path, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline
 from .trainer import MainModelTrainer, PathSource, fixed_paths, random_paths

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .fpi import FPILayer, GradMode
-from .network import FPINetwork
+from .fpi import SolverSettings
+from .network import FPINetwork, assemble_network
 
 
 class ConvOperatorNorm(nn.Module):
@@ -102,18 +102,8 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
 
 
 def build_conv_fpi_network(
-    in_channels: int,
-    image_size: tuple[int, int],
-    num_classes: int,
-    *,
-    channels: int = 32,
-    num_layers: int = 3,
-    layer_resolution: int = 8,
-    contraction: float = 0.9,
-    fpi_tol: float = 1e-3,
-    fpi_max_iter: int = 30,
-    grad: GradMode = "implicit",
-    summary_bins: int = 16,
+    in_channels: int, image_size: tuple[int, int], num_classes: int, *, channels: int = 32, num_layers: int = 3,
+    layer_resolution: int = 8, contraction: float = 0.9, solver: SolverSettings = SolverSettings(), summary_bins: int = 16,
 ) -> FPINetwork:
     """FPI-CNN: a strided conv stem, ``num_layers`` contractive conv FPI layers, a pooled linear head.
 
@@ -140,18 +130,10 @@ def build_conv_fpi_network(
         if stride == 1 or max(h, w) <= layer_resolution:
             break
     stem = nn.Sequential(*stages)
-    layers = [
-        FPILayer(
-            ContractiveConvBlock(channels, channels, (h, w), contraction=contraction),
-            tol=fpi_tol,
-            max_iter=fpi_max_iter,
-            grad=grad,
-        )
-        for _ in range(num_layers)
-    ]
+    blocks = [ContractiveConvBlock(channels, channels, (h, w), contraction=contraction) for _ in range(num_layers)]
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
     head_flops = channels * h * w + 2 * channels * num_classes + num_classes
-    return FPINetwork(stem, layers, head, stem_flops=stem_flops, head_flops=head_flops, summary_bins=summary_bins)
+    return assemble_network(stem, blocks, head, solver=solver, stem_flops=stem_flops, head_flops=head_flops, summary_bins=summary_bins)
 
 
 def conv_operator_norm(conv: nn.Conv2d, spatial: tuple[int, int], iterations: int = 200) -> float:

@@ -12,7 +12,7 @@ gradient skips converged rows the same way.
 from __future__ import annotations
 
 import math
-
+from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
 
 import torch
@@ -263,6 +263,20 @@ class FPILayer(nn.Module):
             return solved.z
 
         return hook
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """How a network's FPI layers solve and differentiate (see :class:`FPILayer`)."""
+
+    tol: float = 1e-3
+    """Relative residual at which a row stops."""
+    max_iter: int | None = None
+    """Iteration cap per solve; None takes the block's natural cap (30, or T + 1 for the LSTM)."""
+    grad: GradMode = "implicit"
+
+    def layer(self, block: nn.Module, default_max_iter: int = 30) -> "FPILayer":
+        return FPILayer(block, tol=self.tol, max_iter=self.max_iter if self.max_iter is not None else default_max_iter, grad=self.grad)
 
 
 class ContractiveTanhBlock(nn.Module):

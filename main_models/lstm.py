@@ -41,8 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fpi import FPILayer, GradMode
-from .network import FPINetwork
+from .fpi import SolverSettings
+from .network import FPINetwork, assemble_network
+
+
+def _require_positive(**sizes: int) -> None:
+    bad = {name: value for name, value in sizes.items() if value < 1}
+    if bad:
+        raise ValueError(f"{', '.join(sizes)} must be >= 1, got {bad}")
 
 
 class CausalConvEmbedding(nn.Module):
@@ -52,8 +58,7 @@ class CausalConvEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, embed_dim: int, *, context: int = 3, pad_id: int = 0) -> None:
         super().__init__()
-        if vocab_size < 1 or embed_dim < 1 or context < 1:
-            raise ValueError("vocab_size, embed_dim and context must be >= 1")
+        _require_positive(vocab_size=vocab_size, embed_dim=embed_dim, context=context)
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
         self.context = context
@@ -85,8 +90,7 @@ class JacobiLSTMBlock(nn.Module):
 
     def __init__(self, input_dim: int, hidden: int, seq_len: int) -> None:
         super().__init__()
-        if input_dim < 1 or hidden < 1 or seq_len < 1:
-            raise ValueError("input_dim, hidden and seq_len must be >= 1")
+        _require_positive(input_dim=input_dim, hidden=hidden, seq_len=seq_len)
         self.input_dim = input_dim
         self.hidden = hidden
         self.seq_len = seq_len
@@ -139,45 +143,27 @@ class LastStepHead(nn.Module):
 
 
 def build_lstm_fpi_network(
-    vocab_size: int,
-    seq_len: int,
-    num_classes: int,
-    *,
-    embed_dim: int = 32,
-    hidden: int = 64,
-    num_layers: int = 3,
-    context: int = 3,
-    pad_id: int = 0,
-    fpi_tol: float = 1e-3,
-    fpi_max_iter: int | None = None,
-    grad: GradMode = "implicit",
-    summary_bins: int = 16,
+    vocab_size: int, seq_len: int, num_classes: int, *, embed_dim: int = 32, hidden: int = 64, num_layers: int = 3,
+    context: int = 3, pad_id: int = 0, solver: SolverSettings = SolverSettings(), summary_bins: int = 16,
 ) -> FPINetwork:
     """FPI-LSTM for token sequences (B, T): causal-conv embedding stem, ``num_layers`` Jacobi LSTM
     FPI layers, a linear head on the last position. Serves sequence classification and next-token
     prediction (the label is the token after the window).
 
-    ``fpi_max_iter`` defaults to T + 1, the number of applications after which the iteration is
-    exact from any start.
+    The solver's ``max_iter`` defaults to T + 1, the number of applications after which the
+    iteration is exact from any start.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     stem = CausalConvEmbedding(vocab_size, embed_dim, context=context, pad_id=pad_id)
-    max_iter = fpi_max_iter if fpi_max_iter is not None else seq_len + 1
-    layers = [
-        FPILayer(
-            JacobiLSTMBlock(embed_dim if j == 0 else hidden, hidden, seq_len),
-            tol=fpi_tol,
-            max_iter=max_iter,
-            grad=grad,
-        )
-        for j in range(num_layers)
-    ]
-    head = LastStepHead(hidden, num_classes)
-    return FPINetwork(
+    blocks = [JacobiLSTMBlock(embed_dim if j == 0 else hidden, hidden, seq_len) for j in range(num_layers)]
+    head = LastStepHead(hidden, num_classes)  # built after the blocks: the order fixes each seed's initial weights
+    return assemble_network(
         stem,
-        layers,
+        blocks,
         head,
+        solver=solver,
+        default_max_iter=seq_len + 1,
         stem_flops=stem.flops_per_sample(seq_len),
         head_flops=head.flops_per_sample(),
         summary_bins=summary_bins,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fpi import ContractiveTanhBlock, FPILayer, GradMode
+from .fpi import ContractiveTanhBlock, FPILayer, SolverSettings
 
 
 @dataclass
@@ -189,30 +189,25 @@ class FPINetwork(nn.Module):
         return torch.cat(pooled, dim=1)
 
 
+def assemble_network(
+    stem: nn.Module, blocks: list[nn.Module], head: nn.Module, *, solver: SolverSettings, default_max_iter: int = 30, **sizes: int
+) -> FPINetwork:
+    """An :class:`FPINetwork` of ``blocks``, each wrapped in an FPI layer solved as ``solver`` says.
+    ``sizes`` are the network's ``stem_flops``, ``head_flops`` and ``summary_bins``."""
+    return FPINetwork(stem, [solver.layer(b, default_max_iter) for b in blocks], head, **sizes)
+
+
 def build_mlp_fpi_network(
-    in_features: int,
-    num_classes: int,
-    *,
-    hidden: int = 64,
-    num_layers: int = 3,
-    contraction: float = 0.9,
-    fpi_tol: float = 1e-3,
-    fpi_max_iter: int = 30,
-    grad: GradMode = "implicit",
-    summary_bins: int = 16,
+    in_features: int, num_classes: int, *, hidden: int = 64, num_layers: int = 3, contraction: float = 0.9,
+    solver: SolverSettings = SolverSettings(), summary_bins: int = 16,
 ) -> FPINetwork:
     """The default main model for flat inputs (the bundled digits): linear stem, L contractive
     tanh FPI layers, linear head."""
-    stem = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
-    layers = [
-        FPILayer(ContractiveTanhBlock(hidden, hidden, contraction=contraction), tol=fpi_tol, max_iter=fpi_max_iter, grad=grad)
-        for _ in range(num_layers)
-    ]
-    head = nn.Linear(hidden, num_classes)
-    return FPINetwork(
-        stem,
-        layers,
-        head,
+    return assemble_network(
+        nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU()),
+        [ContractiveTanhBlock(hidden, hidden, contraction=contraction) for _ in range(num_layers)],
+        nn.Linear(hidden, num_classes),
+        solver=solver,
         stem_flops=2 * in_features * hidden + 2 * hidden,
         head_flops=2 * hidden * num_classes + num_classes,
         summary_bins=summary_bins,

@@ -39,15 +39,8 @@ def load_digits(data_dir: str | None = None, *, seed: int = 0, test_fraction: fl
     """
     images, labels, train, test = _digits_split(seed, test_fraction)
     x = images.reshape(len(labels), -1).astype(np.float32)
-    return DatasetSplits(
-        "digits",
-        torch.from_numpy(x[train]),
-        torch.from_numpy(labels[train]),
-        torch.from_numpy(x[test]),
-        torch.from_numpy(labels[test]),
-        num_classes=10,
-        meta={"source": "sklearn.datasets.load_digits", "split_seed": seed, "input_kind": "flat"},
-    )
+    return DatasetSplits.from_arrays("digits", x, labels, train, test, num_classes=10,
+                                     meta={"source": "sklearn.datasets.load_digits", "split_seed": seed, "input_kind": "flat"})
 
 
 DIGITS_NOISE: tuple[float, ...] = (0.0, 0.15, 0.3, 0.45, 0.6)
@@ -153,13 +146,12 @@ def load_parity(
     rng = np.random.default_rng([seed, 2])
     x, y, lengths = make_parity(num_train + num_test, max_len, rng)
     level = ((lengths - 1) * levels) // max_len
-    tr, te = slice(0, num_train), slice(num_train, None)
-    return DatasetSplits(
+    return DatasetSplits.from_arrays(
         "parity",
-        torch.from_numpy(x[tr]),
-        torch.from_numpy(y[tr]),
-        torch.from_numpy(x[te]),
-        torch.from_numpy(y[te]),
+        x,
+        y,
+        slice(0, num_train),
+        slice(num_train, None),
         num_classes=2,
         meta={
             "source": "synthetic parity",
@@ -170,6 +162,5 @@ def load_parity(
             "max_len": max_len,
             "difficulty": f"length bucket: {levels} equal buckets of lengths 1..{max_len}",
         },
-        difficulty_train=torch.from_numpy(level[tr].astype(np.int64)),
-        difficulty_test=torch.from_numpy(level[te].astype(np.int64)),
+        difficulty=level,
     )

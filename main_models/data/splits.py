@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +81,25 @@ class DatasetSplits:
             vocab = int(self.meta.setdefault("vocab_size", hi + 1))
             if lo < 0 or hi >= vocab:
                 raise ValueError(f"dataset {self.name!r}: token ids must be in [0, {vocab - 1}], found [{lo}, {hi}]")
+
+    @classmethod
+    def from_arrays(
+        cls, name: str, x: np.ndarray, y: np.ndarray, train: Any, test: Any, *, num_classes: int, meta: dict,
+        difficulty: np.ndarray | None = None,
+    ) -> "DatasetSplits":
+        """Split numpy arrays by the index arrays (or slices) ``train`` and ``test``."""
+        level = None if difficulty is None else difficulty.astype(np.int64)
+        return cls(
+            name,
+            torch.from_numpy(x[train]),
+            torch.from_numpy(y[train]),
+            torch.from_numpy(x[test]),
+            torch.from_numpy(y[test]),
+            num_classes,
+            meta,
+            None if level is None else torch.from_numpy(level[train]),
+            None if level is None else torch.from_numpy(level[test]),
+        )
 
     @property
     def has_difficulty(self) -> bool:
