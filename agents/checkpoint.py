@@ -1,4 +1,11 @@
-"""Run checkpoints: one file, written atomically, refused clearly when corrupt or mismatched."""
+"""Run checkpoints: one file, written atomically, loaded without ever running code from it.
+
+A checkpoint holds only tensors and plain values (dicts, lists, tuples, strings, numbers, bytes,
+None): agent and main-model weights, optimizer states, counters, RNG states as tensors, DQN's replay
+buffer as tensors. It is read with ``torch.load(weights_only=True)``, whose unpickler refuses any
+other object, so a crafted file is refused before anything in it can execute. The same holds for
+the warm-up cache and for exported main models (``main_model.pt``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,17 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from main_models import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, or of another run/model."""
+    """A checkpoint that is missing, corrupt, unsafe, or of another run/model."""
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, name: str = CHECKPOINT_NAME) -> Path:
@@ -28,19 +36,30 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, name: str = CHECK
     return atomic_write_bytes(Path(run_dir) / name, buffer.getvalue())
 
 
+def read_safely(path: Path, what: str, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a file this program wrote: tensors and plain values only.
+    Anything else (a pickled object, a truncated or foreign file) is refused with
+    :class:`CheckpointError` before any of it can run."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated, foreign or unsafe files
+        raise CheckpointError(
+            f"{what} {path} is corrupt, not written by DynaLay, or holds objects other than tensors and plain values "
+            f"(refused without running any of it): {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{what} {path} is not a DynaLay file of format {FORMAT_VERSION}")
+    return payload
+
+
 def load_checkpoint(run_dir: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(run_dir) / CHECKPOINT_NAME
     if not Path(run_dir).is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist")
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {run_dir}: expected {path} (was the run started with --checkpoint-freq?)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a DynaLay checkpoint: {err}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is not a DynaLay checkpoint of format {FORMAT_VERSION}")
-    for key in ("algo", "timesteps", "agent", "engine", "config"):
+        raise CheckpointError(f"no checkpoint in {run_dir}: expected {path}; the run stopped before it wrote its first one")
+    payload = read_safely(path, "checkpoint", map_location=map_location)
+    for key in ("phase", "algo", "timesteps", "agent", "engine", "config"):
         if key not in payload:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}")
     return payload
@@ -48,10 +67,20 @@ def load_checkpoint(run_dir: Path, *, map_location: str | torch.device = "cpu") 
 
 def load_warmup(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A cached warmed-up main model (see ``agents/train.py --warmup-cache``)."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"warm-up cache {path} is corrupt or not a DynaLay warm-up file: {err}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not {"engine", "torch_rng", "numpy_rng", "key"} <= set(payload):
+    payload = read_safely(path, "warm-up cache", map_location=map_location)
+    if not {"engine", "rng", "key"} <= set(payload):
         raise CheckpointError(f"warm-up cache {path} is not a DynaLay warm-up file of format {FORMAT_VERSION}")
     return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch and numpy RNG states, as tensors and numbers."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                                                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))

@@ -6,8 +6,9 @@
 
 Reports accuracy, compute as a fraction of "FPI on every layer", per-action frequency, mean
 episode length and, on datasets with known difficulty levels, compute per level. Writes
-layer_selection.png (and tradeoff.png for several lambdas) into the run directory and adds them to
-TensorBoard under the run's eval/ folder.
+layer_selection_lam<λ>.png for each lambda (and tradeoff_lam<λ1>-<λ2>-....png for several) into the
+run directory, and adds them to TensorBoard under eval/lam<...>/ (replacing that folder's earlier
+events, so evaluating again does not duplicate points).
 """
 
 from __future__ import annotations
@@ -86,22 +87,37 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
     return out
 
 
+def _lam_label(lams: Sequence[float]) -> str:
+    return "lam" + "-".join(f"{lam:g}" for lam in lams)
+
+
 def _write_figures(run_dir: Path, results: list[dict], algo: str, step: int) -> list[str]:
+    """One layer-selection figure per lambda and, for several, the trade-off figure, each named by
+    the lambdas it shows (layer_selection_lam0.005.png, tradeoff_lam0-0.005-0.02.png). TensorBoard
+    gets them in eval/<the same name>/, whose earlier event files are replaced, so evaluating a run
+    again does not repeat its points."""
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
+    label = _lam_label([r["lam"] for r in results])
+    events = run_dir / "eval" / label
+    events.mkdir(parents=True, exist_ok=True)
+    for old in events.glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = SummaryWriter(str(events))
     written = []
-    first = results[0]
-    fig = layer_selection_figure(first["action_frequency"], title=f"{algo}, lambda {first['lam']:g}")
-    fig.savefig(run_dir / "layer_selection.png")
-    written.append(str(run_dir / "layer_selection.png"))
-    writer = SummaryWriter(str(run_dir / "eval"))
-    writer.add_figure("eval/layer_selection", fig, step)
-    plt.close(fig)
+    for result in results:
+        fig = layer_selection_figure(result["action_frequency"], title=f"{algo}, lambda {result['lam']:g}")
+        path = run_dir / f"layer_selection_{_lam_label([result['lam']])}.png"
+        fig.savefig(path)
+        written.append(str(path))
+        writer.add_figure(f"eval/layer_selection/{_lam_label([result['lam']])}", fig, step)
+        plt.close(fig)
     if len(results) > 1:
-        fig = tradeoff_figure(results, reference=first, title=f"{algo}: one agent across lambda")
-        fig.savefig(run_dir / "tradeoff.png")
-        written.append(str(run_dir / "tradeoff.png"))
+        fig = tradeoff_figure(results, reference=results[0], title=f"{algo}: one agent across lambda")
+        path = run_dir / f"tradeoff_{label}.png"
+        fig.savefig(path)
+        written.append(str(path))
         writer.add_figure("eval/tradeoff", fig, step)
         plt.close(fig)
     writer.close()

@@ -5,19 +5,71 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import numpy as np
-import torch
+from typing import Any, Literal, Mapping, Sequence
 
 from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, evaluate_policy
-from main_models import MainModelTrainer
+from main_models import EpochProgress, MainModelTrainer
 
 from .algorithms import Agent
-from .checkpoint import CheckpointError, load_warmup, save_checkpoint
+from .checkpoint import CheckpointError, load_warmup, rng_state, save_checkpoint, set_rng_state
 from .metrics import RunLogger
 from .settings import ResolvedSettings
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: runs are still created atomically, but not locked
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+
+
+class RunDirectory:
+    """A run directory owned by one process while it trains.
+
+    A new run creates its directory with one atomic ``mkdir``, so of two runs started with the same
+    name only one can win; the other is refused, as is a start in a directory that already exists.
+    ``--resume`` and ``--overwrite`` take an existing directory, under an exclusive lock on its
+    ``.lock`` file that is held until the process ends, so no two processes write one run."""
+
+    def __init__(self, path: Path, lock: Any) -> None:
+        self.path = path
+        self._lock = lock
+
+    @classmethod
+    def claim(cls, path: Path, mode: Literal["new", "resume", "overwrite"]) -> "RunDirectory":
+        path = Path(path)
+        if mode == "new" or (mode == "overwrite" and not path.exists()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                raise SystemExit(
+                    f"error: run directory {path} already exists: continue it with --resume {path}, replace it with "
+                    f"--overwrite, or choose another --run-name"
+                ) from None
+            return cls(path, cls._lock_or_exit(path))
+        if not path.is_dir():
+            raise SystemExit(f"error: run directory {path} does not exist")
+        lock = cls._lock_or_exit(path)
+        if mode == "overwrite":
+            for child in path.iterdir():
+                if child.name != LOCK_NAME:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        return cls(path, lock)
+
+    @staticmethod
+    def _lock_or_exit(path: Path) -> Any:
+        handle = open(path / LOCK_NAME, "a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise SystemExit(f"error: run directory {path} is in use by another running process") from None
+        return handle
 
 
 class TrainingRun:
@@ -81,6 +133,7 @@ class TrainingRun:
         return save_checkpoint(
             self.run_dir,
             {
+                "phase": "train",
                 "algo": self.settings.run.algo,
                 "timesteps": self.agent.num_timesteps,
                 "agent": self.agent.state(),
@@ -91,16 +144,35 @@ class TrainingRun:
         )
 
 
-def warm_up(engine: DynaLayEngine, settings: ResolvedSettings) -> None:
-    """Pretrain the main model on random paths, or load the result of an identical earlier warm-up
-    from ``--warmup-cache``, restoring the RNG states it ended with so that what follows is the same."""
+def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, resume: Mapping[str, Any] | None = None) -> None:
+    """Pretrain the main model on random paths, checkpointing after every epoch so that a killed
+    warm-up resumes where it stopped (``resume``: a warm-up checkpoint); or load the result of an
+    identical earlier warm-up from ``--warmup-cache``, restoring the RNG states it ended with, so
+    that what follows is the same as if this run had warmed up itself."""
     run, env = settings.run, settings.env
     trainer = engine.trainer or MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train, lr=env.main_lr)
 
-    def pretrain() -> None:
-        trainer.warm_up(env.pretrain_epochs, max_steps=engine.max_steps, stop_prob=env.warmup_stop_prob, seed=run.seed,
-                        progress=run.progress)
+    def after_epoch(progress: EpochProgress) -> None:
+        save_checkpoint(run_dir, {
+            "phase": "warmup", "algo": run.algo, "timesteps": 0, "agent": None, "engine": engine.state_dict(), "config": settings.to_json(),
+            "warmup": {"epochs_done": progress.epochs_done, "generator": progress.generator, "losses": progress.losses},
+            "rng": rng_state(), "logger": {"last_log_step": 0},
+        })
+        if not run.progress:  # the bar is off: still show that the warm-up moves
+            print(f"warm-up epoch {progress.epochs_done}/{env.pretrain_epochs}: loss {progress.losses[-1]:.4f} "
+                  f"({progress.seconds:.1f} s)", flush=True)
 
+    def pretrain(start: EpochProgress | None = None) -> None:
+        trainer.warm_up(env.pretrain_epochs, max_steps=engine.max_steps, stop_prob=env.warmup_stop_prob, seed=run.seed,
+                        progress=run.progress, resume=start, on_epoch=after_epoch)
+
+    if resume is not None:
+        engine.load_state_dict(resume["engine"])
+        set_rng_state(resume["rng"])
+        w = resume["warmup"]
+        print(f"resumed the warm-up of {run_dir} after epoch {w['epochs_done']} of {env.pretrain_epochs}", flush=True)
+        pretrain(EpochProgress(int(w["epochs_done"]), w["generator"], list(w["losses"])))
+        return
     if not run.warmup_cache:
         pretrain()
         return
@@ -117,10 +189,8 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings) -> None:
             engine.load_state_dict(cached["engine"])
         except (CheckpointError, ValueError) as err:
             raise SystemExit(f"error: {err} (delete the file to warm up again)") from None
-        torch.set_rng_state(cached["torch_rng"])
-        np.random.set_state(cached["numpy_rng"])
+        set_rng_state(cached["rng"])
         print(f"warm-up loaded from {path}", flush=True)
         return
     pretrain()
-    save_checkpoint(cache_dir, {"key": key, "engine": engine.state_dict(), "torch_rng": torch.get_rng_state(),
-                                "numpy_rng": np.random.get_state()}, name=path.name)
+    save_checkpoint(cache_dir, {"key": key, "engine": engine.state_dict(), "rng": rng_state()}, name=path.name)

@@ -8,7 +8,6 @@ DynaLay's benchmarks use, stated once. The policy network is AgentNet's architec
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -89,6 +88,10 @@ class RewardWeight(VecEnvWrapper):
         return obs, rewards * self.weight, dones, infos
 
 
+REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+"""The arrays of SB3's ``ReplayBuffer`` that a checkpoint keeps."""
+
+
 def _algorithm_class(algo: str) -> type:
     from stable_baselines3 import A2C, DQN, PPO
 
@@ -128,22 +131,46 @@ class SB3Agent:
         self.model.learn(steps, callback=Callback(), reset_num_timesteps=False, progress_bar=hooks.progress)
 
     def state(self) -> dict[str, Any]:
-        buf = io.BytesIO()
-        self.model.save(buf)
-        out: dict[str, Any] = {"zip": buf.getvalue(), "replay_buffer": None}
-        if self.algo == "dqn":
-            rb = io.BytesIO()
-            self.model.save_replay_buffer(rb)
-            out["replay_buffer"] = rb.getvalue()
+        """Weights, optimizer state and counters as tensors and numbers, never SB3's zip: its data
+        section is cloudpickled, so loading one runs code (see agents/checkpoint.py)."""
+        model = self.model
+        out: dict[str, Any] = {
+            "policy": model.policy.state_dict(),
+            "optimizer": model.policy.optimizer.state_dict(),
+            "num_timesteps": int(model.num_timesteps),
+            "n_updates": int(getattr(model, "_n_updates", 0)),
+            "n_calls": int(getattr(model, "_n_calls", 0)),
+            "replay_buffer": None,
+        }
+        buffer = getattr(model, "replay_buffer", None)
+        if buffer is not None:
+            out["replay_buffer"] = {"pos": int(buffer.pos), "full": bool(buffer.full),
+                                    **{name: torch.from_numpy(getattr(buffer, name)) for name in REPLAY_ARRAYS}}
         return out
 
     def load_state(self, state: dict[str, Any]) -> None:
+        model = self.model
         try:
-            self.model = self.cls.load(io.BytesIO(state["zip"]), env=self.venv, device=self.device)
-        except Exception as err:
-            raise CheckpointError(f"the checkpoint's agent cannot be loaded for this environment: {err}") from None
-        if state.get("replay_buffer"):
-            self.model.load_replay_buffer(io.BytesIO(state["replay_buffer"]))
+            model.policy.load_state_dict(state["policy"])
+            model.policy.optimizer.load_state_dict(state["optimizer"])
+            model.num_timesteps = int(state["num_timesteps"])
+            model._n_updates = int(state["n_updates"])
+            if hasattr(model, "_n_calls"):
+                model._n_calls = int(state["n_calls"])
+            saved = state["replay_buffer"]
+            buffer = getattr(model, "replay_buffer", None)
+            if (saved is None) != (buffer is None):
+                raise ValueError("the checkpoint's replay buffer does not fit this algorithm")
+            if buffer is not None:
+                for name in REPLAY_ARRAYS:
+                    target = getattr(buffer, name)
+                    array = saved[name].numpy()
+                    if array.shape != target.shape:
+                        raise ValueError(f"replay buffer {name} has shape {array.shape}, this run's has {target.shape}")
+                    target[...] = array
+                buffer.pos, buffer.full = int(saved["pos"]), bool(saved["full"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"the checkpoint's agent does not match this environment: {err}") from None
 
     def policy(self) -> Callable[[torch.Tensor], torch.Tensor]:
         model = self.model

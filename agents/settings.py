@@ -52,7 +52,7 @@ TRAIN_ENV_DEFAULTS = {"pretrain_epochs": 10}
 """Where a training run's environment differs from ``gym.make``'s defaults."""
 
 GROUPS = ("run", "env", "agent")
-_CONTROL = ("resume", "config")
+_CONTROL = ("resume", "config", "overwrite")
 
 
 @dataclass
@@ -61,6 +61,7 @@ class ResolvedSettings:
     env: EnvConfig
     agent: Any
     resume: Path | None = None
+    overwrite: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"algo": self.run.algo, "run": _jsonable(self.run), "env": _jsonable(self.env), "agent": _jsonable(self.agent)}
@@ -228,6 +229,7 @@ def resolve(
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--resume", type=Path, default=None, help="run directory to resume from its checkpoint")
     parser.add_argument("--config", default=None, help="YAML file with the same keys as these flags; explicit flags override it")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists (without it, an existing one is refused)")
     _add_group(parser, "run", RunSettings, defaults)
     _add_group(parser, "environment (gym.make's keyword arguments)", EnvConfig, defaults, skip=("seed",))
     _add_group(parser, f"{algo} (passed verbatim to the algorithm; none = the library's default)", agent_cls, defaults)
@@ -247,7 +249,9 @@ def resolve(
         agent = agent_cls(**{f.name: values[f.name] for f in fields(agent_cls)})
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    return ResolvedSettings(run, env, agent, values.get("resume"))
+    if values.get("resume") is not None and values.get("overwrite"):
+        parser.error("--resume continues a run and --overwrite replaces one: give one of them")
+    return ResolvedSettings(run, env, agent, values.get("resume"), bool(values.get("overwrite")))
 
 
 def settings_from_json(data: dict[str, Any], algorithms: dict[str, type]) -> ResolvedSettings:
@@ -256,8 +260,8 @@ def settings_from_json(data: dict[str, Any], algorithms: dict[str, type]) -> Res
     if algo not in algorithms or not all(isinstance(data.get(g), dict) for g in GROUPS):
         raise ValueError(f"not a DynaLay run configuration (algo {algo!r})")
     classes = {"run": RunSettings, "env": EnvConfig, "agent": algorithms[algo]}
-    built = {}
-    for group, cls in classes.items():
+    built: dict[str, Any] = {}
+    for group, cls in classes.items():  # "effective_agent", written beside them, is a record, not a setting
         names = {f.name for f in fields(cls)}
         extra = set(data[group]) - names
         if extra:

@@ -26,7 +26,7 @@ from main_models import resolve_device, write_json
 
 from agents.algorithms import ALGORITHMS, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
-from agents.run import TrainingRun, warm_up
+from agents.run import RunDirectory, TrainingRun, warm_up
 from agents.settings import resolve
 
 
@@ -52,10 +52,10 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
 
-    # 2. the run directory: a new one, or the one being resumed
+    # 2. the run directory: a resumed run is locked before its checkpoint is read
     checkpoint = None
     if settings.resume is not None:
-        run_dir = settings.resume
+        run_dir = RunDirectory.claim(settings.resume, "resume").path
         try:
             checkpoint = load_checkpoint(run_dir, map_location=device)
         except CheckpointError as err:
@@ -75,12 +75,14 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
 
-    # 4. warm up the main model (a new run) or restore both models (a resumed one)
-    run_dir.mkdir(parents=True, exist_ok=True)  # only once the configuration is known to be valid
+    # 4. a new run claims its directory only now that its configuration is known to be valid; it warms
+    #    up the main model (checkpointing every epoch), and a resumed run restores both models
     if checkpoint is None:
-        write_json(run_dir / "config.json", settings.to_json())
+        RunDirectory.claim(run_dir, "overwrite" if settings.overwrite else "new")
+    write_json(run_dir / "config.json", {**settings.to_json(), "effective_agent": agent.effective_settings()})
+    if checkpoint is None or checkpoint["phase"] == "warmup":
         if env.pretrain_epochs:
-            warm_up(engine, settings)
+            warm_up(engine, settings, run_dir, resume=checkpoint)
     else:
         try:
             engine.load_state_dict(checkpoint["engine"])
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     # 5. learn, with logging, evaluation and checkpoints as the agent goes
     agent.attach_run(run_dir)
     training = TrainingRun(settings, run_dir, engine, agent)
-    if checkpoint is not None:
+    if checkpoint is not None and checkpoint["phase"] == "train":
         training.resume_counters(checkpoint)
     start = time.perf_counter()
     remaining = run.total_timesteps - agent.num_timesteps

@@ -17,9 +17,10 @@ The MDP (see README, "The environment"):
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +42,20 @@ from .config import EnvConfig, RewardConfig, default_max_steps
 from .record import EpisodeRecord
 
 MODES = ("train", "eval")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _outside_inference_mode(method: _F) -> _F:
+    """Run ``method`` with inference mode off, so that every tensor the engine keeps is a normal
+    tensor whatever mode its caller steps it in (an inference tensor can never be updated in place
+    outside inference mode, nor take part in co-training)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False):
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,7 @@ class DynaLayEngine:
         """End every episode in flight without an answer, reward or record: all rows go idle."""
         self._running.zero_()
 
+    @_outside_inference_mode
     def reset(self, rows: Tensor | None = None) -> Tensor:
         """Start new episodes in ``rows`` (all rows when ``None``) and return the observations."""
         if rows is None:
@@ -262,12 +278,14 @@ class DynaLayEngine:
                 f"{self.num_layers} (FPI on layer i)"
             )
 
+    @_outside_inference_mode
     def step(self, actions: Tensor, *, validate: bool = True) -> StepOutput:
         """Advance every running row by one action. Idle rows (finished, not reset) do nothing."""
         if self.state is None:
             raise RuntimeError("call reset() before step()")
         if validate:
             self.validate_actions(actions)
+        actions = actions.to(self.device, torch.long).clone() if actions.is_inference() else actions
         if actions.device != self.device or actions.dtype != torch.long:
             actions = actions.to(self.device, torch.long)
         running = self._running
@@ -395,6 +413,7 @@ class DynaLayEngine:
         return low, high
 
 
+@_outside_inference_mode
 def build_engine(
     num_envs: int = 1,
     *,

@@ -45,14 +45,16 @@ def _spaces(engine: DynaLayEngine) -> tuple[spaces.Box, spaces.Discrete]:
 
 
 def _host_actions(actions: Any, engine: DynaLayEngine) -> np.ndarray:
-    """Validate actions on the host (no device sync) and return them as int64 (N,)."""
+    """Validate actions on the host (no device sync) and return them as int64 (N,). The rule is the
+    engine's (:meth:`DynaLayEngine.validate_actions`): integers in [0, L]; a float, bool or complex
+    dtype is refused even when its values are whole numbers, as Gymnasium's ``Discrete`` does."""
     arr = np.asarray(actions)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.shape != (engine.num_envs,):
         raise ValueError(f"expected {engine.num_envs} action(s), got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)))):
-        raise ValueError(f"actions must be integers in [0, {engine.num_layers}], got {arr!r}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"actions must be integers in [0, {engine.num_layers}], got dtype {arr.dtype}: {arr!r}")
     arr = arr.astype(np.int64)
     bad = (arr < 0) | (arr > engine.num_layers)
     if bad.any():
@@ -77,7 +79,11 @@ class DynaLayEnv(gym.Env):
     def __init__(self, render_mode: str | None = None, *, engine: DynaLayEngine | None = None, **settings: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
-        settings.pop("num_envs", None)
+        if "num_envs" in settings:
+            raise TypeError(
+                "num_envs is not a setting of the single-sample env: for N episodes at once use "
+                "gym.make_vec('DynaLay-v0', num_envs=N, vectorization_mode='vector_entry_point')"
+            )
         self.engine = _engine(engine, 1, False, settings)
         self.observation_space, self.action_space = _spaces(self.engine)
         self.render_mode = None

@@ -9,6 +9,8 @@ a row of actions: 0 (stop), or i in 1..L for "FPI on layer i", 0-padded (see
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -42,6 +44,19 @@ def random_paths(max_steps: int, num_layers: int, stop_prob: float, device: torc
     return sample
 
 
+@dataclass
+class EpochProgress:
+    """Where a multi-epoch training stands after an epoch: enough to continue it exactly."""
+
+    epochs_done: int
+    generator: Tensor
+    """State of the minibatch/path generator after the epoch."""
+    losses: list[float] = field(default_factory=list)
+    """Mean loss of every epoch so far."""
+    seconds: float = 0.0
+    """Wall time of the epoch just finished."""
+
+
 class MainModelTrainer:
     """Adam on the cross-entropy of ``model`` along given action paths, on the samples ``(x, y)``.
 
@@ -71,13 +86,24 @@ class MainModelTrainer:
         return self.y.device
 
     def step(self, index: Tensor, paths: Tensor) -> float:
-        """One optimizer step on the mean cross-entropy of samples ``index`` along ``paths``."""
-        self.model.train()
-        logits, _ = self.model.run_paths(self.x[index], paths)
-        loss = F.cross_entropy(logits, self.y[index])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        """One optimizer step on the mean cross-entropy of samples ``index`` along ``paths``.
+
+        Gradients are enabled here whatever the caller's mode: an environment stepped under
+        ``torch.no_grad()`` or ``torch.inference_mode()`` (as torchrl's and skrl's collectors do) still
+        co-trains its model."""
+        with torch.inference_mode(False), torch.enable_grad():
+            if any(p.is_inference() for p in self.model.parameters()):
+                raise RuntimeError(
+                    "the main model's parameters were created inside torch.inference_mode() and can never be trained: "
+                    "build the model (or the environment) outside inference mode"
+                )
+            index, paths = index.clone(), paths.clone()  # normal tensors, even if the caller made them in inference mode
+            self.model.train()
+            logits, _ = self.model.run_paths(self.x[index], paths)
+            loss = F.cross_entropy(logits, self.y[index])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         return float(loss.detach())
 
     def train_epochs(
@@ -89,35 +115,56 @@ class MainModelTrainer:
         batch_size: int = 64,
         progress: bool = False,
         desc: str = "train",
+        resume: EpochProgress | None = None,
+        on_epoch: Callable[[EpochProgress], None] | None = None,
     ) -> list[float]:
         """``epochs`` passes over the samples in minibatches drawn with ``generator``, each sample
-        following ``paths``. Returns the mean loss of each epoch."""
+        following ``paths``. Returns the mean loss of each epoch.
+
+        ``on_epoch`` is called after every epoch with an :class:`EpochProgress`; passing one back as
+        ``resume`` continues from it exactly (the generator state included)."""
         from tqdm.auto import tqdm
 
         n = int(self.y.shape[0])
-        losses: list[float] = []
-        bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
-        for _ in bar:
+        losses: list[float] = list(resume.losses) if resume is not None else []
+        first = resume.epochs_done if resume is not None else 0
+        if resume is not None:
+            generator.set_state(resume.generator)
+        bar = tqdm(range(first, epochs), desc=desc, unit="epoch", disable=not progress, initial=first, total=epochs)
+        for epoch in bar:
+            start = time.perf_counter()
             order = torch.randperm(n, device=self.device, generator=generator)
             total = 0.0
-            for start in range(0, n, batch_size):
-                index = order[start : start + batch_size]
+            for begin in range(0, n, batch_size):
+                index = order[begin : begin + batch_size]
                 total += self.step(index, paths(index.numel(), generator)) * index.numel()
             losses.append(total / n)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if on_epoch is not None:
+                on_epoch(EpochProgress(epoch + 1, generator.get_state(), list(losses), time.perf_counter() - start))
         return losses
 
     def warm_up(
-        self, epochs: int, *, max_steps: int, stop_prob: float = 0.0, seed: int = 0, batch_size: int = 64, progress: bool = False
+        self,
+        epochs: int,
+        *,
+        max_steps: int,
+        stop_prob: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = False,
+        resume: EpochProgress | None = None,
+        on_epoch: Callable[[EpochProgress], None] | None = None,
     ) -> list[float]:
         """Train on random paths of up to ``max_steps`` FPI steps (paper 4.4), so that every path an
         agent may choose starts out useful. ``stop_prob`` 0 trains on full-length random FPI paths:
         a network trained mostly on one-application paths learns to need no iteration
-        (benchmarks/warmup_paths.py)."""
+        (benchmarks/warmup_paths.py). ``resume`` and ``on_epoch`` as in :meth:`train_epochs`."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed + 1)
         sampler = random_paths(max_steps, self.model.num_layers, stop_prob, self.device)
-        return self.train_epochs(epochs, sampler, generator=generator, batch_size=batch_size, progress=progress, desc="warm-up")
+        return self.train_epochs(epochs, sampler, generator=generator, batch_size=batch_size, progress=progress, desc="warm-up",
+                                 resume=resume, on_epoch=on_epoch)
 
     # ---- co-training -------------------------------------------------------------------------
     def record(self, index: Tensor, paths: Tensor) -> None:

@@ -191,11 +191,15 @@ def test_evaluate_reports_tradeoff_and_writes_figures(tmp_path, capsys):
         assert {"accuracy", "compute_fraction", "action_frequency", "mean_episode_length", "per_difficulty"} <= set(r)
         assert abs(sum(r["action_frequency"]) - 1) < 1e-6
     assert [r["lam"] for r in out["results"]] == [0.0, 0.01, 0.05]
-    for name in ("layer_selection.png", "tradeoff.png"):
+    for name in ("layer_selection_lam0.png", "layer_selection_lam0.01.png", "layer_selection_lam0.05.png", "tradeoff_lam0-0.01-0.05.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    acc = EventAccumulator(str(run / "eval"))
+    events = run / "eval" / "lam0-0.01-0.05"
+    acc = EventAccumulator(str(events))
     acc.Reload()
-    assert {"eval/layer_selection", "eval/tradeoff"} <= set(acc.Tags()["images"])
+    assert {"eval/layer_selection/lam0.05", "eval/tradeoff"} <= set(acc.Tags()["images"])
+    # evaluating again replaces the evaluation's events rather than adding a second file of the same points
+    evaluate.main([str(run), "--lam", "0", "0.01", "0.05", "--json", "--device", "cpu"])
+    assert len(list(events.glob("events.out.tfevents.*"))) == 1
     with pytest.raises(SystemExit, match="does not exist"):
         evaluate.main([str(tmp_path / "missing")])
 

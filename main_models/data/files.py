@@ -308,6 +308,14 @@ def load_wikitext2(
 
 
 # ---- a user's own .npz ------------------------------------------------------------------------
+MAX_CLASSES_PER_SAMPLE = 2
+MIN_CLASS_LIMIT = 1000
+"""An .npz may have up to max(2 x its samples, 1000) classes: a label of 1e9 would otherwise ask
+for a 1e9-way head (a 256 GB allocation)."""
+MAX_VOCAB = 10_000_000
+"""Token ids of an .npz must fit a vocabulary of at most this many entries."""
+
+
 def load_npz(path: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0.2) -> DatasetSplits:
     """A user's dataset in one ``.npz`` file.
 
@@ -410,6 +418,17 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, test_fraction: float = 0
             raise fail(f"labels go up to {observed - 1} but num_classes is {num_classes}")
     else:
         num_classes = observed
+    samples = len(y_tr) + len(y_te)
+    if num_classes > max(MAX_CLASSES_PER_SAMPLE * samples, MIN_CLASS_LIMIT):
+        raise fail(
+            f"{num_classes} classes (labels up to {observed - 1}) for {samples} samples: the head would need a "
+            f"{num_classes}-way output. Labels must be 0..K-1 with K at most {MAX_CLASSES_PER_SAMPLE} x the samples "
+            f"(or {MIN_CLASS_LIMIT}); map them to a dense range first, e.g. np.unique(y, return_inverse=True)[1]"
+        )
+    if x_tr.dtype.kind == "i":
+        vocab = vocab_size if vocab_size is not None else int(max(x_tr.max(initial=0), x_te.max(initial=0))) + 1
+        if vocab > MAX_VOCAB:
+            raise fail(f"token ids need a vocabulary of {vocab} entries, more than {MAX_VOCAB}; map them to a dense range first")
     x_tr_t = torch.from_numpy(np.ascontiguousarray(x_tr))
     meta: dict = {"source": str(path), "input_kind": infer_input_kind(x_tr_t)}
     if meta["input_kind"] == "tokens":

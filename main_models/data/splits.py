@@ -54,10 +54,14 @@ class DatasetSplits:
                 f"dataset {self.name!r}: train inputs {self.x_train.dtype} {tuple(self.x_train.shape)} and test inputs "
                 f"{self.x_test.dtype} {tuple(self.x_test.shape)} differ in shape or dtype"
             )
+        if any(size == 0 for size in self.x_train.shape[1:]):
+            raise ValueError(f"dataset {self.name!r}: inputs of shape {tuple(self.x_train.shape[1:])} have no features")
         for part, x, y, d in (
             ("train", self.x_train, self.y_train, self.difficulty_train),
             ("test", self.x_test, self.y_test, self.difficulty_test),
         ):
+            if x.shape[0] == 0:
+                raise ValueError(f"dataset {self.name!r}: the {part} split has no samples; training and evaluation need both")
             if x.shape[0] != y.shape[0]:
                 raise ValueError(f"dataset {self.name!r}: {part} has {x.shape[0]} inputs but {y.shape[0]} labels")
             if d is not None and d.shape[0] != y.shape[0]:
