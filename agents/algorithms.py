@@ -38,6 +38,9 @@ class Agent(Protocol):
     def attach_run(self, run_dir: Path) -> None:
         """Point the algorithm's own logging (if any) at the run directory."""
 
+    def export(self, run_dir: Path) -> Path:
+        """Write the agent in a format other libraries read (SB3's agent.zip, or weights)."""
+
 
 def make_agent(
     algo: str, settings: Any, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device, total_timesteps: int

@@ -9,14 +9,13 @@ the warm-up cache and for exported main models (``main_model.pt``).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from main_models import atomic_write_bytes
+from main_models import UnsafeFileError, load_tensors, save_tensors
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 2
@@ -31,23 +30,18 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any], *, name: str = CHECK
 
     A process killed at any moment leaves either the previous checkpoint or the new one, never a
     partial file under the final name."""
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT_VERSION, **payload}, buffer)
-    return atomic_write_bytes(Path(run_dir) / name, buffer.getvalue())
+    return save_tensors(Path(run_dir) / name, {"format": FORMAT_VERSION, **payload})
 
 
 def read_safely(path: Path, what: str, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a file this program wrote: tensors and plain values only.
-    Anything else (a pickled object, a truncated or foreign file) is refused with
-    :class:`CheckpointError` before any of it can run."""
+    """A file this program wrote, read with ``torch.load(weights_only=True)``: anything else (a
+    pickled object, a truncated or foreign file) is refused with :class:`CheckpointError` before
+    any of it can run."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated, foreign or unsafe files
-        raise CheckpointError(
-            f"{what} {path} is corrupt, not written by DynaLay, or holds objects other than tensors and plain values "
-            f"(refused without running any of it): {str(err).splitlines()[0]}"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        payload = load_tensors(path, what, map_location=map_location)
+    except UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
+    if payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{what} {path} is not a DynaLay file of format {FORMAT_VERSION}")
     return payload
 

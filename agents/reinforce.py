@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynalay_env import EPISODE_KEYS, DynaLayEngine, DynaLayVectorEnv, EpisodeRecord
+from main_models import save_tensors
 
 from .checkpoint import CheckpointError
 from .hooks import Hooks
@@ -206,6 +207,11 @@ class ReinforceLearner:
             self.generator.set_state(state["generator"])
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"the checkpoint's agent does not match this environment: {err}") from None
+
+    def export(self, run_dir: Path) -> Path:
+        """AgentNet's weights (weights-only), for use outside DynaLay's training scripts."""
+        return save_tensors(Path(run_dir) / "agent.pt", {"kind": "dynalay-reinforce-agent", "obs_dim": self.agent.policy.obs_dim,
+                                                          "num_actions": self.agent.num_actions, "policy": self.agent.policy.state_dict()})
 
     def policy(self) -> Callable[[Tensor], Tensor]:
         agent = self.agent

@@ -130,6 +130,10 @@ class TrainingRun:
         return report
 
     def checkpoint(self) -> Path:
+        """checkpoint.pt (everything a resume needs), and beside it the two models as other clients
+        load them: main_model.pt (``gym.make("DynaLay-v0", main_model=...)``) and the agent's export."""
+        self.engine.export_main_model(self.run_dir / "main_model.pt")
+        self.agent.export(self.run_dir)
         return save_checkpoint(
             self.run_dir,
             {

@@ -8,15 +8,17 @@ DynaLay's benchmarks use, stated once. The policy network is AgentNet's architec
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
+from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from dynalay_env import DynaLayEngine, DynaLaySB3VecEnv
+from main_models import atomic_write_bytes
 
 from .checkpoint import CheckpointError
 from .hooks import Hooks
@@ -74,7 +76,7 @@ class DQNSettings:
 class RewardWeight(VecEnvWrapper):
     """Multiplies rewards by the paper's gamma (total loss = CE - gamma * R, Eq. 3).
 
-    Placed outside ``VecMonitor`` so the logged episode reward stays the plain Eq. 2 return."""
+    The logged episode reward stays the plain Eq. 2 return: it comes from the episode record."""
 
     def __init__(self, venv: Any, weight: float) -> None:
         super().__init__(venv)
@@ -104,8 +106,8 @@ class SB3Agent:
     def __init__(self, algo: str, settings: Any, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device) -> None:
         self.algo = algo
         self.settings = settings
-        self.env = DynaLaySB3VecEnv(engine)
-        self.venv = RewardWeight(VecMonitor(self.env), reward_weight)
+        self.env = DynaLaySB3VecEnv(engine)  # its infos already carry Monitor's episode statistics
+        self.venv = RewardWeight(self.env, reward_weight)
         self.cls = _algorithm_class(algo)
         self.device = device
         kwargs = {k: v for k, v in asdict(settings).items() if v is not None}
@@ -171,6 +173,13 @@ class SB3Agent:
                 buffer.pos, buffer.full = int(saved["pos"]), bool(saved["full"])
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"the checkpoint's agent does not match this environment: {err}") from None
+
+    def export(self, run_dir: Path) -> Path:
+        """The agent as SB3's own ``agent.zip``, for SB3 clients (``PPO.load``, RL Zoo). DynaLay never
+        reads it back: SB3's zip cloudpickles part of its data, so load only zips you trust."""
+        buffer = io.BytesIO()
+        self.model.save(buffer)
+        return atomic_write_bytes(Path(run_dir) / "agent.zip", buffer.getvalue())
 
     def policy(self) -> Callable[[torch.Tensor], torch.Tensor]:
         model = self.model

@@ -48,10 +48,9 @@ class RunSettings:
     progress: bool = _setting(True, "show progress bars")
 
 
-TRAIN_ENV_DEFAULTS = {"pretrain_epochs": 10}
-"""Where a training run's environment differs from ``gym.make``'s defaults."""
-
 GROUPS = ("run", "env", "agent")
+RUN_OWNED_ENV = ("seed", "progress")
+"""Environment settings a run sets from its own flags (--seed, --progress)."""
 _CONTROL = ("resume", "config", "overwrite")
 
 
@@ -208,14 +207,16 @@ def resolve(
         layered.update(_read_saved(known.resume))
     if known.config:
         layered.update(_read_yaml(known.config))
+    if forced.get("algo") and known.algo and known.algo != forced["algo"]:
+        raise SystemExit(f"error: this script trains {forced['algo']}; for --algo {known.algo} use agents/train.py --algo {known.algo}")
     algo = forced.get("algo") or known.algo or layered.get("algo") or RunSettings.algo
     if algo not in algorithms:
         raise SystemExit(f"error: {known.config or known.resume}: unknown algorithm {algo!r}; choose one of {', '.join(algorithms)}")
     agent_cls = algorithms[algo]
     classes = {"run": RunSettings, "env": EnvConfig, "agent": agent_cls}
-    owner = {f.name: g for g, cls in classes.items() for f in fields(cls) if not (g == "env" and f.name == "seed")}
-    env_defaults = {k: v for k, v in _defaults(EnvConfig).items() if k != "seed"}  # the env is seeded by the run's seed
-    defaults = {**_defaults(RunSettings), **env_defaults, **TRAIN_ENV_DEFAULTS, **_defaults(agent_cls)}
+    owner = {f.name: g for g, cls in classes.items() for f in fields(cls) if not (g == "env" and f.name in RUN_OWNED_ENV)}
+    env_defaults = {k: v for k, v in _defaults(EnvConfig).items() if k not in RUN_OWNED_ENV}
+    defaults = {**_defaults(RunSettings), **env_defaults, **_defaults(agent_cls)}
     source = f"--resume {known.resume}" if known.resume else ""
     for key, value in layered.items():
         if key in _CONTROL:
@@ -231,7 +232,7 @@ def resolve(
     parser.add_argument("--config", default=None, help="YAML file with the same keys as these flags; explicit flags override it")
     parser.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists (without it, an existing one is refused)")
     _add_group(parser, "run", RunSettings, defaults)
-    _add_group(parser, "environment (gym.make's keyword arguments)", EnvConfig, defaults, skip=("seed",))
+    _add_group(parser, "environment (gym.make's keyword arguments)", EnvConfig, defaults, skip=RUN_OWNED_ENV)
     _add_group(parser, f"{algo} (passed verbatim to the algorithm; none = the library's default)", agent_cls, defaults)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -245,7 +246,8 @@ def resolve(
     values["algo"] = algo
     try:
         run = RunSettings(**{f.name: values[f.name] for f in fields(RunSettings)})
-        env = EnvConfig(**{f.name: values[f.name] for f in fields(EnvConfig) if f.name != "seed"}, seed=run.seed)
+        env = EnvConfig(**{f.name: values[f.name] for f in fields(EnvConfig) if f.name not in RUN_OWNED_ENV}, seed=run.seed,
+                        progress=run.progress)
         agent = agent_cls(**{f.name: values[f.name] for f in fields(agent_cls)})
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -50,7 +50,7 @@ def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min
     rows = []
     for device in devices:
         for n in sizes:
-            kwargs = dict(device=device, cotrain=cotrain, seed=0)
+            kwargs = dict(device=device, cotrain=cotrain, seed=0, pretrain_epochs=0)
             batched = gym.make_vec("DynaLay-v0", num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
             batched_sps, batched_steps = _time_steps(batched, min_steps, min_seconds, seed=0)
             row = {"device": device, "num_envs": n, "batched_sps": batched_sps, "batched_vector_steps": batched_steps}

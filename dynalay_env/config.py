@@ -107,9 +107,14 @@ class EnvConfig:
     cotrain: bool = _setting(True, "co-train the main model on the paths the agent chose")
     cotrain_every: int = _setting(64, "finished episodes per main-model update (K)")
     main_lr: float = _setting(1e-3, "Adam learning rate of the main model")
-    pretrain_epochs: int = _setting(0, "warm-up epochs of the main model on random paths before the agent starts")
+    pretrain_epochs: int = _setting(10, "warm-up epochs of the main model on random paths before the agent starts (paper 4.4)")
     warmup_stop_prob: float = _setting(0.0, "per-step stop probability of the warm-up path sampler (0: full-length random FPI paths)")
     seed: int = _setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
+    main_model: str | None = _setting(None, "a main_model.pt written by a DynaLay run: start from those co-trained weights "
+                                             "(no warm-up) instead of a fresh model")
+    save_main_model: str | None = _setting(None, "write the main model to this path when the environment is closed "
+                                                  "(for clients that rebuild the env from its id, e.g. RL Zoo)")
+    progress: bool = _setting(True, "show a progress bar while the main model warms up")
 
     def __post_init__(self) -> None:
         reward = RewardConfig(self.alpha, self.beta, self.lam, self.lam_range)  # validates the reward fields
@@ -117,7 +122,7 @@ class EnvConfig:
             object.__setattr__(self, name, getattr(reward, name))
         if not isinstance(self.dataset, str) or not self.dataset:
             raise TypeError(f"dataset must be a dataset name or a path to an .npz file, got {self.dataset!r}")
-        for name in ("data_dir", "model"):
+        for name in ("data_dir", "model", "main_model", "save_main_model"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string or None, got {type(value).__name__} {value!r}")
@@ -126,8 +131,9 @@ class EnvConfig:
         object.__setattr__(self, "cotrain_every", _integer("cotrain_every", self.cotrain_every, minimum=1))
         object.__setattr__(self, "pretrain_epochs", _integer("pretrain_epochs", self.pretrain_epochs, minimum=0))
         object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=0))
-        if not isinstance(self.cotrain, bool):
-            raise TypeError(f"cotrain must be True or False, got {self.cotrain!r}")
+        for name in ("cotrain", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if _number("main_lr", self.main_lr) == 0:
             raise ValueError("main_lr must be > 0")
         if _number("warmup_stop_prob", self.warmup_stop_prob) > 1:

@@ -18,6 +18,7 @@ The MDP (see README, "The environment"):
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -34,14 +35,19 @@ from main_models import (
     MainModelTrainer,
     PathState,
     build_main_model,
+    default_model,
     load_dataset,
+    load_tensors,
     resolve_device,
+    save_tensors,
 )
 
 from .config import EnvConfig, RewardConfig, default_max_steps
 from .record import EpisodeRecord
 
 MODES = ("train", "eval")
+MAIN_MODEL_KIND = "dynalay-main-model"
+MAIN_MODEL_VERSION = 1
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -197,6 +203,9 @@ class DynaLayEngine:
         self._running = torch.zeros(n, dtype=torch.bool, device=dev)
         self.obs = torch.zeros(n, self.layout.size, device=dev)
         self.state: PathState | None = None
+        self.model_name = default_model(self.splits)
+        """The main model's registry name (build_engine sets the one it built)."""
+        self.save_main_model_on_close: str | None = None
 
     # ---- read-only views -----------------------------------------------------------------------
     @property
@@ -265,6 +274,13 @@ class DynaLayEngine:
         return self.obs
 
     # ---- step --------------------------------------------------------------------------------
+    def action_masks(self) -> Tensor:
+        """Which actions the MDP allows in each row, bool (N, L+1): every action while an episode runs
+        (the budget T ends an episode; it never forbids an FPI step), only NOP in an idle row."""
+        masks = torch.ones(self.num_envs, self.num_layers + 1, dtype=torch.bool, device=self.device)
+        masks[:, 1:] &= self._running.unsqueeze(1)
+        return masks
+
     def validate_actions(self, actions: Tensor) -> None:
         """Refuse actions of the wrong shape, a non-integer dtype, or outside 0..L, naming the range."""
         if actions.shape != (self.num_envs,):
@@ -279,8 +295,9 @@ class DynaLayEngine:
             )
 
     @_outside_inference_mode
-    def step(self, actions: Tensor, *, validate: bool = True) -> StepOutput:
-        """Advance every running row by one action. Idle rows (finished, not reset) do nothing."""
+    def step(self, actions: Tensor, *, validate: bool = True, active: Tensor | None = None) -> StepOutput:
+        """Advance every running row by one action. Idle rows (finished, not reset) do nothing, and
+        so do rows outside ``active`` (a bool (N,) mask) when it is given: their actions are ignored."""
         if self.state is None:
             raise RuntimeError("call reset() before step()")
         if validate:
@@ -288,7 +305,7 @@ class DynaLayEngine:
         actions = actions.to(self.device, torch.long).clone() if actions.is_inference() else actions
         if actions.device != self.device or actions.dtype != torch.long:
             actions = actions.to(self.device, torch.long)
-        running = self._running
+        running = self._running if active is None else self._running & active
         fpi = running & (actions > 0)
         nop = running & (actions == 0)
         choice = torch.where(fpi, actions, torch.zeros_like(actions))
@@ -330,7 +347,7 @@ class DynaLayEngine:
             **{"return": self.ep_return[done_rows]},
         )
         final_obs = self.obs[done_rows].clone()
-        self._running = running & ~done
+        self._running = self._running & ~done
         if done_rows.numel():
             if self.trainer is not None:
                 self.trainer.record(finished["sample"], finished["path"])
@@ -403,6 +420,19 @@ class DynaLayEngine:
             self.trainer.load_state_dict(state["trainer"])
         self.generator.set_state(state["generator"])
 
+    def export_main_model(self, path: str | Path) -> Path:
+        """Write the main model's weights, with what it is, to ``path`` (weights-only, atomic), for
+        ``gym.make("DynaLay-v0", main_model=path)``."""
+        return save_tensors(path, {
+            "kind": MAIN_MODEL_KIND, "version": MAIN_MODEL_VERSION, "dataset": self.splits.name, "model": self.model_name,
+            "num_layers": self.num_layers, "max_steps": self.max_steps, "weights": self.model.state_dict(),
+        })
+
+    def close(self) -> None:
+        """Write the main model where ``save_main_model`` asked for it, if it did."""
+        if self.save_main_model_on_close:
+            self.export_main_model(self.save_main_model_on_close)
+
     # ---- observation space bounds ------------------------------------------------------------
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         lay = self.layout
@@ -420,10 +450,11 @@ def build_engine(
     mode: str = "train",
     autoreset: bool = True,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool = True,
     **settings: Any,
 ) -> DynaLayEngine:
     """An engine built from the flat settings of :class:`EnvConfig` (what ``gym.make`` passes).
+    ``progress=False`` silences the warm-up's bar whatever the settings say.
 
     ``dataset`` may also be a loaded :class:`DatasetSplits` and ``model`` an existing main model to
     share (e.g. a trained one to evaluate). In train mode the engine gets a
@@ -444,14 +475,16 @@ def build_engine(
             torch.manual_seed(config.seed)
             network = build_main_model(splits, model=config.model)
     network = network.to(dev)
+    if config.main_model is not None:
+        load_main_model(config.main_model, network, splits)
     max_steps = config.max_steps if config.max_steps is not None else default_max_steps(network.num_layers)
     trainer = None
     if mode == "train" and (config.cotrain or config.pretrain_epochs):
         trainer = MainModelTrainer(network, splits.x_train, splits.y_train, lr=config.main_lr, cotrain_every=config.cotrain_every)
-        if config.pretrain_epochs:
+        if config.pretrain_epochs and config.main_model is None:
             trainer.warm_up(config.pretrain_epochs, max_steps=max_steps, stop_prob=config.warmup_stop_prob, seed=config.seed,
-                            progress=progress)
-    return DynaLayEngine(
+                            progress=config.progress and progress)
+    engine = DynaLayEngine(
         num_envs,
         splits,
         network,
@@ -463,3 +496,24 @@ def build_engine(
         seed=config.seed,
         device=dev,
     )
+    engine.model_name = config.model or default_model(splits)
+    engine.save_main_model_on_close = config.save_main_model
+    return engine
+
+
+def load_main_model(path: str | Path, model: FPINetwork, splits: DatasetSplits) -> None:
+    """Load the weights of a main-model file written by :meth:`DynaLayEngine.export_main_model`
+    into ``model``, refusing (before running any of it) a file that is unsafe, of another kind, or
+    whose weights do not fit this model."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"main_model {path} does not exist")
+    payload = load_tensors(path, "main model")
+    if payload.get("kind") != MAIN_MODEL_KIND or payload.get("version") != MAIN_MODEL_VERSION:
+        raise ValueError(f"main_model {path} is not a DynaLay main-model file of version {MAIN_MODEL_VERSION}")
+    try:
+        model.load_state_dict(payload["weights"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"main_model {path} ({payload['model']} with {payload['num_layers']} layers, trained on {payload['dataset']!r}) does not "
+            f"fit this environment's main model for {splits.name!r}: {str(err).splitlines()[0]}"
+        ) from None

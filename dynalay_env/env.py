@@ -12,6 +12,7 @@ numpy and the engine's tensors once per batched step, and nothing else.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Sequence
 
 import gymnasium as gym
@@ -72,7 +73,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 class DynaLayEnv(gym.Env):
     """One DynaLay episode at a time. Keyword arguments are :class:`EnvConfig` settings, or
-    ``engine=`` a one-row engine built without autoreset."""
+    ``engine=`` a one-row engine built without autoreset.
+
+    ``info`` keys, each with one dtype wherever it appears: at reset ``lam`` (float32), ``label``
+    and ``difficulty`` (int64); at every step ``step_cost`` (float32), ``fpi_iterations`` and
+    ``steps`` (int64); at the episode's end also the record's keys
+    (:data:`~dynalay_env.record.EPISODE_FIELDS`; ``correct`` is a Python bool).
+    """
 
     metadata = {"render_modes": []}
 
@@ -95,7 +102,10 @@ class DynaLayEnv(gym.Env):
             self.engine.seed(seed)
         obs = self.engine.reset()
         self._needs_reset = False
-        return _np(obs[0]), {"lam": float(self.engine.lam_row[0]), "label": int(self.engine.label[0])}
+        engine = self.engine
+        info = {"lam": np.float32(engine.lam_row[0]), "label": np.int64(engine.label[0]),
+                "difficulty": np.int64(engine.difficulty_all[engine.sample[0]])}
+        return _np(obs[0]), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._needs_reset:
@@ -104,9 +114,9 @@ class DynaLayEnv(gym.Env):
         out = self.engine.step(torch.from_numpy(act), validate=False)
         terminated = bool(out.terminated[0])
         info: dict[str, Any] = {
-            "step_cost": float(out.step_cost[0]),
-            "fpi_iterations": int(out.step_iterations[0]),
-            "steps": int(self.engine.steps[0]),
+            "step_cost": np.float32(out.step_cost[0]),
+            "fpi_iterations": np.int64(out.step_iterations[0]),
+            "steps": np.int64(self.engine.steps[0]),
         }
         obs = _np(out.obs[0])
         if terminated:
@@ -117,13 +127,31 @@ class DynaLayEnv(gym.Env):
             obs = _np(out.final_obs[0])
         return obs, float(out.reward[0]), terminated, False, info
 
+    def action_masks(self) -> np.ndarray:
+        """Which actions the MDP allows now, bool (L+1,): every one while the episode runs (the
+        interface sb3-contrib's MaskablePPO looks for)."""
+        return _np(self.engine.action_masks()[0])
+
+    def close(self) -> None:
+        self.engine.close()
+
 
 class DynaLayVectorEnv(VectorEnv):
-    """N episodes on the batched engine, same-step autoreset (``final_obs`` / ``final_info``).
+    """N episodes on the batched engine, in any of Gymnasium's autoreset modes.
 
-    With ``torch_arrays=True`` observations, rewards, flags and infos are torch tensors on the
-    engine's device (``final_obs`` a (N, D) tensor masked by ``_final_obs``) and actions may be a
-    tensor: an on-device agent then never round-trips through numpy.
+    * ``SAME_STEP`` (default): a finished row starts its next episode in the same step; the step
+      returns the new observation, and the finished episode's observation and record in
+      ``final_obs`` / ``final_info`` (what SB3-style loops expect).
+    * ``NEXT_STEP``: the step that ends an episode returns its last observation and its record as
+      plain info keys; the next step resets that row (its action is ignored, reward 0) and returns
+      the new observation (what Gymnasium's vector wrappers such as ``NormalizeObservation`` need).
+    * ``DISABLED``: finished rows stay idle (no compute, reward 0) until
+      ``reset(options={"reset_mask": mask})`` starts them again.
+
+    Request a mode with ``gym.make_vec(..., vectorization_mode="vector_entry_point",
+    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)`` (or its string value). With
+    ``torch_arrays=True`` observations, rewards, flags and infos are torch tensors on the engine's
+    device and actions may be a tensor: an on-device agent then never round-trips through numpy.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -134,18 +162,31 @@ class DynaLayVectorEnv(VectorEnv):
         render_mode: str | None = None,
         torch_arrays: bool = False,
         *,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
         engine: DynaLayEngine | None = None,
         **settings: Any,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"DynaLay-v0 has no render modes, got render_mode={render_mode!r}")
+        try:
+            mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            raise ValueError(f"autoreset_mode must be one of {[m.value for m in AutoresetMode]}, got {autoreset_mode!r}") from None
         self.torch_arrays = torch_arrays
-        self.engine = _engine(engine, engine.num_envs if engine is not None else num_envs, True, settings)
+        n = engine.num_envs if engine is not None else num_envs
+        self.engine = _engine(engine, n, mode == AutoresetMode.SAME_STEP, settings)
         self.num_envs = self.engine.num_envs
+        self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.single_observation_space, self.single_action_space = _spaces(self.engine)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.render_mode = None
+        self._pending = torch.zeros(self.num_envs, dtype=torch.bool, device=self.engine.device)
+        """NEXT_STEP: rows whose episode ended in the last step, reset at the next one."""
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        return self.metadata["autoreset_mode"]
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None) -> tuple[Any, dict]:
         if seed is not None:
@@ -154,18 +195,42 @@ class DynaLayVectorEnv(VectorEnv):
         self._np_random_seed = seed
         rows = None
         if options and "reset_mask" in options:
-            mask = np.asarray(options["reset_mask"], dtype=bool)
+            mask = options["reset_mask"]
+            mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+            if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+                raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},), got {mask.dtype} of shape {mask.shape}")
+            if self.engine.state is None and not mask.all():
+                raise ValueError("the first reset must start every env: call reset() without a reset_mask first")
             rows = torch.from_numpy(np.flatnonzero(mask)).to(self.engine.device)
         obs = self.engine.reset(rows)
+        if rows is None:
+            self._pending.zero_()
+        else:
+            self._pending[rows] = False
         return (obs.clone() if self.torch_arrays else _np(obs)), {}
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict]:
         if isinstance(actions, torch.Tensor):
-            out = self.engine.step(actions, validate=True)
+            self.engine.validate_actions(actions)
         else:
-            out = self.engine.step(torch.from_numpy(_host_actions(actions, self.engine)), validate=False)
-        if self.torch_arrays:
-            return self._torch_result(out)
+            actions = torch.from_numpy(_host_actions(actions, self.engine))
+        restart = None
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and bool(self._pending.any()):
+            restart = self._pending.nonzero().squeeze(1)
+            self.engine.reset(restart)
+        out = self.engine.step(actions, validate=False, active=None if restart is None else ~self._pending)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._pending = out.terminated.clone()
+        return self._torch_result(out) if self.torch_arrays else self._numpy_result(out)
+
+    def action_masks(self) -> Any:
+        """Which actions each row may take, bool (N, L+1): all of them while its episode runs."""
+        masks = self.engine.action_masks()
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            masks[self._pending] = True  # these rows start a new episode at the next step
+        return masks if self.torch_arrays else _np(masks)
+
+    def _numpy_result(self, out: StepOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         terminated = _np(out.terminated)
         everyone = np.ones(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {
@@ -176,10 +241,13 @@ class DynaLayVectorEnv(VectorEnv):
         }
         done_idx = np.flatnonzero(terminated)
         if done_idx.size:
-            final_obs = np.full(self.num_envs, None, dtype=object)
-            final_obs[done_idx] = list(_np(out.final_obs))
-            infos.update({"final_obs": final_obs, "_final_obs": terminated,
-                          "final_info": out.finished.scatter(done_idx, self.num_envs, as_numpy=True), "_final_info": terminated})
+            record = out.finished.scatter(done_idx, self.num_envs, as_numpy=True)
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:
+                final_obs = np.full(self.num_envs, None, dtype=object)
+                final_obs[done_idx] = list(_np(out.final_obs))
+                infos.update({"final_obs": final_obs, "_final_obs": terminated, "final_info": record, "_final_info": terminated})
+            else:
+                infos.update(record)
         return _np(out.obs), _np(out.reward).astype(np.float64), terminated, _np(out.truncated), infos
 
     def _torch_result(self, out: StepOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -193,14 +261,17 @@ class DynaLayVectorEnv(VectorEnv):
         }
         if out.final_obs.shape[0]:
             rows = done.nonzero().squeeze(1)
-            final_obs = torch.zeros_like(out.obs)
-            final_obs[rows] = out.final_obs
-            infos.update({"final_obs": final_obs, "_final_obs": done,
-                          "final_info": out.finished.scatter(rows, self.num_envs, as_numpy=False), "_final_info": done})
+            record = out.finished.scatter(rows, self.num_envs, as_numpy=False)
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:
+                final_obs = torch.zeros_like(out.obs)
+                final_obs[rows] = out.final_obs
+                infos.update({"final_obs": final_obs, "_final_obs": done, "final_info": record, "_final_info": done})
+            else:
+                infos.update(record)
         return out.obs.clone(), out.reward, done, out.truncated, infos
 
     def close_extras(self, **kwargs: Any) -> None:
-        pass
+        self.engine.close()
 
 
 class DynaLaySB3VecEnv(VecEnv):
@@ -221,6 +292,7 @@ class DynaLaySB3VecEnv(VecEnv):
         self.render_mode = None
         super().__init__(self.engine.num_envs, obs_space, act_space)
         self._actions: np.ndarray | None = None
+        self._start = time.perf_counter()
 
     def reset(self) -> np.ndarray:
         seed = self._seeds[0] if self._seeds and self._seeds[0] is not None else None
@@ -242,11 +314,18 @@ class DynaLaySB3VecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         final_obs = _np(out.final_obs)
         for j, (i, episode) in enumerate(zip(np.flatnonzero(dones), out.finished.info_dicts())):
-            infos[i] = {"terminal_observation": final_obs[j], "TimeLimit.truncated": False, **episode}
+            # Monitor's episode statistics: the Eq. 2 return and the number of step() calls
+            length = int(episode["steps"]) + (1 if episode["steps"] < self.engine.max_steps else 0)
+            infos[i] = {"terminal_observation": final_obs[j], "TimeLimit.truncated": False, **episode,
+                        "episode": {"r": float(episode["return"]), "l": length, "t": time.perf_counter() - self._start}}
         return _np(out.obs), _np(out.reward).astype(np.float32), dones, infos
 
+    def action_masks(self) -> np.ndarray:
+        """Which actions each row may take, bool (N, L+1)."""
+        return _np(self.engine.action_masks())
+
     def close(self) -> None:
-        pass
+        self.engine.close()
 
     def _indices_count(self, indices: VecEnvIndices) -> int:
         return len(list(self._get_indices(indices)))
@@ -259,12 +338,22 @@ class DynaLaySB3VecEnv(VecEnv):
         setattr(self, attr_name, value)
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
-        """Calls the face's method once; every requested index gets that result."""
+        """SB3 calls a method of each sub-env here. ``action_masks`` answers per row (as
+        sb3-contrib's MaskablePPO expects); any other method of the face is called once and every
+        requested index gets that result, since the rows share one engine."""
+        rows = list(self._get_indices(indices))
+        if method_name == "action_masks":
+            masks = self.action_masks()
+            return [masks[i] for i in rows]
         result = getattr(self, method_name)(*method_args, **method_kwargs)
-        return [result] * self._indices_count(indices)
+        return [result] * len(rows)
 
     def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
-        return [False] * self._indices_count(indices)
+        """True for SB3's ``Monitor``: finished episodes already carry its ``episode`` statistics,
+        so ``evaluate_policy`` reads them without a warning."""
+        from stable_baselines3.common.monitor import Monitor
+
+        return [issubclass(Monitor, wrapper_class)] * self._indices_count(indices)
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         return [None] * self.num_envs

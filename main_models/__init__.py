@@ -1,7 +1,7 @@
 """Main models for DynaLay: FPI layers, the networks built from them, their data, and training
 along action paths. Nothing in here knows about reinforcement learning."""
 
-from .atomic import atomic_write_bytes, atomic_write_text, write_json
+from .storage import UnsafeFileError, atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from .build import MAIN_MODELS, build_main_model, default_model
 from .conv import ContractiveConvBlock, ConvOperatorNorm, build_conv_fpi_network
 from .data import (

@@ -71,8 +71,11 @@ def test_thin_entry_points_run_their_algorithm(algo, monkeypatch):
     monkeypatch.setattr(train, "main", lambda argv=None, forced=None: calls.append(forced))
     runpy.run_path(str(ROOT / "agents" / f"train_{algo}.py"), run_name="__main__")
     assert calls == [{"algo": algo}]
-    settings = resolve(["--algo", "ppo"], ALGORITHMS, forced={"algo": algo})
+    settings = resolve([], ALGORITHMS, forced={"algo": algo})
     assert settings.run.algo == algo and type(settings.agent).__name__.lower().startswith(algo[:3])
+    other = "ppo" if algo != "ppo" else "dqn"
+    with pytest.raises(SystemExit, match=f"this script trains {algo}; for --algo {other} use agents/train.py"):
+        resolve(["--algo", other], ALGORITHMS, forced={"algo": algo})
 
 
 def test_yaml_config_is_overridden_by_explicit_flags(tmp_path):

@@ -206,12 +206,12 @@ def test_a_yaml_list_where_a_number_belongs_is_refused_by_name(tmp_path):
 
 
 def test_every_face_refuses_float_actions_alike():
-    venv = DynaLayVectorEnv(4, cotrain=False)
+    venv = DynaLayVectorEnv(4, pretrain_epochs=0, cotrain=False)
     venv.reset(seed=0)
     for actions in (torch.tensor([0.0, 1.0, 2.0, 3.5]), torch.tensor([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 3.0])):
         with pytest.raises(ValueError, match="actions must be integers in"):
             venv.step(actions)
-    env = DynaLayEnv(cotrain=False)
+    env = DynaLayEnv(pretrain_epochs=0, cotrain=False)
     env.reset(seed=0)
     for action in (1.0, np.float32(2), True):
         with pytest.raises(ValueError, match="actions must be integers in"):
