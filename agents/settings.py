@@ -88,11 +88,21 @@ def _field_type(cls: type, name: str) -> tuple[Any, bool]:
     return hint, False
 
 
+def _is_name_list(kind: Any) -> bool:
+    return typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, Ellipsis)
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
 def _converter(cls: type, name: str) -> Callable[[str], Any]:
     kind, optional = _field_type(cls, name)
-    if typing.get_origin(kind) is tuple:
+    if _is_name_list(kind):
+        base: Callable[[str], Any] = parse_names
+    elif typing.get_origin(kind) is tuple:
         flag = "--" + name.replace("_", "-")
-        base: Callable[[str], Any] = lambda text: parse_pair(text, flag)  # noqa: E731
+        base = lambda text: parse_pair(text, flag)  # noqa: E731
     else:
         base = {int: int, float: float, str: str}[kind]
 
@@ -132,6 +142,12 @@ def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
         if optional:
             return None
         raise SystemExit(f"error: {source}: {name} cannot be null")
+    if _is_name_list(kind):
+        if isinstance(value, str):
+            return parse_names(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise SystemExit(f"error: {source}: {name} must be comma-separated names or a list of names, got {value!r}")
     if typing.get_origin(kind) is tuple:
         if isinstance(value, str):
             try:

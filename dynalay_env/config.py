@@ -115,6 +115,11 @@ class EnvConfig:
     save_main_model: str | None = _setting(None, "write the main model to this path when the environment is closed "
                                                   "(for clients that rebuild the env from its id, e.g. RL Zoo)")
     progress: bool = _setting(True, "show a progress bar while the main model warms up")
+    observation: tuple[str, ...] = _setting(
+        ("activations", "lam", "progress", "confidence"),
+        "the observation's feature groups (dynalay_env.OBSERVATION_GROUPS): activations, lam, progress, confidence, margin, "
+        "iterated, residuals",
+    )
 
     def __post_init__(self) -> None:
         reward = RewardConfig(self.alpha, self.beta, self.lam, self.lam_range)  # validates the reward fields
@@ -131,6 +136,8 @@ class EnvConfig:
         object.__setattr__(self, "cotrain_every", _integer("cotrain_every", self.cotrain_every, minimum=1))
         object.__setattr__(self, "pretrain_epochs", _integer("pretrain_epochs", self.pretrain_epochs, minimum=0))
         object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=0))
+        groups = (self.observation.split(",") if isinstance(self.observation, str) else list(self.observation))
+        object.__setattr__(self, "observation", tuple(str(g).strip() for g in groups))
         for name in ("cotrain", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -64,41 +64,106 @@ def _outside_inference_mode(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+OBSERVATION_GROUPS: dict[str, str] = {
+    "activations": "pooled activations of every layer (summary_bins columns per layer)",
+    "lam": "lambda over the largest the env draws, and lambda's log-scale position log10(lam + 1e-4) / 4 + 1 (0 at lambda 0, 1 at 1)",
+    "progress": "step index / T, one-hot of the last FPI layer, consecutive-repeat count / T",
+    "confidence": "the head's largest class probability",
+    "margin": "the head's top-1 minus top-2 probability, and its entropy over log(classes)",
+    "iterated": "per layer, 1 where it sits at its fixed point for its current input (it was solved and nothing below it changed since)",
+    "residuals": "per layer, the relative fixed-point residual at its current state (costs one application of every layer per "
+                 "observation, charged to the step that needs it)",
+}
+"""The observation's feature groups, in column order; an env observes the ones it is given."""
+DEFAULT_OBSERVATION: tuple[str, ...] = ("activations", "lam", "progress", "confidence")
+LAM_LOG_FLOOR = 1e-4
+"""lambda's log-scale feature is log10(lam + LAM_LOG_FLOOR), mapped so that [0, 1] -> [0, 1]."""
+
+
+def lam_log_position(lam: Tensor | float) -> Tensor:
+    lam = torch.as_tensor(lam, dtype=torch.float32)
+    return (torch.log10(lam + LAM_LOG_FLOOR) - torch.log10(torch.tensor(LAM_LOG_FLOOR))) / -torch.log10(torch.tensor(LAM_LOG_FLOOR))
+
+
 @dataclass(frozen=True)
 class ObservationLayout:
-    """Column slices of the flat float32 observation."""
+    """Column slices of the flat float32 observation, for the feature groups it holds."""
 
     num_layers: int
     summary_dim: int
+    groups: tuple[str, ...] = DEFAULT_OBSERVATION
+
+    def __post_init__(self) -> None:
+        unknown = [g for g in self.groups if g not in OBSERVATION_GROUPS]
+        if unknown or not self.groups:
+            raise ValueError(f"observation groups must be a non-empty subset of {list(OBSERVATION_GROUPS)}, got {list(self.groups)}")
+        object.__setattr__(self, "groups", tuple(g for g in OBSERVATION_GROUPS if g in self.groups))
+
+    def _widths(self) -> dict[str, int]:
+        L = self.num_layers
+        return {"activations": self.summary_dim, "lam": 2, "progress": L + 2, "confidence": 1, "margin": 2, "iterated": L,
+                "residuals": L}
+
+    def group(self, name: str) -> slice:
+        if name not in self.groups:
+            raise KeyError(f"this observation has no {name!r} group (it holds {list(self.groups)})")
+        start = 0
+        for g in self.groups:
+            width = self._widths()[g]
+            if g == name:
+                return slice(start, start + width)
+            start += width
+        raise AssertionError(name)
+
+    @property
+    def size(self) -> int:
+        return sum(self._widths()[g] for g in self.groups)
 
     @property
     def activations(self) -> slice:
-        return slice(0, self.summary_dim)
+        return self.group("activations")
 
     @property
     def lam(self) -> int:
-        return self.summary_dim
+        return self.group("lam").start
+
+    @property
+    def lam_log(self) -> int:
+        return self.group("lam").start + 1
 
     @property
     def step_fraction(self) -> int:
-        return self.summary_dim + 1
+        return self.group("progress").start
 
     @property
     def last_action(self) -> slice:
         """One-hot of the last FPI layer chosen (all zero before the first step)."""
-        return slice(self.summary_dim + 2, self.summary_dim + 2 + self.num_layers)
+        start = self.group("progress").start + 1
+        return slice(start, start + self.num_layers)
 
     @property
     def repeat_fraction(self) -> int:
-        return self.summary_dim + 2 + self.num_layers
+        return self.group("progress").stop - 1
 
     @property
     def confidence(self) -> int:
-        return self.summary_dim + 3 + self.num_layers
+        return self.group("confidence").start
 
     @property
-    def size(self) -> int:
-        return self.summary_dim + 4 + self.num_layers
+    def margin(self) -> int:
+        return self.group("margin").start
+
+    @property
+    def entropy(self) -> int:
+        return self.group("margin").start + 1
+
+    @property
+    def iterated(self) -> slice:
+        return self.group("iterated")
+
+    @property
+    def residuals(self) -> slice:
+        return self.group("residuals")
 
 
 @dataclass
@@ -146,6 +211,7 @@ class DynaLayEngine:
         mode: str = "train",
         trainer: MainModelTrainer | None = None,
         autoreset: bool = True,
+        observation: tuple[str, ...] = DEFAULT_OBSERVATION,
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -177,8 +243,10 @@ class DynaLayEngine:
         self.max_steps = int(max_steps) if max_steps is not None else default_max_steps(self.num_layers)
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        self.layout = ObservationLayout(self.num_layers, self.model.summary_dim)
+        self.layout = ObservationLayout(self.num_layers, self.model.summary_dim, tuple(observation))
         self._full_flops = float(self.model.straightforward_flops)
+        # observing residuals costs one application of every layer each time an observation is made
+        self._probe_cost = self.model.residual_probe_flops / self._full_flops if "residuals" in self.layout.groups else 0.0
 
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -200,6 +268,7 @@ class DynaLayEngine:
         self.ep_layer_iterations = torch.zeros(n, self.num_layers, dtype=torch.long, device=dev)
         self.ep_return = torch.zeros(n, device=dev)
         self.path = torch.zeros(n, self.max_steps, dtype=torch.long, device=dev)
+        self.iterated = torch.zeros(n, self.num_layers, dtype=torch.bool, device=dev)
         self._running = torch.zeros(n, dtype=torch.bool, device=dev)
         self.obs = torch.zeros(n, self.layout.size, device=dev)
         self.state: PathState | None = None
@@ -264,11 +333,12 @@ class DynaLayEngine:
         self._steps[rows] = 0
         self.last_action[rows] = 0
         self.repeat[rows] = 0
-        self.ep_compute[rows] = 1.0
+        self.ep_compute[rows] = 1.0 + self._probe_cost
         self.ep_iterations[rows] = 0
         self.ep_layer_iterations[rows] = 0
         self.ep_return[rows] = 0.0
         self.path[rows] = 0
+        self.iterated[rows] = False
         self._running[rows] = True
         self._refresh(rows, fresh)
         return self.obs
@@ -313,7 +383,11 @@ class DynaLayEngine:
         with self._rollout_mode():
             self.state, iterations = self.model.fpi_step(self.state, choice)
         layer = (choice - 1).clamp_min(0)
-        step_cost = torch.where(fpi, (self.model.fpi_step_flops(layer, iterations) / self._full_flops).float(), 0.0)
+        step_flops = self.model.fpi_step_flops(layer, iterations) / self._full_flops + self._probe_cost
+        step_cost = torch.where(fpi, step_flops.float(), 0.0)
+        # the solved layer sits at its fixed point; the layers above were re-applied once from new inputs
+        depth = torch.arange(1, self.num_layers + 1, device=self.device)
+        self.iterated = torch.where(fpi.unsqueeze(1) & (depth >= choice.unsqueeze(1)), depth == choice.unsqueeze(1), self.iterated)
         self.repeat = torch.where(fpi, torch.where(actions == self.last_action, self.repeat + 1, 1), self.repeat)
         reward = -self.reward.beta * self.lam_row * step_cost * self.repeat
         stepped = fpi.nonzero().squeeze(1)
@@ -380,14 +454,29 @@ class DynaLayEngine:
             conf, pred = probs.max(dim=1)
             self.prediction[rows] = pred
             self.confidence[rows] = conf
-            lay = self.layout
+            lay, groups = self.layout, self.layout.groups
             obs = torch.empty(rows.numel(), lay.size, device=self.device)
-            obs[:, lay.activations] = self.model.layer_summaries(state)
-            obs[:, lay.lam] = self.lam_row[rows]
-            obs[:, lay.step_fraction] = self._steps[rows].float() / self.max_steps
-            obs[:, lay.last_action] = F.one_hot(self.last_action[rows], self.num_layers + 1)[:, 1:].float()
-            obs[:, lay.repeat_fraction] = self.repeat[rows].float() / self.max_steps
-            obs[:, lay.confidence] = conf
+            if "activations" in groups:
+                obs[:, lay.activations] = self.model.layer_summaries(state)
+            if "lam" in groups:
+                lam = self.lam_row[rows]
+                obs[:, lay.lam] = lam
+                obs[:, lay.lam_log] = lam_log_position(lam)
+            if "progress" in groups:
+                obs[:, lay.step_fraction] = self._steps[rows].float() / self.max_steps
+                obs[:, lay.last_action] = F.one_hot(self.last_action[rows], self.num_layers + 1)[:, 1:].float()
+                obs[:, lay.repeat_fraction] = self.repeat[rows].float() / self.max_steps
+            if "confidence" in groups:
+                obs[:, lay.confidence] = conf
+            if "margin" in groups:
+                top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+                obs[:, lay.margin] = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0.0)
+                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+                obs[:, lay.entropy] = entropy / max(float(np.log(probs.shape[1])), 1e-12)
+            if "iterated" in groups:
+                obs[:, lay.iterated] = self.iterated[rows].float()
+            if "residuals" in groups:
+                obs[:, lay.residuals] = self.model.fixed_point_residuals(state).clamp(max=1.0)
             self.obs.index_copy_(0, rows, obs)
 
     # ---- checkpointing -----------------------------------------------------------------------
@@ -438,8 +527,11 @@ class DynaLayEngine:
         lay = self.layout
         low = np.zeros(lay.size, dtype=np.float32)
         high = np.ones(lay.size, dtype=np.float32)
-        low[lay.activations] = -1.0
-        high[lay.lam] = max(self.reward.lam_high, 0.0)
+        if "activations" in lay.groups:
+            low[lay.activations] = -1.0
+        if "lam" in lay.groups:
+            high[lay.lam] = max(self.reward.lam_high, 0.0)
+            high[lay.lam_log] = max(float(lam_log_position(self.reward.lam_high)), 1.0)
         return low, high
 
 
@@ -493,6 +585,7 @@ def build_engine(
         mode=mode,
         trainer=trainer if config.cotrain else None,
         autoreset=autoreset,
+        observation=config.observation,
         seed=config.seed,
         device=dev,
     )

@@ -174,6 +174,23 @@ class FPINetwork(nn.Module):
         after = torch.flip(torch.cumsum(torch.flip(self.layer_flops, [0]), 0), [0]) - self.layer_flops
         return after + self.head_flops
 
+    def fixed_point_residuals(self, state: PathState) -> Tensor:
+        """Each layer's relative residual ``||f(z_i, u_i) - z_i|| / ||f(z_i, u_i)||`` at its current
+        state, (B, L), detached: how far the layer is from its fixed point for its current input. It
+        costs one application of every layer (:attr:`residual_probe_flops`)."""
+        residuals = []
+        for j, (layer, z) in enumerate(zip(self.layers, state.z)):
+            inp = state.u if j == 0 else state.z[j - 1]
+            f = layer.apply_once(z, inp).detach().flatten(1)
+            step = torch.linalg.vector_norm(f - z.detach().flatten(1), dim=1)
+            residuals.append(step / torch.linalg.vector_norm(f, dim=1).clamp_min(1e-12))
+        return torch.stack(residuals, dim=1)
+
+    @property
+    def residual_probe_flops(self) -> float:
+        """FLOPs of :meth:`fixed_point_residuals` for one sample: one application of every layer."""
+        return float(self.layer_flops.sum())
+
     # ---- observation features ---------------------------------------------------------------
     def layer_summaries(self, state: PathState) -> Tensor:
         """Pooled activations of every layer, (B, L * summary_bins), detached.
