@@ -69,7 +69,7 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
     policy = loaded.agent.policy()
     results = [
         evaluate_policy(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
-                        device=engine.device, timing_repeats=timing_repeats).as_dict()
+                        observation=engine.layout.groups, device=engine.device, timing_repeats=timing_repeats).as_dict()
         for lam in lams
     ]
     algo, timesteps = settings.run.algo, int(loaded.checkpoint["timesteps"])

@@ -125,7 +125,7 @@ class TrainingRun:
         """The agent on the test split at the run's lambda, with the main model frozen."""
         engine = self.engine
         report = evaluate_policy(engine.model, engine.splits, self.agent.policy(), reward=engine.reward.fixed(self.settings.env.lam),
-                                 max_steps=engine.max_steps, device=engine.device)
+                                 max_steps=engine.max_steps, observation=engine.layout.groups, device=engine.device)
         self.logger.log_eval(report, step)
         return report
 
@@ -154,7 +154,8 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
     identical earlier warm-up from ``--warmup-cache``, restoring the RNG states it ended with, so
     that what follows is the same as if this run had warmed up itself."""
     run, env = settings.run, settings.env
-    trainer = engine.trainer or MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train, lr=env.main_lr)
+    trainer = engine.trainer or MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train, lr=env.main_lr,
+                                                 alternatives=env.train_alternatives, max_steps=engine.max_steps, seed=run.seed)
 
     def after_epoch(progress: EpochProgress) -> None:
         save_checkpoint(run_dir, {

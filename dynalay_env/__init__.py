@@ -3,9 +3,9 @@
 import gymnasium as gym
 
 from .config import EnvConfig, RewardConfig, action_names, default_max_steps
-from .engine import DynaLayEngine, ObservationLayout, StepOutput, build_engine
+from .engine import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, DynaLayEngine, ObservationLayout, StepOutput, build_engine
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
-from .evaluation import EvalReport, OracleReport, evaluate_policy, oracle
+from .evaluation import EvalReport, OraclePaths, OracleReport, evaluate_policy, oracle, oracle_paths, sequence_name, sequence_shares
 from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord
 
 ENV_ID = "DynaLay-v0"
@@ -23,6 +23,8 @@ if ENV_ID not in gym.registry:
     )
 
 __all__ = [
+    "DEFAULT_OBSERVATION",
+    "OBSERVATION_GROUPS",
     "ENV_ID",
     "EPISODE_FIELDS",
     "EPISODE_KEYS",
@@ -34,6 +36,7 @@ __all__ = [
     "EpisodeRecord",
     "EvalReport",
     "ObservationLayout",
+    "OraclePaths",
     "OracleReport",
     "RewardConfig",
     "StepOutput",
@@ -42,4 +45,7 @@ __all__ = [
     "default_max_steps",
     "evaluate_policy",
     "oracle",
+    "oracle_paths",
+    "sequence_name",
+    "sequence_shares",
 ]

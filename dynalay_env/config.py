@@ -109,6 +109,9 @@ class EnvConfig:
     main_lr: float = _setting(1e-3, "Adam learning rate of the main model")
     pretrain_epochs: int = _setting(10, "warm-up epochs of the main model on random paths before the agent starts (paper 4.4)")
     warmup_stop_prob: float = _setting(0.0, "per-step stop probability of the warm-up path sampler (0: full-length random FPI paths)")
+    train_alternatives: tuple[str, ...] = _setting(
+        (), "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
+            "(main_models.ALTERNATIVE_PATHS)")
     seed: int = _setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
     main_model: str | None = _setting(None, "a main_model.pt written by a DynaLay run: start from those co-trained weights "
                                              "(no warm-up) instead of a fresh model")
@@ -136,8 +139,10 @@ class EnvConfig:
         object.__setattr__(self, "cotrain_every", _integer("cotrain_every", self.cotrain_every, minimum=1))
         object.__setattr__(self, "pretrain_epochs", _integer("pretrain_epochs", self.pretrain_epochs, minimum=0))
         object.__setattr__(self, "seed", _integer("seed", self.seed, minimum=0))
-        groups = (self.observation.split(",") if isinstance(self.observation, str) else list(self.observation))
-        object.__setattr__(self, "observation", tuple(str(g).strip() for g in groups))
+        for name in ("observation", "train_alternatives"):
+            value = getattr(self, name)
+            names = value.split(",") if isinstance(value, str) else list(value)
+            object.__setattr__(self, name, tuple(str(g).strip() for g in names if str(g).strip()))
         for name in ("cotrain", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -572,7 +572,8 @@ def build_engine(
     max_steps = config.max_steps if config.max_steps is not None else default_max_steps(network.num_layers)
     trainer = None
     if mode == "train" and (config.cotrain or config.pretrain_epochs):
-        trainer = MainModelTrainer(network, splits.x_train, splits.y_train, lr=config.main_lr, cotrain_every=config.cotrain_every)
+        trainer = MainModelTrainer(network, splits.x_train, splits.y_train, lr=config.main_lr, cotrain_every=config.cotrain_every,
+                                   alternatives=config.train_alternatives, max_steps=max_steps, seed=config.seed)
         if config.pretrain_epochs and config.main_model is None:
             trainer.warm_up(config.pretrain_epochs, max_steps=max_steps, stop_prob=config.warmup_stop_prob, seed=config.seed,
                             progress=config.progress and progress)

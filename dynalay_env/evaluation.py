@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from main_models import DatasetSplits, FPINetwork, PathState, per_level
 
 from .config import RewardConfig, default_max_steps
-from .engine import DynaLayEngine
+from .engine import DEFAULT_OBSERVATION, DynaLayEngine
 
 Policy = Callable[[Tensor], Tensor]
 """Maps observations (n, D) of the running rows to their actions (n,), on the engine's device."""
@@ -111,6 +112,7 @@ def evaluate_policy(
     *,
     reward: RewardConfig = RewardConfig(),
     max_steps: int | None = None,
+    observation: Sequence[str] = DEFAULT_OBSERVATION,
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
     timing_repeats: int = 3,
@@ -121,7 +123,8 @@ def evaluate_policy(
 
     ``seconds`` and ``fpi_all_seconds`` are the medians of ``timing_repeats`` timed rollouts of the
     policy and of FPI on every layer, interleaved so that drift in machine load hits both alike;
-    a single rollout of a small test split is noisy on a shared CPU."""
+    a single rollout of a small test split is noisy on a shared CPU. ``observation`` must be the
+    feature groups the policy was trained on (``engine.layout.groups``)."""
     if timing_repeats < 1:
         raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}")
     was_training = model.training
@@ -134,6 +137,7 @@ def evaluate_policy(
         max_steps=max_steps,
         mode="eval",
         autoreset=False,
+        observation=tuple(observation),
         device=device,
     )
     try:
@@ -178,50 +182,71 @@ class OracleReport:
     mean_episode_length: float
     per_difficulty: dict[int, dict[str, float]]
     sequences_evaluated: int
+    min_confidence: float = 0.0
+    """A sequence counted as answering only where the true class got at least this probability."""
+    sequences_per_level: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Per difficulty level (-1 where the dataset has none): the share of each chosen sequence,
+    named like "NOP" or "L1,L3"."""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class OraclePaths:
+    """Per sample: the cheapest action sequence that answers (0-padded to T), its compute in
+    straightforward passes, and whether any sequence answers (else the plain path, cost 1)."""
+
+    paths: Tensor
+    cost: Tensor
+    solved: Tensor
+    evaluated: int
+
+
 @torch.no_grad()
-def oracle(
+def oracle_paths(
     model: FPINetwork,
-    splits: DatasetSplits,
+    x: Tensor,
+    y: Tensor,
     *,
     max_steps: int | None = None,
+    min_confidence: float = 0.0,
     batch_size: int = 4096,
-    device: str | torch.device = "cpu",
-) -> OracleReport:
-    """For each test sample, the cheapest action sequence within the step budget that answers
-    correctly (or the plain path, the cheapest of all, when none does) - knowing the label.
+) -> OraclePaths:
+    """For each sample of (x, y), the cheapest action sequence within the step budget that answers
+    it - knowing the label. "Answers" means the head's argmax is the label and, with
+    ``min_confidence``, that the label gets at least that probability: a plain pass that is right by
+    chance on a coin-flip input is cheap for the oracle but no policy can learn it without the label.
 
     Exact search, batched over samples and sequences: sequences are expanded one step at a time
     for every sample still in play, and a prefix is dropped as soon as its compute reaches the
-    cheapest correct answer already found for its sample (compute only grows along a sequence).
+    cheapest answer already found for its sample (compute only grows along a sequence).
     """
-    dev = torch.device(device)
+    dev = y.device
     was_training = model.training
     model.eval()
     L = model.num_layers
     T = max_steps if max_steps is not None else default_max_steps(L)
     full = float(model.straightforward_flops)
-    x = splits.x_test.to(dev)
-    y = splits.y_test.to(dev)
     n = y.shape[0]
     best_cost = torch.full((n,), float("inf"), device=dev)
-    best_len = torch.zeros(n, dtype=torch.long, device=dev)
+    best_path = torch.zeros(n, T, dtype=torch.long, device=dev)
+
+    def answers(state: PathState, target: Tensor) -> Tensor:
+        probs = torch.softmax(model.readout(state), dim=1)
+        return (probs.argmax(1) == target) & (probs.gather(1, target.unsqueeze(1)).squeeze(1) >= min_confidence)
+
     evaluated = 0
     try:
-        from torch.nn.utils import parametrize
-
         with parametrize.cached():
             state = model.straightforward(x)
-            correct = model.readout(state).argmax(1) == y
-            best_cost[correct] = 1.0
+            ok = answers(state, y)
+            best_cost[ok] = 1.0
             evaluated += n
-            # frontier rows: (sample index, cumulative compute, state)
-            sample = torch.arange(n, device=dev)[~correct]
+            # frontier rows: (sample index, cumulative compute, the actions so far, state)
+            sample = torch.arange(n, device=dev)[~ok]
             cost = torch.ones(sample.shape[0], device=dev)
+            prefix = torch.zeros(sample.shape[0], T, dtype=torch.long, device=dev)
             state = state.rows(sample)
             for depth in range(1, T + 1):
                 if sample.numel() == 0:
@@ -230,6 +255,8 @@ def oracle(
                 sample = sample.repeat_interleave(L)
                 cost = cost.repeat_interleave(L)
                 action = torch.arange(1, L + 1, device=dev).repeat(m)
+                prefix = prefix.repeat_interleave(L, dim=0)
+                prefix[:, depth - 1] = action
                 state = state.rows(torch.arange(m, device=dev).repeat_interleave(L))
                 new_parts, cost_parts, keep_parts = [], [], []
                 for start in range(0, sample.numel(), batch_size):
@@ -238,14 +265,14 @@ def oracle(
                     part, iters = model.fpi_step(part, action[sl])
                     step_cost = (model.fpi_step_flops(action[sl] - 1, iters) / full).float()
                     c = cost[sl] + step_cost
-                    ok = model.readout(part).argmax(1) == y[sample[sl]]
-                    # a correct answer at this cost: keep the cheapest per sample
+                    ok = answers(part, y[sample[sl]])
+                    # an answer at this cost: keep the cheapest per sample, and its path
                     hit = ok & (c < best_cost[sample[sl]])
                     if bool(hit.any()):
                         s_hit, c_hit = sample[sl][hit], c[hit]
                         best_cost.scatter_reduce_(0, s_hit, c_hit, reduce="amin")
                         won = best_cost[s_hit] == c_hit
-                        best_len[s_hit[won]] = depth
+                        best_path[s_hit[won]] = prefix[sl][hit][won]
                     new_parts.append(part)
                     cost_parts.append(c)
                     keep_parts.append(~ok)
@@ -254,22 +281,67 @@ def oracle(
                 cost = torch.cat(cost_parts)
                 keep = torch.cat(keep_parts) & (cost < best_cost[sample])
                 idx = keep.nonzero().squeeze(1)
-                sample, cost, state = sample[idx], cost[idx], state.rows(idx)
+                sample, cost, state, prefix = sample[idx], cost[idx], state.rows(idx), prefix[idx]
     finally:
         model.train(was_training)
     solved = torch.isfinite(best_cost)
-    chosen_cost = torch.where(solved, best_cost, torch.ones_like(best_cost))
-    chosen_len = torch.where(solved, best_len, torch.zeros_like(best_len))
+    return OraclePaths(
+        paths=torch.where(solved.unsqueeze(1), best_path, torch.zeros_like(best_path)),
+        cost=torch.where(solved, best_cost, torch.ones_like(best_cost)),
+        solved=solved,
+        evaluated=evaluated,
+    )
+
+
+def sequence_name(path: Sequence[int]) -> str:
+    """A path's name: "NOP" for the plain path, else its layers, e.g. "L1,L3"."""
+    steps = [f"L{int(a)}" for a in path if int(a) > 0]
+    return ",".join(steps) if steps else "NOP"
+
+
+def sequence_shares(paths: Tensor, difficulty: Tensor) -> dict[int, dict[str, float]]:
+    """Per difficulty level, the share of each sequence among ``paths`` (rows 0-padded)."""
+    table: dict[int, dict[str, float]] = {}
+    names = [sequence_name(row) for row in paths.tolist()]
+    for level in sorted(set(difficulty.tolist())):
+        chosen = [name for name, d in zip(names, difficulty.tolist()) if d == level]
+        counts: dict[str, int] = {}
+        for name in chosen:
+            counts[name] = counts.get(name, 0) + 1
+        table[int(level)] = {name: count / len(chosen) for name, count in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return table
+
+
+def oracle(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    *,
+    max_steps: int | None = None,
+    min_confidence: float = 0.0,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+) -> OracleReport:
+    """For each test sample, the cheapest action sequence within the step budget that answers
+    correctly (or the plain path, the cheapest of all, when none does) - knowing the label (see
+    :func:`oracle_paths`)."""
+    dev = torch.device(device)
+    L = model.num_layers
+    T = max_steps if max_steps is not None else default_max_steps(L)
+    y = splits.y_test.to(dev)
+    found = oracle_paths(model, splits.x_test.to(dev), y, max_steps=T, min_confidence=min_confidence, batch_size=batch_size)
+    length = (found.paths > 0).sum(dim=1)
     reference = evaluate_policy(model, splits, list(range(1, L + 1)), max_steps=T, device=dev)
     difficulty = splits.difficulty_test.to(dev) if splits.difficulty_test is not None else torch.full_like(y, -1)
-    rollout = _Rollout(solved, chosen_cost, chosen_len, difficulty, torch.zeros(L + 1, dtype=torch.long, device=dev))
+    rollout = _Rollout(found.solved, found.cost, length, difficulty, torch.zeros(L + 1, dtype=torch.long, device=dev))
     return OracleReport(
-        accuracy=float(solved.float().mean()),
-        compute=float(chosen_cost.mean()),
-        compute_fraction=float(chosen_cost.mean()) / reference.fpi_all_compute,
-        mean_episode_length=float(chosen_len.float().mean()),
+        accuracy=float(found.solved.float().mean()),
+        compute=float(found.cost.mean()),
+        compute_fraction=float(found.cost.mean()) / reference.fpi_all_compute,
+        mean_episode_length=float(length.float().mean()),
         per_difficulty=_per_difficulty(rollout),
-        sequences_evaluated=evaluated,
+        sequences_evaluated=found.evaluated,
+        min_confidence=min_confidence,
+        sequences_per_level=sequence_shares(found.paths, difficulty),
     )
 
 

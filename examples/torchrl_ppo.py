@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = venv.engine
     with torch.no_grad():
         report = dynalay_env.evaluate_policy(engine.model, engine.splits, lambda obs: policy_net(obs).argmax(-1),
-                                             max_steps=engine.max_steps)
+                                             max_steps=engine.max_steps, observation=engine.layout.groups)
     print(f"torchrl ppo: {frames} frames, {episodes} episodes, {engine.trainer.updates} main-model updates while torchrl "
           f"collected, test accuracy {report.accuracy:.4f}, compute {report.compute_fraction:.3f} of FPI on every layer")
     return {"frames": frames, "episodes": episodes, "cotrain_updates": engine.trainer.updates, "accuracy": report.accuracy}

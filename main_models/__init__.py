@@ -26,4 +26,4 @@ from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, SolverSe
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
 from .network import FPINetwork, PathState, assemble_network, build_mlp_fpi_network
 from .paths import evaluate_fixed_path, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline
-from .trainer import EpochProgress, MainModelTrainer, PathSource, fixed_paths, random_paths
+from .trainer import ALTERNATIVE_PATHS, EpochProgress, MainModelTrainer, PathSource, fixed_paths, random_paths

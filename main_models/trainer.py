@@ -57,14 +57,38 @@ class EpochProgress:
     """Wall time of the epoch just finished."""
 
 
+ALTERNATIVE_PATHS: dict[str, str] = {
+    "plain": "the straightforward pass (answer at once), so that easy inputs keep a cheap path that works",
+    "random": "a random path of the full step budget, so that every layer's FPI stays useful",
+}
+"""Paths an update can train alongside its own ones (the agent's chosen paths, the warm-up's)."""
+
+
 class MainModelTrainer:
     """Adam on the cross-entropy of ``model`` along given action paths, on the samples ``(x, y)``.
+
+    Every step can also train ``alternatives`` (see :data:`ALTERNATIVE_PATHS`) on the same
+    samples: the loss is the mean cross-entropy over the given paths and each alternative. Training
+    only the paths an agent chooses lets the network specialise to them until the other paths, the
+    plain one included, stop working (SkipNet's collapse); the alternatives keep them alive.
 
     Co-training: :meth:`record` collects the paths of finished episodes (sample indices into x)
     and takes one step on every ``cotrain_every`` of them.
     """
 
-    def __init__(self, model: FPINetwork, x: Tensor, y: Tensor, *, lr: float = 1e-3, cotrain_every: int = 64) -> None:
+    def __init__(
+        self, model: FPINetwork, x: Tensor, y: Tensor, *, lr: float = 1e-3, cotrain_every: int = 64,
+        alternatives: Sequence[str] = (), max_steps: int | None = None, seed: int = 0,
+    ) -> None:
+        unknown = [a for a in alternatives if a not in ALTERNATIVE_PATHS]
+        if unknown:
+            raise ValueError(f"alternative paths must be among {list(ALTERNATIVE_PATHS)}, got {unknown}")
+        if "random" in alternatives and max_steps is None:
+            raise ValueError("a 'random' alternative path needs max_steps, the budget it fills")
+        self.alternatives = tuple(alternatives)
+        self.max_steps = max_steps
+        self.generator = torch.Generator(device=y.device)
+        self.generator.manual_seed(seed + 2)
         if cotrain_every < 1:
             raise ValueError(f"cotrain_every must be >= 1, got {cotrain_every}")
         if not (lr > 0 and math.isfinite(lr)):
@@ -99,8 +123,17 @@ class MainModelTrainer:
                 )
             index, paths = index.clone(), paths.clone()  # normal tensors, even if the caller made them in inference mode
             self.model.train()
-            logits, _ = self.model.run_paths(self.x[index], paths)
-            loss = F.cross_entropy(logits, self.y[index])
+            x, y = self.x[index], self.y[index]
+            logits, _ = self.model.run_paths(x, paths)
+            loss = F.cross_entropy(logits, y)
+            for name in self.alternatives:
+                if name == "plain":
+                    alt = self.model.readout(self.model.straightforward(x))
+                else:
+                    alt, _ = self.model.run_paths(x, random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(
+                        index.numel(), self.generator))
+                loss = loss + F.cross_entropy(alt, y)
+            loss = loss / (1 + len(self.alternatives))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -187,6 +220,7 @@ class MainModelTrainer:
             "buffer_path": (self._buffer_path if self._buffer_path is not None else torch.empty(0, 0, dtype=torch.long)).cpu(),
             "updates": self.updates,
             "last_loss": self.last_loss,
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -202,3 +236,5 @@ class MainModelTrainer:
         self._buffer_path = path if path.numel() else None
         self.updates = int(state["updates"])
         self.last_loss = float(state["last_loss"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

@@ -1,0 +1,119 @@
+"""Exit rules without learning: the standard early-exit baselines an agent has to beat.
+
+Each rule is a policy on observations (it reads the columns it needs through the
+:class:`ObservationLayout`), so it runs through the same evaluation, cost model and engine as an
+agent, on the same frozen main model:
+
+* confidence threshold: answer when the head's largest probability reaches tau, else iterate the
+  next layer in a fixed order (1, 2, ..., L; then answer);
+* residual threshold: answer when every layer's fixed-point residual is below tau, else iterate the
+  first layer (in that order) whose residual is not; it needs the ``residuals`` observation group,
+  whose probe it pays for.
+
+Sweeping tau traces each rule's accuracy/compute curve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from main_models import DatasetSplits, FPINetwork
+
+from .config import RewardConfig, default_max_steps
+from .engine import ObservationLayout
+from .evaluation import evaluate_policy
+
+Policy = Callable[[Tensor], Tensor]
+DEFAULT_TAUS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+DEFAULT_RESIDUAL_TAUS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001)
+
+
+def confidence_threshold(layout: ObservationLayout, max_steps: int, tau: float, order: Sequence[int] | None = None) -> Policy:
+    """Answer when confidence >= tau; otherwise FPI on the next layer of ``order`` (default 1..L)."""
+    order_t = torch.tensor(list(order) if order is not None else range(1, layout.num_layers + 1), dtype=torch.long)
+
+    def act(obs: Tensor) -> Tensor:
+        step = torch.round(obs[:, layout.step_fraction] * max_steps).long()
+        order_d = order_t.to(obs.device)
+        nxt = order_d[step.clamp(max=order_d.numel() - 1)] if order_d.numel() else torch.zeros_like(step)
+        stop = (obs[:, layout.confidence] >= tau) | (step >= order_d.numel())
+        return torch.where(stop, torch.zeros_like(nxt), nxt)
+
+    return act
+
+
+def residual_threshold(layout: ObservationLayout, tau: float) -> Policy:
+    """Answer when every layer's residual < tau; otherwise FPI on the first layer whose residual is not."""
+    layout.residuals  # noqa: B018  (raises KeyError when the observation has no residuals)
+
+    def act(obs: Tensor) -> Tensor:
+        high = obs[:, layout.residuals] >= tau
+        first = high.float().argmax(dim=1) + 1
+        return torch.where(high.any(dim=1), first, torch.zeros_like(first))
+
+    return act
+
+
+@dataclass
+class CurvePoint:
+    tau: float
+    accuracy: float
+    compute: float
+    compute_fraction: float
+    """Compute over FPI on every layer's, on the same samples."""
+
+
+def sweep(
+    rule: str,
+    model: FPINetwork,
+    splits: DatasetSplits,
+    *,
+    taus: Sequence[float] | None = None,
+    max_steps: int | None = None,
+    observation: Sequence[str],
+    reward: RewardConfig = RewardConfig(),
+    device: str | torch.device = "cpu",
+) -> list[dict]:
+    """Evaluate exit rule ``rule`` ("confidence" or "residual") at each tau on the test split."""
+    T = max_steps if max_steps is not None else default_max_steps(model.num_layers)
+    layout = ObservationLayout(model.num_layers, model.summary_dim, tuple(observation))
+    if rule == "confidence":
+        make = lambda tau: confidence_threshold(layout, T, tau)  # noqa: E731
+        taus = DEFAULT_TAUS if taus is None else taus
+    elif rule == "residual":
+        make = lambda tau: residual_threshold(layout, tau)  # noqa: E731
+        taus = DEFAULT_RESIDUAL_TAUS if taus is None else taus
+    else:
+        raise ValueError(f"rule must be 'confidence' or 'residual', got {rule!r}")
+    points = []
+    for tau in taus:
+        report = evaluate_policy(model, splits, make(tau), reward=reward, max_steps=T, observation=layout.groups, device=device,
+                                 timing_repeats=1)
+        points.append(asdict(CurvePoint(float(tau), report.accuracy, report.compute, report.compute_fraction)))
+    return points
+
+
+def compute_at_accuracy(points: Sequence[dict], accuracy: float) -> float | None:
+    """The least compute fraction at which a curve reaches ``accuracy`` (None if it never does)."""
+    reached = [p["compute_fraction"] for p in points if p["accuracy"] >= accuracy]
+    return min(reached) if reached else None
+
+
+def accuracy_at_compute(points: Sequence[dict], compute_fraction: float) -> float:
+    """A curve's accuracy at ``compute_fraction``, interpolated linearly between its points along
+    the upper envelope (the best accuracy reachable at or below each compute)."""
+    pts = sorted((p["compute_fraction"], p["accuracy"]) for p in points)
+    envelope: list[tuple[float, float]] = []
+    for c, a in pts:
+        if not envelope or a > envelope[-1][1]:
+            envelope.append((c, a))
+    if compute_fraction <= envelope[0][0]:
+        return envelope[0][1] if compute_fraction == envelope[0][0] else float("nan")
+    for (c0, a0), (c1, a1) in zip(envelope, envelope[1:]):
+        if c0 <= compute_fraction <= c1:
+            return a0 + (a1 - a0) * (compute_fraction - c0) / (c1 - c0)
+    return envelope[-1][1]

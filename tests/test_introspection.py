@@ -1,0 +1,130 @@
+"""What a layer-selection policy can see and what it is measured against: the observation's feature
+groups, the oracle's sequences, the exit-rule baselines and the learnable ceiling."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from agents.imitation import demonstrations, learnable_ceiling
+from dynalay_env import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, ObservationLayout, RewardConfig, build_engine, oracle_paths
+from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, confidence_threshold, residual_threshold, sweep
+from dynalay_env.evaluation import sequence_name
+from main_models import DatasetSplits, MainModelTrainer
+
+ALL = tuple(OBSERVATION_GROUPS)
+
+
+@pytest.fixture(scope="module")
+def warm():
+    """A digits main model warmed up briefly, with the plain path trained alongside."""
+    return build_engine(1, pretrain_epochs=2, progress=False, seed=0, train_alternatives=("plain",), cotrain=False)
+
+
+def test_layout_places_each_group_and_refuses_unknown_ones():
+    lay = ObservationLayout(3, 48, ALL)
+    assert lay.size == 48 + 2 + 5 + 1 + 2 + 3 + 3
+    assert (lay.lam, lay.lam_log, lay.step_fraction, lay.confidence, lay.margin, lay.entropy) == (48, 49, 50, 55, 56, 57)
+    assert lay.iterated == slice(58, 61) and lay.residuals == slice(61, 64)
+    assert ObservationLayout(3, 48, ("confidence", "activations")).groups == ("activations", "confidence")  # canonical order
+    with pytest.raises(KeyError, match="no 'residuals' group"):
+        ObservationLayout(3, 48, DEFAULT_OBSERVATION).residuals
+    with pytest.raises(ValueError, match="observation groups must be"):
+        ObservationLayout(3, 48, ("activations", "gossip"))
+
+
+def test_margin_entropy_iterated_and_residuals_say_what_they_claim():
+    engine = build_engine(2, pretrain_epochs=0, cotrain=False, observation=ALL, lam=0.3)
+    lay, net = engine.layout, engine.model
+    obs = engine.reset()
+    with torch.no_grad():
+        probs = torch.softmax(net.readout(engine.state), dim=1)
+    top = probs.topk(2, dim=1).values
+    np.testing.assert_allclose(obs[:, lay.margin], (top[:, 0] - top[:, 1]), rtol=1e-5)
+    assert ((obs[:, lay.entropy] >= 0) & (obs[:, lay.entropy] <= 1)).all()
+    assert obs[:, lay.lam_log].tolist() == pytest.approx([float(np.log10(0.3 + 1e-4) / 4 + 1)] * 2, rel=1e-5)
+    assert (obs[:, lay.iterated] == 0).all() and (obs[:, lay.residuals] > 0.01).all()  # the plain pass is no fixed point
+    out = engine.step(torch.tensor([2, 0]))
+    obs = out.obs
+    # layer 2 sits at its fixed point, layer 3 was re-applied from a new input, layer 1 untouched
+    assert obs[0, lay.iterated].tolist() == [0.0, 1.0, 0.0]
+    assert obs[0, lay.residuals][1] < 5 * net.layers[1].tol
+    # the probe is charged: one application of every layer on top of the step's own cost
+    without = build_engine(2, pretrain_epochs=0, cotrain=False, lam=0.3)
+    without.reset()
+    plain_cost = without.step(torch.tensor([2, 0])).step_cost[0]
+    probe = net.residual_probe_flops / net.straightforward_flops
+    assert float(out.step_cost[0]) == pytest.approx(float(plain_cost) + probe, rel=1e-4)
+    assert float(engine.ep_compute[0]) == pytest.approx(1 + probe + float(out.step_cost[0]), rel=1e-4)
+
+
+def test_oracle_paths_are_the_cheapest_that_answer_and_respect_min_confidence(warm):
+    model, s = warm.model.eval(), warm.splits
+    x, y = s.x_test[:24], s.y_test[:24]
+    T = 2
+    found = oracle_paths(model, x, y, max_steps=T)
+    confident = oracle_paths(model, x, y, max_steps=T, min_confidence=0.99)
+    full = float(model.straightforward_flops)
+    sequences = [()] + [seq for k in (1, 2) for seq in itertools.product(range(1, 4), repeat=k)]
+    with torch.no_grad():
+        for i in range(24):
+            best, best_conf = (float("inf"), None), (float("inf"), None)
+            for seq in sequences:
+                paths = torch.tensor([list(seq)], dtype=torch.long).reshape(1, len(seq))
+                logits, steps = model.run_paths(x[i : i + 1], paths, per_step=True)
+                cost = 1.0 + float(model.path_flops(paths, steps)) / full
+                prob = torch.softmax(logits, 1)[0]
+                if prob.argmax() == y[i] and cost < best[0]:
+                    best = (cost, seq)
+                if prob.argmax() == y[i] and prob[y[i]] >= 0.99 and cost < best_conf[0]:
+                    best_conf = (cost, seq)
+            for result, (cost, seq) in ((found, best), (confident, best_conf)):
+                assert bool(result.solved[i]) == (seq is not None)
+                if seq is not None:
+                    assert float(result.cost[i]) == pytest.approx(cost, rel=1e-5)
+                    assert sequence_name(result.paths[i].tolist()) == sequence_name(seq)
+    assert float(confident.cost.mean()) >= float(found.cost.mean())
+
+
+def test_exit_rules_act_on_what_they_observe():
+    lay = ObservationLayout(3, 48, ALL)
+    obs = torch.zeros(4, lay.size)
+    obs[:, lay.step_fraction] = torch.tensor([0.0, 0.0, 2 / 6, 3 / 6])
+    obs[:, lay.confidence] = torch.tensor([0.99, 0.5, 0.5, 0.5])
+    assert confidence_threshold(lay, 6, 0.9)(obs).tolist() == [0, 1, 3, 0]  # confident; next in order; last; order used up
+    obs[:, lay.residuals] = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.3], [0.0, 0.2, 0.9]])
+    assert residual_threshold(lay, 0.25)(obs).tolist() == [0, 1, 3, 3]
+
+
+def test_threshold_sweeps_trace_a_curve_from_the_plain_path_to_every_layer(warm):
+    points = sweep("confidence", warm.model, warm.splits, max_steps=warm.max_steps, observation=DEFAULT_OBSERVATION, taus=(0.0, 1.0))
+    assert points[0]["compute_fraction"] == pytest.approx(1 / 6, rel=0.3)  # tau 0: always answer at once
+    assert points[1]["compute_fraction"] == pytest.approx(1.0)  # tau 1: every layer, then answer
+    residual = sweep("residual", warm.model, warm.splits, max_steps=warm.max_steps, observation=ALL, taus=(10.0,))
+    assert residual[0]["compute"] > 1.0  # the probe is paid even when the rule answers at once
+    curve = [{"compute_fraction": 0.2, "accuracy": 0.9}, {"compute_fraction": 0.6, "accuracy": 0.95}, {"compute_fraction": 1.0, "accuracy": 0.94}]
+    assert accuracy_at_compute(curve, 0.4) == pytest.approx(0.925) and accuracy_at_compute(curve, 1.0) == pytest.approx(0.95)
+    assert compute_at_accuracy(curve, 0.94) == 0.6 and compute_at_accuracy(curve, 0.99) is None
+
+
+def test_imitating_the_oracle_learns_what_the_observation_reveals():
+    """A small task (the label is the sign of x0) on which a warmed-up model answers from its
+    activations: the imitation fits the oracle's demonstrations and answers the test split."""
+    gen = torch.Generator().manual_seed(0)
+    n = 600
+    x = torch.randn(n, 4, generator=gen)
+    y = (x[:, 0] > 0).long()
+    splits = DatasetSplits("toy", x[:500], y[:500], x[500:], y[500:], 2)
+    engine = build_engine(1, dataset=splits, pretrain_epochs=0, cotrain=False, seed=0, observation=DEFAULT_OBSERVATION)
+    trainer = MainModelTrainer(engine.model, splits.x_train, splits.y_train, alternatives=("plain",), max_steps=engine.max_steps)
+    trainer.warm_up(15, max_steps=engine.max_steps)
+    demos = demonstrations(engine.model, splits.x_train[:50], splits.y_train[:50], max_steps=engine.max_steps,
+                           observation=DEFAULT_OBSERVATION, reward=RewardConfig())
+    assert demos.episodes == 50 and demos.obs.shape[1] == engine.layout.size
+    assert int((demos.actions == 0).sum()) == 50  # every demonstrated episode ends with its answer
+    ceiling = learnable_ceiling(engine.model, splits, max_steps=engine.max_steps, observation=DEFAULT_OBSERVATION, epochs=40)
+    assert ceiling.train_action_accuracy > 0.8
+    assert ceiling.report.accuracy >= 0.9 and ceiling.report.num_samples == 100
