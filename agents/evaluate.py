@@ -23,7 +23,7 @@ import torch
 
 from agents.algorithms import ALGORITHMS, Agent, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
-from agents.metrics import layer_selection_figure, tradeoff_figure
+from agents.metrics import decisions_figure, layer_selection_figure, tradeoff_figure
 from agents.settings import ResolvedSettings, settings_from_json
 from agents.train import set_threads
 from dynalay_env import DynaLayEngine, build_engine, evaluate_policy
@@ -107,11 +107,18 @@ def _write_figures(run_dir: Path, results: list[dict], algo: str, step: int) -> 
     writer = SummaryWriter(str(events))
     written = []
     for result in results:
+        one = _lam_label([result["lam"]])
         fig = layer_selection_figure(result["action_frequency"], title=f"{algo}, lambda {result['lam']:g}")
-        path = run_dir / f"layer_selection_{_lam_label([result['lam']])}.png"
+        path = run_dir / f"layer_selection_{one}.png"
         fig.savefig(path)
         written.append(str(path))
-        writer.add_figure(f"eval/layer_selection/{_lam_label([result['lam']])}", fig, step)
+        writer.add_figure(f"eval/layer_selection/{one}", fig, step)
+        plt.close(fig)
+        fig = decisions_figure({int(k): v for k, v in result["actions_per_step"].items()}, title=f"{algo}, lambda {result['lam']:g}")
+        path = run_dir / f"decisions_{one}.png"
+        fig.savefig(path)
+        written.append(str(path))
+        writer.add_figure(f"eval/decisions/{one}", fig, step)
         plt.close(fig)
     if len(results) > 1:
         fig = tradeoff_figure(results, reference=results[0], title=f"{algo}: one agent across lambda")
@@ -135,6 +142,9 @@ def _table(out: dict) -> str:
         )
         for level, row in sorted(r["per_difficulty"].items()):
             lines.append(f"{'':>8}   difficulty {level}: accuracy {row['accuracy']:.4f}, compute {row['compute']:.3f} ({row['count']} samples)")
+        for level, shares in sorted(r["sequences_per_level"].items()):
+            chosen = ", ".join(f"{name} {share:.2f}" for name, share in shares.items())
+            lines.append(f"{'':>8}   sequences{'' if int(level) == -1 else f' at difficulty {level}'}: {chosen}")
     ref = out["results"][0]
     lines.append(f"FPI on every layer: accuracy {ref['fpi_all_accuracy']:.4f}, compute {ref['fpi_all_compute']:.3f} straightforward passes")
     if out.get("figures"):

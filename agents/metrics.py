@@ -9,6 +9,9 @@ Tags (one name for every algorithm, so runs overlay):
   charts/layer_selection         histogram of the actions taken
   charts/SPS                     environment steps per second
   losses/main_model_ce           co-training cross-entropy of the main model
+  charts/decisions               figure: per difficulty level, the share of each action at each step
+  paths/accuracy/<path>          each fixed path's test accuracy on the co-trained main model (NOP, L1, ...,
+                                 and every layer), so that a path the agent stops using can be seen to rot
   eval/accuracy, eval/compute_fraction, eval/mean_episode_length, eval/layer_selection (figure)
 """
 
@@ -33,6 +36,7 @@ class EpisodeStats:
         self.clear()
 
     def clear(self) -> None:
+        self.records: list[dict[str, np.ndarray]] = []
         self.episodes = 0
         self.correct = 0
         self.returns = 0.0
@@ -45,6 +49,7 @@ class EpisodeStats:
         if n == 0:
             return
         episodes = record.numpy()
+        self.records.append({k: episodes[k] for k in ("path", "steps", "difficulty")})
         self.episodes += n
         self.correct += int(np.sum(episodes["correct"]))
         self.returns += float(np.sum(episodes["return"]))
@@ -57,6 +62,15 @@ class EpisodeStats:
     def add_infos(self, infos: Iterable[Mapping[str, Any]]) -> None:
         """SB3-style per-env info dicts; finished episodes carry the episode keys."""
         self.add(EpisodeRecord.from_info_dicts(infos))
+
+    def actions_per_step(self) -> dict[int, list[dict[str, float]]]:
+        """The episodes since the last log, as :func:`dynalay_env.evaluation.actions_per_step`."""
+        import torch
+
+        from dynalay_env.evaluation import actions_per_step
+
+        joined = {k: torch.from_numpy(np.concatenate([r[k] for r in self.records])) for k in ("path", "steps", "difficulty")}
+        return actions_per_step(joined["path"], joined["steps"], joined["difficulty"], self.max_steps, self.num_layers)
 
 
 class RunLogger:
@@ -88,6 +102,7 @@ class RunLogger:
                 if chosen:
                     w.add_scalar(f"charts/fpi_iterations/layer{i + 1}", s.layer_iterations[i] / chosen, step)
             w.add_histogram("charts/layer_selection", np.repeat(np.arange(len(s.action_counts)), s.action_counts), step, bins=np.arange(len(s.action_counts) + 1) - 0.5)
+            w.add_figure("charts/decisions", decisions_figure(s.actions_per_step(), title=f"training, step {step}"), step)
         if main_loss is not None and np.isfinite(main_loss):
             w.add_scalar("losses/main_model_ce", main_loss, step)
         now = time.perf_counter()
@@ -99,6 +114,10 @@ class RunLogger:
         s.clear()
         w.flush()
 
+    def log_paths(self, accuracy: Mapping[str, float], step: int) -> None:
+        for name, value in accuracy.items():
+            self.writer.add_scalar(f"paths/accuracy/{name}", value, step)
+
     def log_eval(self, report: Any, step: int) -> None:
         w = self.writer
         w.add_scalar("eval/accuracy", report.accuracy, step)
@@ -106,6 +125,7 @@ class RunLogger:
         w.add_scalar("eval/compute", report.compute, step)
         w.add_scalar("eval/mean_episode_length", report.mean_episode_length, step)
         w.add_figure("eval/layer_selection", layer_selection_figure(report.action_frequency, title=f"step {step}, lambda {report.lam}"), step)
+        w.add_figure("eval/decisions", decisions_figure(report.actions_per_step, title=f"test split, step {step}, lambda {report.lam:g}"), step)
         w.flush()
 
     def close(self) -> None:
@@ -149,5 +169,34 @@ def tradeoff_figure(points: list[dict], reference: dict | None = None, title: st
     ax.set_ylabel("test accuracy")
     ax.set_title(title or "accuracy / compute trade-off")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def decisions_figure(per_level: Mapping[int, list[Mapping[str, float]]], title: str = ""):
+    """Per difficulty level, stacked bars of the share of each action at each step (NOP = answer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(per_level)
+    fig, axes = plt.subplots(1, len(levels), figsize=(2.6 * len(levels) + 0.6, 2.9), dpi=110, squeeze=False, sharey=True)
+    colours = ["#888888", "#3b75af", "#e1812c", "#3a923a", "#c03d3e", "#9372b2", "#845b53", "#d684bd"]
+    for ax, level in zip(axes[0], levels):
+        steps = per_level[level]
+        names = list(steps[0]) if steps else []
+        bottom = np.zeros(len(steps))
+        for colour, name in zip(colours * 4, names):
+            shares = np.array([s.get(name, 0.0) for s in steps])
+            ax.bar(np.arange(len(steps)), shares, bottom=bottom, color=colour, label=name, width=0.8)
+            bottom += shares
+        ax.set_xticks(np.arange(len(steps)))
+        ax.set_xlabel("step")
+        ax.set_title("all samples" if level == -1 else f"level {level}", fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("share of actions")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title or "decisions per difficulty level", fontsize=9)
     fig.tight_layout()
     return fig

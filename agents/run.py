@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, evaluate_policy
-from main_models import EpochProgress, MainModelTrainer
+from main_models import EpochProgress, MainModelTrainer, evaluate_fixed_path
 
 from .algorithms import Agent
 from .checkpoint import CheckpointError, load_warmup, rng_state, save_checkpoint, set_rng_state
@@ -98,6 +98,8 @@ class TrainingRun:
             self.logger.writer.add_scalar(f"losses/{name}", value, step)
 
     def after_step(self, step: int) -> None:
+        if step - self.logger.last_log_step >= self.logger.log_every:
+            self.log_paths(step)
         self.logger.maybe_log(step, self.main_loss)
         if self.next_eval is not None and step >= self.next_eval:
             self.evaluate(step)
@@ -109,6 +111,15 @@ class TrainingRun:
                 self.next_checkpoint += self.settings.run.checkpoint_freq
 
     # ---- the run -----------------------------------------------------------------------------
+    def log_paths(self, step: int, limit: int = 512) -> None:
+        """Each fixed path's accuracy on (the first ``limit`` samples of) the test split."""
+        engine = self.engine
+        x, y = engine.splits.x_test[:limit], engine.splits.y_test[:limit]
+        L = engine.num_layers
+        paths = {"NOP": [], **{f"L{i}": [i] for i in range(1, L + 1)}, ",".join(f"L{i}" for i in range(1, L + 1)): list(range(1, L + 1))}
+        self.logger.log_paths({name: float(evaluate_fixed_path(engine.model, x, y, path)["correct"].float().mean())
+                               for name, path in paths.items()}, step)
+
     @property
     def main_loss(self) -> float | None:
         return self.engine.trainer.last_loss if self.engine.trainer is not None else None

@@ -12,6 +12,7 @@ import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+LAM_DISTRIBUTIONS = ("uniform", "log-uniform")
 MAX_STEPS_PER_LAYER = 2
 """The default step budget T is this many FPI steps per layer (T = 2L)."""
 
@@ -52,13 +53,15 @@ class RewardConfig:
     consecutive choices of the same layer.
 
     ``lam_range=(low, high)`` draws lambda per episode from that range, so that one agent learns the
-    whole trade-off; otherwise every episode uses ``lam``.
+    whole trade-off; otherwise every episode uses ``lam``. ``lam_dist`` is how: "uniform", or
+    "log-uniform" (uniform in log lambda, for a range that spans decades; low must be > 0).
     """
 
     alpha: float = 0.5
     beta: float = 0.3
     lam: float = 0.005
     lam_range: tuple[float, float] | None = None
+    lam_dist: str = "uniform"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", _number("alpha", self.alpha))
@@ -73,11 +76,27 @@ class RewardConfig:
             if hi < lo:
                 raise ValueError(f"lam_range must satisfy 0 <= low <= high, got {(lo, hi)}")
             object.__setattr__(self, "lam_range", (lo, hi))
+        if self.lam_dist not in LAM_DISTRIBUTIONS:
+            raise ValueError(f"lam_dist must be one of {LAM_DISTRIBUTIONS}, got {self.lam_dist!r}")
+        if self.lam_dist == "log-uniform" and self.lam_range is not None and self.lam_range[0] <= 0:
+            raise ValueError(f"a log-uniform lam_range needs low > 0, got {self.lam_range}")
 
     @property
     def lam_high(self) -> float:
         """The largest lambda an episode can have (the observation space's bound)."""
         return self.lam_range[1] if self.lam_range is not None else self.lam
+
+    def sample(self, n: int, generator: "torch.Generator", device: "torch.device") -> "torch.Tensor":
+        """lambda for ``n`` new episodes."""
+        import torch
+
+        if self.lam_range is None:
+            return torch.full((n,), self.lam, device=device)
+        lo, hi = self.lam_range
+        u = torch.rand(n, device=device, generator=generator)
+        if self.lam_dist == "log-uniform":
+            return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+        return lo + (hi - lo) * u
 
     def fixed(self, lam: float) -> "RewardConfig":
         """The same weights with every episode at ``lam`` (how an agent is evaluated)."""
@@ -103,6 +122,7 @@ class EnvConfig:
     beta: float = _setting(RewardConfig.beta, "Eq. 2 weight of compute cost x consecutive-layer count")
     lam: float = _setting(RewardConfig.lam, "compute penalty weight lambda (training without lam_range; evaluation)")
     lam_range: tuple[float, float] | None = _setting(None, "'low,high': draw lambda per episode from this range while training")
+    lam_dist: str = _setting("uniform", "how lambda is drawn from lam_range: uniform or log-uniform (low > 0)")
     max_steps: int | None = _setting(None, "step budget T per episode (default 2L)")
     cotrain: bool = _setting(True, "co-train the main model on the paths the agent chose")
     cotrain_every: int = _setting(64, "finished episodes per main-model update (K)")
@@ -125,7 +145,7 @@ class EnvConfig:
     )
 
     def __post_init__(self) -> None:
-        reward = RewardConfig(self.alpha, self.beta, self.lam, self.lam_range)  # validates the reward fields
+        reward = self.reward  # validates the reward fields
         for name in ("alpha", "beta", "lam", "lam_range"):
             object.__setattr__(self, name, getattr(reward, name))
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -153,7 +173,7 @@ class EnvConfig:
 
     @property
     def reward(self) -> RewardConfig:
-        return RewardConfig(self.alpha, self.beta, self.lam, self.lam_range)
+        return RewardConfig(self.alpha, self.beta, self.lam, self.lam_range, self.lam_dist)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -310,11 +310,7 @@ class DynaLayEngine:
             self._eval_cursor += n
         else:
             sample = torch.randint(self.num_samples, (n,), device=self.device, generator=self.generator)
-        if self.reward.lam_range is not None:
-            lo, hi = self.reward.lam_range
-            lam = lo + (hi - lo) * torch.rand(n, device=self.device, generator=self.generator)
-        else:
-            lam = torch.full((n,), self.reward.lam, device=self.device)
+        lam = self.reward.sample(n, self.generator, self.device)
 
         with self._rollout_mode():
             fresh = self.model.straightforward(self.x_all[sample])

@@ -40,6 +40,12 @@ class EvalReport:
     """Wall time of the batched evaluation rollout (policy + main model; NOP rows get no work)."""
     fpi_all_seconds: float
     """Wall time of the same rollout for 'FPI on every layer'."""
+    sequences_per_level: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Per difficulty level (-1 where the dataset has none): the share of each action sequence the
+    policy chose, named like "NOP" or "L1,L3"."""
+    actions_per_step: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    """Per difficulty level: for each step t, the share of each action among the episodes that
+    reached step t (NOP = answered there)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +58,7 @@ class _Rollout:
     steps: Tensor
     difficulty: Tensor
     action_counts: Tensor
+    paths: Tensor | None = None
 
 
 def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> _Rollout:
@@ -63,7 +70,7 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
         if any(a < 0 or a > L for a in steps):
             raise ValueError(f"a fixed path holds actions in [0, {L}], got {steps}")
         fixed = torch.tensor(steps + [0] * (engine.max_steps + 1 - len(steps)), dtype=torch.long, device=engine.device)
-    correct, compute, lengths, difficulty = [], [], [], []
+    correct, compute, lengths, difficulty, paths = [], [], [], [], []
     action_counts = torch.zeros(L + 1, dtype=torch.long, device=engine.device)
     engine.seed(0)
     remaining = num_samples
@@ -88,7 +95,8 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
             compute.append(fin["compute"])
             lengths.append(fin["steps"])
             difficulty.append(fin["difficulty"])
-    return _Rollout(torch.cat(correct), torch.cat(compute), torch.cat(lengths), torch.cat(difficulty), action_counts)
+            paths.append(fin["path"])
+    return _Rollout(torch.cat(correct), torch.cat(compute), torch.cat(lengths), torch.cat(difficulty), action_counts, torch.cat(paths))
 
 
 def _timed(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> tuple[float, _Rollout]:
@@ -103,6 +111,32 @@ def _timed(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: i
 
 def _per_difficulty(rollout: _Rollout) -> dict[int, dict[str, float]]:
     return per_level(rollout.correct, rollout.compute, rollout.difficulty)
+
+
+def actions_per_step(paths: Tensor, steps: Tensor, difficulty: Tensor, max_steps: int, num_layers: int) -> dict[int, list[dict[str, float]]]:
+    """Per difficulty level, for each step t: the share of each action among the episodes still
+    running at t. An episode of ``steps`` FPI steps took ``path[t]`` at t < steps and answered
+    (NOP) at t = steps, unless it used the whole budget T."""
+    from .config import action_names
+
+    names = action_names(num_layers)
+    T = paths.shape[1]
+    t = torch.arange(T + 1, device=paths.device).unsqueeze(0)
+    padded = torch.cat([paths, torch.zeros_like(paths[:, :1])], dim=1)
+    running = t <= steps.unsqueeze(1)
+    running &= ~((steps.unsqueeze(1) >= max_steps) & (t == steps.unsqueeze(1)))  # a full budget ends without a NOP step
+    table: dict[int, list[dict[str, float]]] = {}
+    for level in sorted(set(difficulty.tolist())):
+        rows = difficulty == level
+        per_step = []
+        for k in range(T + 1):
+            alive = running[rows, k]
+            if not bool(alive.any()):
+                break
+            counts = torch.bincount(padded[rows, k][alive], minlength=num_layers + 1).double()
+            per_step.append({name: float(c) for name, c in zip(names, (counts / counts.sum()).tolist())})
+        table[int(level)] = per_step
+    return table
 
 
 def evaluate_policy(
@@ -168,6 +202,8 @@ def evaluate_policy(
         per_difficulty=_per_difficulty(result),
         seconds=seconds,
         fpi_all_seconds=fpi_all_seconds,
+        sequences_per_level=sequence_shares(result.paths, result.difficulty),
+        actions_per_step=actions_per_step(result.paths, result.steps, result.difficulty, engine.max_steps, engine.num_layers),
     )
 
 
@@ -299,8 +335,9 @@ def sequence_name(path: Sequence[int]) -> str:
     return ",".join(steps) if steps else "NOP"
 
 
-def sequence_shares(paths: Tensor, difficulty: Tensor) -> dict[int, dict[str, float]]:
-    """Per difficulty level, the share of each sequence among ``paths`` (rows 0-padded)."""
+def sequence_shares(paths: Tensor, difficulty: Tensor, top: int = 8) -> dict[int, dict[str, float]]:
+    """Per difficulty level, the share of each sequence among ``paths`` (rows 0-padded): the ``top``
+    most common by name, the rest together as "other"."""
     table: dict[int, dict[str, float]] = {}
     names = [sequence_name(row) for row in paths.tolist()]
     for level in sorted(set(difficulty.tolist())):
@@ -308,7 +345,12 @@ def sequence_shares(paths: Tensor, difficulty: Tensor) -> dict[int, dict[str, fl
         counts: dict[str, int] = {}
         for name in chosen:
             counts[name] = counts.get(name, 0) + 1
-        table[int(level)] = {name: count / len(chosen) for name, count in sorted(counts.items(), key=lambda kv: -kv[1])}
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        shares = {name: count / len(chosen) for name, count in ranked[:top]}
+        rest = sum(count for _, count in ranked[top:])
+        if rest:
+            shares["other"] = rest / len(chosen)
+        table[int(level)] = shares
     return table
 
 

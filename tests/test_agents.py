@@ -54,7 +54,8 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
     evaluation = json.loads((run / "eval.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["compute_fraction"] > 0
     tags = _scalars(run)
-    expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/NOP",
+    expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/NOP", "paths/accuracy/NOP",
+                "paths/accuracy/L1,L2,L3",
                 "losses/main_model_ce", "eval/accuracy", "eval/compute_fraction", "charts/SPS"}
     assert expected <= tags, expected - tags
     if algo == "ppo":  # SB3's own tags land in the same run directory
@@ -193,13 +194,16 @@ def test_evaluate_reports_tradeoff_and_writes_figures(tmp_path, capsys):
     for r in out["results"]:
         assert {"accuracy", "compute_fraction", "action_frequency", "mean_episode_length", "per_difficulty"} <= set(r)
         assert abs(sum(r["action_frequency"]) - 1) < 1e-6
+        assert abs(sum(r["sequences_per_level"][-1].values()) - 1) < 1e-6  # digits: one level, -1
+        assert all(abs(sum(step.values()) - 1) < 1e-6 for step in r["actions_per_step"][-1])
     assert [r["lam"] for r in out["results"]] == [0.0, 0.01, 0.05]
-    for name in ("layer_selection_lam0.png", "layer_selection_lam0.01.png", "layer_selection_lam0.05.png", "tradeoff_lam0-0.01-0.05.png"):
+    for name in ("layer_selection_lam0.png", "layer_selection_lam0.01.png", "layer_selection_lam0.05.png", "tradeoff_lam0-0.01-0.05.png",
+                 "decisions_lam0.05.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = run / "eval" / "lam0-0.01-0.05"
     acc = EventAccumulator(str(events))
     acc.Reload()
-    assert {"eval/layer_selection/lam0.05", "eval/tradeoff"} <= set(acc.Tags()["images"])
+    assert {"eval/layer_selection/lam0.05", "eval/decisions/lam0.05", "eval/tradeoff"} <= set(acc.Tags()["images"])
     # evaluating again replaces the evaluation's events rather than adding a second file of the same points
     evaluate.main([str(run), "--lam", "0", "0.01", "0.05", "--json", "--device", "cpu"])
     assert len(list(events.glob("events.out.tfevents.*"))) == 1
