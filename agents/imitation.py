@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynalay_env import DynaLayEngine, EvalReport, RewardConfig, evaluate_policy, oracle_paths
+from dynalay_env.evaluation import drive
 from main_models import DatasetSplits, FPINetwork
 
 from .nets import AgentNet
@@ -61,23 +62,16 @@ def demonstrations(
     engine = DynaLayEngine(min(batch_size, int(y.shape[0])), part, model, reward=reward.fixed(reward.lam), max_steps=max_steps,
                            mode="eval", autoreset=False, observation=tuple(observation), device=y.device)
     obs_parts, action_parts = [], []
-    engine.seed(0)
-    remaining = int(y.shape[0])
+
+    def follow(live: Tensor) -> Tensor:
+        actions = paths[engine.sample[live], engine.steps[live]]
+        obs_parts.append(engine.obs[live].clone())
+        action_parts.append(actions)
+        return actions
+
     try:
-        while remaining > 0:
-            n = min(remaining, engine.num_envs)
-            engine.stop()
-            engine.reset(torch.arange(n, device=y.device))
-            remaining -= n
-            while True:
-                live = engine.running.nonzero().squeeze(1)
-                if live.numel() == 0:
-                    break
-                actions = torch.zeros(engine.num_envs, dtype=torch.long, device=y.device)
-                actions[live] = paths[engine.sample[live], engine.steps[live]]
-                obs_parts.append(engine.obs[live].clone())
-                action_parts.append(actions[live])
-                engine.step(actions, validate=False)
+        for _ in drive(engine, int(y.shape[0]), follow):
+            pass
     finally:
         model.train()
     return Demonstrations(torch.cat(obs_parts), torch.cat(action_parts), int(y.shape[0]))

@@ -180,6 +180,8 @@ class StepOutput:
     """Observations of the rows in ``terminated``, taken before their autoreset, (n_done, D)."""
     finished: EpisodeRecord
     """The episodes that ended in this step (rows in ``terminated``, in row order)."""
+    taken: Tensor
+    """The actions of the rows that acted in this step (running rows), int64 (n_acted,)."""
 
 
 class DynaLayEngine:
@@ -432,6 +434,7 @@ class DynaLayEngine:
             step_iterations=iterations,
             final_obs=final_obs,
             finished=finished,
+            taken=actions[running],
         )
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from main_models import DatasetSplits, FPINetwork, PathState, per_level
 
 from .config import RewardConfig, default_max_steps
-from .engine import DEFAULT_OBSERVATION, DynaLayEngine
+from .engine import DEFAULT_OBSERVATION, DynaLayEngine, StepOutput
 
 Policy = Callable[[Tensor], Tensor]
 """Maps observations (n, D) of the running rows to their actions (n,), on the engine's device."""
@@ -61,17 +61,11 @@ class _Rollout:
     paths: Tensor | None = None
 
 
-def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> _Rollout:
-    """Run each of the first ``num_samples`` eval samples once, ``engine.num_envs`` at a time."""
-    L = engine.num_layers
-    fixed = None
-    if not callable(policy):
-        steps = [int(a) for a in policy]
-        if any(a < 0 or a > L for a in steps):
-            raise ValueError(f"a fixed path holds actions in [0, {L}], got {steps}")
-        fixed = torch.tensor(steps + [0] * (engine.max_steps + 1 - len(steps)), dtype=torch.long, device=engine.device)
-    correct, compute, lengths, difficulty, paths = [], [], [], [], []
-    action_counts = torch.zeros(L + 1, dtype=torch.long, device=engine.device)
+def drive(engine: DynaLayEngine, num_samples: int, choose: Callable[[Tensor], Tensor]) -> Iterator[StepOutput]:
+    """Run each of the first ``num_samples`` samples of an eval engine's split once,
+    ``engine.num_envs`` at a time. Before every step ``choose(live)`` returns the actions of the
+    running rows ``live`` (it may read ``engine.obs[live]``, ``engine.steps[live]``, ...); yields
+    each step's output."""
     engine.seed(0)
     remaining = num_samples
     while remaining > 0:
@@ -84,19 +78,30 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
             if live.numel() == 0:
                 break
             actions = torch.zeros(engine.num_envs, dtype=torch.long, device=engine.device)
-            if fixed is not None:
-                actions[live] = fixed[engine.steps[live]]
-            else:
-                actions[live] = policy(engine.obs[live]).to(engine.device, torch.long).reshape(-1)
+            actions[live] = choose(live).to(engine.device, torch.long).reshape(-1)
             engine.validate_actions(actions)
-            action_counts += torch.bincount(actions[live], minlength=L + 1)
-            fin = engine.step(actions, validate=False).finished
-            correct.append(fin["correct"])
-            compute.append(fin["compute"])
-            lengths.append(fin["steps"])
-            difficulty.append(fin["difficulty"])
-            paths.append(fin["path"])
-    return _Rollout(torch.cat(correct), torch.cat(compute), torch.cat(lengths), torch.cat(difficulty), action_counts, torch.cat(paths))
+            yield engine.step(actions, validate=False)
+
+
+def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> _Rollout:
+    """Run each of the first ``num_samples`` eval samples once under ``policy`` or a fixed path."""
+    L = engine.num_layers
+    if callable(policy):
+        choose = lambda live: policy(engine.obs[live])  # noqa: E731
+    else:
+        steps = [int(a) for a in policy]
+        if any(a < 0 or a > L for a in steps):
+            raise ValueError(f"a fixed path holds actions in [0, {L}], got {steps}")
+        fixed = torch.tensor(steps + [0] * (engine.max_steps + 1 - len(steps)), dtype=torch.long, device=engine.device)
+        choose = lambda live: fixed[engine.steps[live]]  # noqa: E731
+    columns: dict[str, list[Tensor]] = {k: [] for k in ("correct", "compute", "steps", "difficulty", "path")}
+    action_counts = torch.zeros(L + 1, dtype=torch.long, device=engine.device)
+    for out in drive(engine, num_samples, choose):
+        action_counts += torch.bincount(out.taken, minlength=L + 1)
+        for key, parts in columns.items():
+            parts.append(out.finished[key])
+    c = {k: torch.cat(v) for k, v in columns.items()}
+    return _Rollout(c["correct"], c["compute"], c["steps"], c["difficulty"], action_counts, c["path"])
 
 
 def _timed(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> tuple[float, _Rollout]:

@@ -15,6 +15,7 @@ from .data import (
     load_dataset,
     load_digits,
     load_digits_graded,
+    load_grid_lookup,
     load_imdb,
     load_npz,
     load_parity,
@@ -22,6 +23,7 @@ from .data import (
     split_indices,
 )
 from .device import resolve_device
+from .grid import AxisLSTMBlock, build_grid_lstm_fpi_network
 from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, fixed_point_solve
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
 from .network import FPINetwork, PathState, assemble_network, build_mlp_fpi_network

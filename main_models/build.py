@@ -7,23 +7,26 @@ from typing import Any
 from .data.splits import DatasetSplits
 from .network import FPINetwork
 
-MAIN_MODELS: dict[str, str] = {"mlp": "flat", "cnn": "image", "lstm": "tokens"}
+MAIN_MODELS: dict[str, str] = {"mlp": "flat", "cnn": "image", "lstm": "tokens", "grid-lstm": "grid"}
 """Each main model and the input kind it reads."""
-_SHAPES = {"flat": "float (N, features)", "image": "float (N, C, H, W)", "tokens": "integer token ids (N, T)"}
+_SHAPES = {"flat": "float (N, features)", "image": "float (N, C, H, W)", "tokens": "integer token ids (N, T)",
+           "grid": "integer token grids (N, H, W)"}
 
 
 def default_model(splits: DatasetSplits) -> str:
-    """The main model for a dataset's input kind: flat -> mlp, image -> cnn, tokens -> lstm."""
+    """The main model for a dataset's input kind: flat -> mlp, image -> cnn, tokens -> lstm,
+    grid -> grid-lstm."""
     return {kind: model for model, kind in MAIN_MODELS.items()}[splits.input_kind]
 
 
 def build_main_model(splits: DatasetSplits, model: str | None = None, **kwargs: Any) -> FPINetwork:
-    """Build main model ``model`` ("mlp", "cnn" or "lstm"; ``None`` picks the one for the data) for
+    """Build main model ``model`` (a key of :data:`MAIN_MODELS`; ``None`` picks the one for the data) for
     ``splits``. ``kwargs`` go to the builder (e.g. ``hidden``, ``channels``, ``fpi_tol``).
 
     An unknown model name, or a model that cannot read the data's inputs, is refused naming both.
     """
     from .conv import build_conv_fpi_network
+    from .grid import build_grid_lstm_fpi_network
     from .lstm import build_lstm_fpi_network
     from .network import build_mlp_fpi_network
 
@@ -42,5 +45,7 @@ def build_main_model(splits: DatasetSplits, model: str | None = None, **kwargs: 
     if model == "cnn":
         c, h, w = splits.input_shape
         return build_conv_fpi_network(c, (h, w), splits.num_classes, **kwargs)
+    if model == "grid-lstm":
+        return build_grid_lstm_fpi_network(int(splits.meta["vocab_size"]), splits.input_shape, splits.num_classes, **kwargs)
     kwargs.setdefault("pad_id", int(splits.meta.get("pad_id", 0)))
     return build_lstm_fpi_network(int(splits.meta["vocab_size"]), splits.input_shape[0], splits.num_classes, **kwargs)

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-INPUT_KINDS: tuple[str, ...] = ("flat", "image", "tokens")
-"""flat: float (N, F) -> MLP; image: float (N, C, H, W) -> CNN; tokens: int64 ids (N, T) -> LSTM."""
+INPUT_KINDS: tuple[str, ...] = ("flat", "image", "tokens", "grid")
+"""flat: float (N, F) -> MLP; image: float (N, C, H, W) -> CNN; tokens: int64 ids (N, T) -> LSTM;
+grid: int64 ids (N, H, W) -> grid-LSTM."""
 
 
 def infer_input_kind(x: Tensor) -> str:
@@ -21,8 +22,10 @@ def infer_input_kind(x: Tensor) -> str:
         return "image"
     if not x.dtype.is_floating_point and x.dtype != torch.bool and x.dim() == 2:
         return "tokens"
+    if not x.dtype.is_floating_point and x.dtype != torch.bool and x.dim() == 3:
+        return "grid"
     raise ValueError(
-        f"inputs must be float (N, features), float (N, C, H, W) or integer token ids (N, T); "
+        f"inputs must be float (N, features), float (N, C, H, W), integer token ids (N, T) or integer token grids (N, H, W); "
         f"got {x.dtype} of shape {tuple(x.shape)}"
     )
 
@@ -32,7 +35,7 @@ class DatasetSplits:
     """A classification dataset split into train and test tensors (CPU; move with ``.to``).
 
     ``meta["input_kind"]`` (one of :data:`INPUT_KINDS`) says which main model fits; it is inferred
-    from the tensors when a loader does not set it. Token datasets also carry
+    from the tensors when a loader does not set it. Token (and token-grid) datasets also carry
     ``meta["vocab_size"]`` (inferred as max id + 1 when absent) and pad with id 0 at the front.
     Construction validates the whole dataset, so a malformed one is refused before anything uses it.
     """
@@ -79,7 +82,7 @@ class DatasetSplits:
                 f"dataset {self.name!r}: input_kind {kind!r} does not match inputs {self.x_train.dtype} {tuple(self.x_train.shape)}"
             )
         self.meta.setdefault("input_kind", kind)
-        if kind == "tokens":
+        if kind in ("tokens", "grid"):
             lo = min(int(self.x_train.min()), int(self.x_test.min())) if self.x_train.numel() else 0
             hi = max(int(self.x_train.max()), int(self.x_test.max())) if self.x_train.numel() else 0
             vocab = int(self.meta.setdefault("vocab_size", hi + 1))
