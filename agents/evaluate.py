@@ -4,6 +4,8 @@
     python agents/evaluate.py runs/<run-name> --lam 0 0.005 0.02   # accuracy/compute trade-off
     python agents/evaluate.py runs/<run-name> --json               # one JSON object
 
+    python agents/evaluate.py runs/<run-name> --baselines          # against fixed paths, exit rules, ceiling
+
 Reports accuracy, compute as a fraction of "FPI on every layer", per-action frequency, mean
 episode length and, on datasets with known difficulty levels, compute per level. Writes
 layer_selection_lam<λ>.png for each lambda (and tradeoff_lam<λ1>-<λ2>-....png for several) into the
@@ -23,6 +25,7 @@ import torch
 
 from agents.algorithms import ALGORITHMS, Agent, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
+from agents.compare import compare_to_baselines, comparison_table
 from agents.metrics import decisions_figure, layer_selection_figure, tradeoff_figure
 from agents.settings import ResolvedSettings, settings_from_json
 from agents.train import set_threads
@@ -60,7 +63,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
 
 
 def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True,
-                 timing_repeats: int = 3) -> dict:
+                 timing_repeats: int = 3, baselines: bool = False, ceiling_train_limit: int | None = 4000) -> dict:
     loaded = load_run(run_dir, device)
     settings, engine = loaded.settings, loaded.engine
     lams = list(lams) if lams else [settings.env.lam]
@@ -82,6 +85,13 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
         "trained_lam_range": settings.env.lam_range,
         "results": results,
     }
+    if baselines:
+        out["comparison"] = [
+            compare_to_baselines(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
+                                 observation=engine.layout.groups, device=engine.device, ceiling_train_limit=ceiling_train_limit,
+                                 seed=settings.run.seed)
+            for lam in lams
+        ]
     if figures:
         out["figures"] = _write_figures(run_dir, results, algo, timesteps)
     return out
@@ -147,6 +157,8 @@ def _table(out: dict) -> str:
             lines.append(f"{'':>8}   sequences{'' if int(level) == -1 else f' at difficulty {level}'}: {chosen}")
     ref = out["results"][0]
     lines.append(f"FPI on every layer: accuracy {ref['fpi_all_accuracy']:.4f}, compute {ref['fpi_all_compute']:.3f} straightforward passes")
+    for comparison in out.get("comparison", []):
+        lines.append(comparison_table(comparison))
     if out.get("figures"):
         lines.append("figures: " + ", ".join(out["figures"]))
     return "\n".join(lines)
@@ -160,11 +172,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also evaluate every fixed path, the confidence and residual exit rules, the oracle and the learnable "
+                             "ceiling on the same main model, with the headroom and issue 9's target checks")
+    parser.add_argument("--ceiling-train-limit", type=int, default=4000,
+                        help="with --baselines: train samples the learnable ceiling imitates the oracle on")
     parser.add_argument("--timing-repeats", type=int, default=3, help="timed rollouts per policy; wall times are their median")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     try:
-        out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats)
+        out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats,
+                           baselines=args.baselines, ceiling_train_limit=args.ceiling_train_limit)
     except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(out) if args.json else _table(out))

@@ -182,22 +182,19 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
         trainer.warm_up(env.pretrain_epochs, max_steps=engine.max_steps, stop_prob=env.warmup_stop_prob, seed=run.seed,
                         progress=run.progress, resume=start, on_epoch=after_epoch)
 
+    key = {"dataset": env.dataset, "data_dir": env.data_dir, "model": env.model, "seed": run.seed, "pretrain_epochs": env.pretrain_epochs,
+           "warmup_stop_prob": env.warmup_stop_prob, "main_lr": env.main_lr, "max_steps": engine.max_steps, "device": str(engine.device),
+           "train_alternatives": list(env.train_alternatives)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = Path(run.warmup_cache) if run.warmup_cache else None
+    path = cache_dir / f"warmup-{Path(env.dataset).name}-s{run.seed}-e{env.pretrain_epochs}-{digest}.pt" if cache_dir else None
     if resume is not None:
         engine.load_state_dict(resume["engine"])
         set_rng_state(resume["rng"])
         w = resume["warmup"]
         print(f"resumed the warm-up of {run_dir} after epoch {w['epochs_done']} of {env.pretrain_epochs}", flush=True)
         pretrain(EpochProgress(int(w["epochs_done"]), w["generator"], list(w["losses"])))
-        return
-    if not run.warmup_cache:
-        pretrain()
-        return
-    key = {"dataset": env.dataset, "data_dir": env.data_dir, "model": env.model, "seed": run.seed, "pretrain_epochs": env.pretrain_epochs,
-           "warmup_stop_prob": env.warmup_stop_prob, "main_lr": env.main_lr, "max_steps": engine.max_steps, "device": str(engine.device)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_dir = Path(run.warmup_cache)
-    path = cache_dir / f"warmup-{Path(env.dataset).name}-s{run.seed}-e{env.pretrain_epochs}-{digest}.pt"
-    if path.is_file():
+    elif path is not None and path.is_file():
         try:
             cached = load_warmup(path)
             if cached["key"] != key:
@@ -208,5 +205,7 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
         set_rng_state(cached["rng"])
         print(f"warm-up loaded from {path}", flush=True)
         return
-    pretrain()
-    save_checkpoint(cache_dir, {"key": key, "engine": engine.state_dict(), "rng": rng_state()}, name=path.name)
+    else:
+        pretrain()
+    if path is not None:  # a finished warm-up, resumed or not, serves later runs with the same key
+        save_checkpoint(cache_dir, {"key": key, "engine": engine.state_dict(), "rng": rng_state()}, name=path.name)

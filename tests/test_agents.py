@@ -239,6 +239,11 @@ def test_warmup_cache_continues_exactly_like_a_warm_up(algo, tmp_path):
         for name, tensor in reference.items():
             assert torch.equal(model[name], tensor), (run, name)
 
+    # a warm-up that trains other paths alongside is a different warm-up: it gets its own entry
+    train.main(base + ["--run-name", "alt", "--warmup-cache", str(cache), "--train-alternatives", "plain"])
+    assert len(list(cache.iterdir())) == 2
+    assert not torch.equal(load_checkpoint(tmp_path / "alt")["engine"]["model"][name], reference[name])
+
     cached_file.write_bytes(b"not a torch file")
     with pytest.raises(SystemExit, match="warm-up cache .* is corrupt"):
         train.main(base + ["--run-name", "third", "--warmup-cache", str(cache)])

@@ -117,3 +117,46 @@ def test_adaptive_vs_fixed_quick(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0 and "seed 1 appears in both" in proc.stderr
+
+
+def test_introspection_quick(tmp_path):
+    """Issue 9's benchmark end to end at smoke size: the agent beside every baseline, the lambda
+    sweep against the fixed-lambda agents, the figures, and a merge of two seeds."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--quick", "--tasks", "digits", "--seeds", "0", "--json",
+         "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["benchmark"] == "introspection"
+    for name in ("lambda_sweep.png", "pareto_digits.png", "introspection.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    entry = out["per_seed"][0]
+    comparison = entry["comparison"]
+    assert {"fixed_paths", "confidence_curve", "residual_curve", "oracle", "ceiling", "headroom", "targets"} <= set(comparison)
+    lams = [p["lam"] for p in entry["lambda_agent"]]
+    assert len(lams) >= 6 and lams == sorted(lams)
+    assert set(entry["fixed_lambda_agents"]) == {"0.005", "0.05"}
+    t = out["summary"]["digits"]
+    computes = [p["compute_fraction"]["mean"] for p in t["lambda_agent"]]
+    assert t["targets"]["lambda_agent_compute_never_rises"] == all(b <= a + 1e-9 for a, b in zip(computes, computes[1:]))
+    assert t["targets"]["lambda_agent_compute_span"] == pytest.approx(computes[0] / computes[-1])
+    # a second seed from another process merges into mean +- std; the same seed twice is refused
+    other = json.loads(json.dumps(entry))
+    other["seed"] = 1
+    other["comparison"]["agent"]["accuracy"] += 0.1
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"benchmark": "introspection", "per_seed": [other]}))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--merge", str(tmp_path / "introspection.json"), str(second),
+         "--out-dir", str(tmp_path / "merged")], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "#### digits (seeds 0, 1" in proc.stdout and "learnable ceiling" in proc.stdout
+    merged = json.loads((tmp_path / "merged" / "introspection.json").read_text())["summary"]["digits"]["agent"]["accuracy"]
+    assert merged["n"] == 2 and merged["std"] == pytest.approx(0.1 / 2**0.5)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--merge", str(second), str(second), "--out-dir", str(tmp_path / "m2")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "appears twice" in proc.stderr

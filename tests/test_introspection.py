@@ -128,3 +128,38 @@ def test_imitating_the_oracle_learns_what_the_observation_reveals():
     ceiling = learnable_ceiling(engine.model, splits, max_steps=engine.max_steps, observation=DEFAULT_OBSERVATION, epochs=40)
     assert ceiling.train_action_accuracy > 0.8
     assert ceiling.report.accuracy >= 0.9 and ceiling.report.num_samples == 100
+
+
+def test_comparison_puts_an_agent_beside_every_baseline_and_checks_the_targets(warm):
+    from agents.compare import compare_to_baselines, comparison_table, increasing_paths
+
+    assert increasing_paths(3) == [[], [1], [2], [3], [1, 2], [1, 3], [2, 3], [1, 2, 3]]
+    model, splits = warm.model, warm.splits
+    small = DatasetSplits("digits", splits.x_train[:200], splits.y_train[:200], splits.x_test[:120], splits.y_test[:120], splits.num_classes)
+    plain = lambda obs: torch.zeros(obs.shape[0], dtype=torch.long)  # noqa: E731
+    result = compare_to_baselines(model, small, plain, reward=RewardConfig(lam=0.005), max_steps=6, observation=DEFAULT_OBSERVATION,
+                                  ceiling_train_limit=100)
+    fixed = result["fixed_paths"]
+    assert list(fixed) == ["NOP", "L1", "L2", "L3", "L1,L2", "L1,L3", "L2,L3", "L1,L2,L3"]
+    # the plain policy is the fixed NOP path, and every layer is the reference
+    assert result["agent"]["accuracy"] == fixed["NOP"]["accuracy"]
+    assert result["agent"]["compute_fraction"] == pytest.approx(fixed["NOP"]["compute_fraction"])
+    assert fixed["L1,L2,L3"]["compute_fraction"] == pytest.approx(1.0) and result["fpi_all_accuracy"] == fixed["L1,L2,L3"]["accuracy"]
+    cheapest = result["cheapest_fixed_path_at_fpi_all_accuracy"]
+    assert fixed[cheapest["path"]]["accuracy"] >= result["fpi_all_accuracy"] - 0.005
+    assert all(p["compute_fraction"] >= cheapest["compute_fraction"] for p in fixed.values() if p["accuracy"] >= result["fpi_all_accuracy"] - 0.005)
+    # the oracle is at least as accurate as anything else, at no more compute than FPI everywhere
+    assert result["oracle"]["accuracy"] >= max(p["accuracy"] for p in fixed.values())
+    assert len(result["confidence_curve"]) > 5 and len(result["residual_curve"]) > 5
+    assert result["ceiling"]["demonstrations"] >= 100
+    headroom = result["headroom"]
+    ceiling = result["ceiling"]["report"]
+    if ceiling["accuracy"] >= result["fpi_all_accuracy"] - 0.005:
+        assert headroom == pytest.approx(cheapest["compute_fraction"] / ceiling["compute_fraction"])
+    else:
+        assert headroom is None
+    targets = result["targets"]
+    assert targets["compute_at_most_0.6_of_cheapest_fixed_path"] == (result["agent"]["compute_fraction"] <= 0.6 * cheapest["compute_fraction"])
+    assert targets["all"] == all(v for k, v in targets.items() if k != "all")
+    text = comparison_table(result)
+    assert "learnable ceiling" in text and "headroom" in text and "fixed L2,L3" in text

@@ -1,0 +1,127 @@
+"""An agent against everything that needs no learning, on the same frozen main model.
+
+Issue 9's yardsticks, each evaluated with the same engine, cost model and test split as the agent:
+
+* every fixed path (each increasing sequence of layers, "NOP" to "L1,L2,L3");
+* the exit rules of :mod:`dynalay_env.baselines` swept over tau (confidence; residual);
+* the oracle (the cheapest sequence that answers each test sample, knowing its label);
+* the learnable ceiling (:mod:`agents.imitation`): the oracle imitated from the agent's own
+  observation, train split in, test split out.
+
+From these, :func:`compare_to_baselines` derives the *headroom* of the task on this model (the
+compute of the cheapest fixed path that reaches FPI-on-every-layer's accuracy minus 0.5 points,
+over the ceiling's compute) and checks the agent against issue 9's targets. The reference accuracy
+is FPI on every layer *of the same co-trained model* (Model 3's path), so that every number in the
+comparison comes from one network.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from dynalay_env import RewardConfig, evaluate_policy, oracle, sequence_name
+from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, sweep
+from main_models import DatasetSplits, FPINetwork
+
+from .imitation import learnable_ceiling
+
+TOLERANCE = 0.005
+"""Half a point: 'reaches Model 3's accuracy' means within this of FPI on every layer."""
+EXIT_RULE_OBSERVATION = ("activations", "lam", "progress", "confidence", "residuals")
+"""What the exit rules read (they need only confidence, progress and residuals)."""
+
+
+def increasing_paths(num_layers: int) -> list[list[int]]:
+    """Every fixed path that iterates each layer at most once, bottom up: [], [1], [2], [1, 2], ..."""
+    layers = range(1, num_layers + 1)
+    return [list(c) for k in range(num_layers + 1) for c in itertools.combinations(layers, k)]
+
+
+def _point(report) -> dict[str, float]:
+    return {"accuracy": report.accuracy, "compute_fraction": report.compute_fraction,
+            "per_difficulty": {str(k): v for k, v in report.per_difficulty.items()}}
+
+
+def compare_to_baselines(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    policy: Callable[[Tensor], Tensor],
+    *,
+    reward: RewardConfig,
+    max_steps: int,
+    observation: Sequence[str],
+    device: str | torch.device = "cpu",
+    ceiling_train_limit: int | None = 4000,
+    ceiling_min_confidence: float = 0.9,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The agent (``policy``, reading ``observation``) and every baseline at ``reward.lam``, with
+    the derived headroom and target checks (see the module docstring)."""
+    agent = evaluate_policy(model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device,
+                            timing_repeats=1)
+    fixed = {}
+    for path in increasing_paths(model.num_layers):
+        report = evaluate_policy(model, splits, path, reward=reward, max_steps=max_steps, observation=observation, device=device,
+                                 timing_repeats=1)
+        fixed[sequence_name(path)] = _point(report)
+    confidence = sweep("confidence", model, splits, max_steps=max_steps, observation=EXIT_RULE_OBSERVATION, reward=reward, device=device)
+    residual = sweep("residual", model, splits, max_steps=max_steps, observation=EXIT_RULE_OBSERVATION, reward=reward, device=device)
+    best = oracle(model, splits, max_steps=max_steps, device=device)
+    ceiling = learnable_ceiling(model, splits, max_steps=max_steps, observation=observation, reward=reward,
+                                min_confidence=ceiling_min_confidence, train_limit=ceiling_train_limit, seed=seed)
+
+    reference = fixed[sequence_name(range(1, model.num_layers + 1))]["accuracy"]
+    goal = reference - TOLERANCE
+    reaching = {name: p["compute_fraction"] for name, p in fixed.items() if p["accuracy"] >= goal}
+    cheapest_name = min(reaching, key=reaching.get)
+    cheapest = reaching[cheapest_name]
+    ceil = ceiling.report
+    headroom = cheapest / ceil.compute_fraction if ceil.accuracy >= goal else None
+    conf_at_agent = accuracy_at_compute(confidence, agent.compute_fraction)
+    targets = {
+        "accuracy_within_0.5_points_of_fpi_all": agent.accuracy >= goal,
+        "compute_at_most_0.6_of_cheapest_fixed_path": agent.compute_fraction <= 0.6 * cheapest,
+        "compute_at_most_1.25_of_ceiling": agent.compute_fraction <= 1.25 * ceil.compute_fraction,
+        "above_confidence_curve": bool(agent.accuracy > conf_at_agent) if conf_at_agent == conf_at_agent else True,
+    }
+    targets["all"] = all(targets.values())
+    return {
+        "lam": reward.lam,
+        "agent": {**agent.as_dict()},
+        "fixed_paths": fixed,
+        "fpi_all_accuracy": reference,
+        "cheapest_fixed_path_at_fpi_all_accuracy": {"path": cheapest_name, "compute_fraction": cheapest},
+        "confidence_curve": confidence,
+        "confidence_compute_at_fpi_all_accuracy": compute_at_accuracy(confidence, goal),
+        "confidence_accuracy_at_agent_compute": conf_at_agent,
+        "residual_curve": residual,
+        "oracle": best.as_dict(),
+        "ceiling": {"report": ceil.as_dict(), "demonstrations": ceiling.demonstrations, "train_action_accuracy": ceiling.train_action_accuracy,
+                    "min_confidence": ceiling_min_confidence, "train_limit": ceiling_train_limit},
+        "headroom": headroom,
+        "agent_gap_to_ceiling": {"accuracy": agent.accuracy - ceil.accuracy, "compute_fraction": agent.compute_fraction - ceil.compute_fraction},
+        "agent_gap_to_oracle": {"accuracy": agent.accuracy - best.accuracy, "compute_fraction": agent.compute_fraction - best.compute_fraction},
+        "targets": targets,
+    }
+
+
+def comparison_table(result: dict[str, Any]) -> str:
+    """The comparison as aligned text lines."""
+    rows = [("agent", result["agent"]["accuracy"], result["agent"]["compute_fraction"])]
+    rows += [(f"fixed {name}", p["accuracy"], p["compute_fraction"]) for name, p in result["fixed_paths"].items()]
+    rows += [(f"confidence tau {p['tau']:g}", p["accuracy"], p["compute_fraction"]) for p in result["confidence_curve"]]
+    rows += [(f"residual tau {p['tau']:g}", p["accuracy"], p["compute_fraction"]) for p in result["residual_curve"]]
+    rows += [("learnable ceiling", result["ceiling"]["report"]["accuracy"], result["ceiling"]["report"]["compute_fraction"]),
+             ("oracle (knows the label)", result["oracle"]["accuracy"], result["oracle"]["compute_fraction"])]
+    lines = [f"at lambda {result['lam']:g}: {'method':>24} | accuracy | compute (fraction of FPI on every layer)"]
+    lines += [f"{'':>{len(str(result['lam'])) + 14}}{name:>24} | {acc:.4f}   | {comp:.3f}" for name, acc, comp in rows]
+    cheapest = result["cheapest_fixed_path_at_fpi_all_accuracy"]
+    headroom = "n/a (the ceiling misses that accuracy)" if result["headroom"] is None else f"{result['headroom']:.2f}"
+    lines.append(f"cheapest fixed path within 0.5 points of FPI on every layer ({result['fpi_all_accuracy']:.4f}): "
+                 f"{cheapest['path']} at {cheapest['compute_fraction']:.3f}; headroom {headroom}")
+    lines.append("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["targets"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+"""Does a per-input decision pay? Issue 9's benchmark: agents against every baseline that needs no
+learning, on the same co-trained main model, and one lambda-conditioned agent across the trade-off.
+
+For each task and seed it trains, with train.py and one shared warm-up:
+
+* PPO at the task's lambda, compared (agents/compare.py) with every fixed path, the confidence and
+  residual exit rules swept over tau, the oracle and the learnable ceiling; from those the task's
+  headroom and the target checks;
+* PPO at a second lambda (to check the lambda-conditioned agent against, at two lambdas);
+* one PPO agent trained with lambda drawn log-uniformly per episode, evaluated at each lambda of
+  the task's grid (paper Fig. 5b).
+
+Writes ``introspection.json`` (every seed, then the mean +- std summary and the targets), after each
+seed, and the figures ``lambda_sweep.png`` and ``pareto_<task>.png`` into ``--out-dir``.
+
+    python benchmarks/introspection.py --tasks grid-lookup --seeds 0 1 2 --out-dir runs/introspection
+    python benchmarks/introspection.py --quick                  # CPU smoke size (tests use it)
+    python benchmarks/introspection.py --merge runs/a/introspection.json runs/b/introspection.json --out-dir runs/i
+
+It prints the summary as Markdown tables (``--json``: the whole result as one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents import train
+from agents.evaluate import evaluate_run
+from main_models import write_json
+
+
+@dataclass
+class TaskPlan:
+    dataset: str
+    lam: float
+    """The fixed-lambda agent's lambda (the one compared with every baseline)."""
+    second_lam: float
+    """A second fixed-lambda agent, to check the lambda-conditioned agent at two lambdas."""
+    lam_range: tuple[float, float]
+    """The lambda-conditioned agent's training range (log-uniform)."""
+    lam_grid: list[float]
+    """Where the lambda-conditioned agent is evaluated (both fixed lambdas among them)."""
+    budget: int = 40_000
+    flags: list[str] = field(default_factory=list)
+    """More train.py flags for every agent of the task (warm-up, alternatives, ...)."""
+    ceiling_train_limit: int = 4000
+
+
+LAM_GRID = [0.001, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0]
+TASKS: dict[str, TaskPlan] = {
+    # The canonical demo: which layer helps depends on the question in the corner (main_models/data/grid_lookup.py).
+    # Warm-up paths stop early with probability 0.3 per step so that short paths (the plain one
+    # included) are trained as well as the full one, and every update also trains the plain path.
+    "grid-lookup": TaskPlan("grid-lookup", lam=0.05, second_lam=0.01, lam_range=(0.001, 1.0), lam_grid=LAM_GRID,
+                            flags=["--warmup-stop-prob", "0.3", "--train-alternatives", "plain"]),
+    "digits": TaskPlan("digits", lam=0.005, second_lam=0.05, lam_range=(0.001, 1.0), lam_grid=LAM_GRID),
+    "parity": TaskPlan("parity", lam=0.05, second_lam=0.01, lam_range=(0.001, 1.0), lam_grid=LAM_GRID, ceiling_train_limit=1000,
+                       flags=["--train-alternatives", "plain"]),
+    "digits-graded": TaskPlan("digits-graded", lam=0.05, second_lam=0.01, lam_range=(0.001, 1.0), lam_grid=LAM_GRID,
+                              flags=["--train-alternatives", "plain"]),
+}
+QUICK = dict(budget=512, flags=["--pretrain-epochs", "1", "--n-steps", "32", "--batch-size", "64"], ceiling_train_limit=64)
+
+
+def _train(plan: TaskPlan, seed: int, run_dir: Path, *, lam: float, lam_range: tuple[float, float] | None = None) -> dict:
+    argv = ["--algo", "ppo", "--dataset", plan.dataset, "--seed", str(seed), "--total-timesteps", str(plan.budget),
+            "--lam", str(lam), "--logdir", str(run_dir.parent), "--run-name", run_dir.name, "--no-progress", "--overwrite",
+            "--checkpoint-freq", "0", "--warmup-cache", str(run_dir.parent / "warmup"), *plan.flags]
+    if lam_range is not None:
+        argv += ["--lam-range", f"{lam_range[0]},{lam_range[1]}", "--lam-dist", "log-uniform"]
+    return train.main(argv)
+
+
+def _brief(report: dict) -> dict:
+    keep = ("lam", "accuracy", "compute_fraction", "fpi_all_accuracy", "action_frequency", "per_difficulty", "sequences_per_level",
+            "actions_per_step")
+    return {k: report[k] for k in keep}
+
+
+def run_seed(plan: TaskPlan, seed: int, out_dir: Path) -> dict:
+    start = time.perf_counter()
+    runs = {"fixed": out_dir / f"{plan.dataset}-lam{plan.lam:g}-s{seed}", "second": out_dir / f"{plan.dataset}-lam{plan.second_lam:g}-s{seed}",
+            "lambda": out_dir / f"{plan.dataset}-lambda-s{seed}"}
+    trained = _train(plan, seed, runs["fixed"], lam=plan.lam)
+    main = evaluate_run(runs["fixed"], [plan.lam], device="cpu", figures=True, timing_repeats=1, baselines=True,
+                        ceiling_train_limit=plan.ceiling_train_limit)
+    _train(plan, seed, runs["second"], lam=plan.second_lam)
+    second = evaluate_run(runs["second"], [plan.second_lam], device="cpu", figures=False, timing_repeats=1)["results"][0]
+    _train(plan, seed, runs["lambda"], lam=plan.lam_range[0], lam_range=plan.lam_range)
+    sweep = evaluate_run(runs["lambda"], plan.lam_grid, device="cpu", figures=True, timing_repeats=1)["results"]
+    return {
+        "dataset": plan.dataset, "seed": seed, "plan": asdict(plan), "train_seconds": trained["train_seconds"],
+        "comparison": main["comparison"][0],
+        "fixed_lambda_agents": {f"{plan.lam:g}": _brief(main["results"][0]), f"{plan.second_lam:g}": _brief(second)},
+        "lambda_agent": [_brief(r) for r in sweep],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    return {"mean": float(np.nanmean(arr)) if np.isfinite(arr).any() else None,
+            "std": float(np.nanstd(arr, ddof=1)) if np.isfinite(arr).sum() > 1 else 0.0, "n": int(np.isfinite(arr).sum())}
+
+
+def summarise(entries: list[dict]) -> dict[str, Any]:
+    """Mean +- std over seeds per task, and the targets checked on the means."""
+    out: dict[str, Any] = {}
+    for dataset in sorted({e["dataset"] for e in entries}):
+        rows = [e for e in entries if e["dataset"] == dataset]
+        plans = [r["plan"] for r in rows]
+        if any(p != plans[0] for p in plans):
+            raise SystemExit(f"error: the {dataset} seeds ran with different plans, refusing to average them")
+        plan = plans[0]
+        comp = [r["comparison"] for r in rows]
+        t: dict[str, Any] = {"seeds": [r["seed"] for r in rows], "plan": plan}
+        t["agent"] = {k: _ms([c["agent"][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
+        t["fpi_all_accuracy"] = _ms([c["fpi_all_accuracy"] for c in comp])
+        t["fixed_paths"] = {name: {k: _ms([c["fixed_paths"][name][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
+                            for name in comp[0]["fixed_paths"]}
+        t["cheapest_fixed_path"] = {"compute_fraction": _ms([c["cheapest_fixed_path_at_fpi_all_accuracy"]["compute_fraction"] for c in comp]),
+                                    "paths": [c["cheapest_fixed_path_at_fpi_all_accuracy"]["path"] for c in comp]}
+        t["ceiling"] = {k: _ms([c["ceiling"]["report"][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
+        t["oracle"] = {k: _ms([c["oracle"][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
+        t["headroom"] = _ms([c["headroom"] for c in comp])
+        t["confidence_accuracy_at_agent_compute"] = _ms([c["confidence_accuracy_at_agent_compute"] for c in comp])
+        t["confidence_curve"] = [{"tau": p["tau"], **{k: _ms([c["confidence_curve"][i][k] for c in comp]) for k in ("accuracy", "compute_fraction")}}
+                                 for i, p in enumerate(comp[0]["confidence_curve"])]
+        t["residual_curve"] = [{"tau": p["tau"], **{k: _ms([c["residual_curve"][i][k] for c in comp]) for k in ("accuracy", "compute_fraction")}}
+                               for i, p in enumerate(comp[0]["residual_curve"])]
+        t["agent_level_compute"] = {lv: _ms([c["agent"]["per_difficulty"][lv]["compute"] for c in comp])
+                                    for lv in comp[0]["agent"]["per_difficulty"]}
+        t["per_seed_targets"] = [c["targets"] for c in comp]
+        t["fixed_lambda_agents"] = {lam: {k: _ms([r["fixed_lambda_agents"][lam][k] for r in rows]) for k in ("accuracy", "compute_fraction")}
+                                    for lam in rows[0]["fixed_lambda_agents"]}
+        t["lambda_agent"] = [{"lam": p["lam"], **{k: _ms([r["lambda_agent"][i][k] for r in rows]) for k in ("accuracy", "compute_fraction")}}
+                             for i, p in enumerate(rows[0]["lambda_agent"])]
+        t["targets"] = _targets(dataset, t)
+        out[dataset] = t
+    return out
+
+
+def _targets(dataset: str, t: dict) -> dict[str, Any]:
+    """Issue 9's targets, on the means over seeds."""
+    acc, comp = t["agent"]["accuracy"]["mean"], t["agent"]["compute_fraction"]["mean"]
+    targets: dict[str, Any] = {}
+    if dataset == "grid-lookup":
+        ceiling = t["ceiling"]["compute_fraction"]["mean"]
+        conf = t["confidence_accuracy_at_agent_compute"]["mean"]
+        targets["accuracy_within_0.5_points_of_fpi_all"] = acc >= t["fpi_all_accuracy"]["mean"] - 0.005
+        targets["compute_at_most_0.6_of_cheapest_fixed_path"] = comp <= 0.6 * t["cheapest_fixed_path"]["compute_fraction"]["mean"]
+        targets["compute_at_most_1.25_of_ceiling"] = comp <= 1.25 * ceiling
+        targets["above_confidence_curve"] = True if conf is None else acc > conf
+        targets["headroom_at_least_2"] = (t["headroom"]["mean"] or 0) >= 2
+    elif dataset == "parity":
+        targets["accuracy_1.000_at_compute_at_most_0.41"] = acc >= 0.9995 and comp <= 0.41
+    elif dataset == "digits-graded":
+        plain = t["fixed_paths"]["NOP"]["accuracy"]["mean"]
+        targets["within_0.5_points_of_plain_at_compute_at_most_0.25"] = acc >= plain - 0.005 and comp <= 0.25
+    sweep = t["lambda_agent"]
+    computes = [p["compute_fraction"]["mean"] for p in sweep]
+    targets["lambda_agent_compute_never_rises"] = all(b <= a + 1e-9 for a, b in zip(computes, computes[1:]))
+    targets["lambda_agent_compute_span"] = computes[0] / computes[-1] if computes and computes[-1] > 0 else None
+    targets["lambda_agent_span_at_least_3x"] = bool(targets["lambda_agent_compute_span"] and targets["lambda_agent_compute_span"] >= 3)
+    within = {}
+    for lam, fixed in t["fixed_lambda_agents"].items():
+        match = [p for p in sweep if f"{p['lam']:g}" == lam]
+        if match:
+            within[lam] = abs(match[0]["accuracy"]["mean"] - fixed["accuracy"]["mean"]) <= 0.01
+    targets["lambda_agent_within_1_point_of_fixed_agents"] = within
+    targets["lambda_agent_within_1_point_at_2_lambdas"] = sum(within.values()) >= 2
+    return targets
+
+
+def lambda_sweep_figure(summary: dict, path: Path) -> None:
+    """Paper Fig. 5b: the lambda-conditioned agent's compute and accuracy against lambda, one panel
+    per task, with the agents trained at one lambda marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), dpi=130, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = summary[task]
+        lams = [p["lam"] for p in t["lambda_agent"]]
+        comp = np.array([p["compute_fraction"]["mean"] for p in t["lambda_agent"]])
+        comp_sd = np.array([p["compute_fraction"]["std"] for p in t["lambda_agent"]])
+        acc = np.array([p["accuracy"]["mean"] for p in t["lambda_agent"]])
+        ax.errorbar(lams, comp, yerr=comp_sd, fmt="o-", color="#1f77b4", capsize=2, label="compute, one agent across λ")
+        for lam, fixed in t["fixed_lambda_agents"].items():
+            ax.plot(float(lam), fixed["compute_fraction"]["mean"], "s", color="#ff7f0e", label=f"compute, agent trained at λ={lam}")
+        ax.set_xscale("log")
+        ax.set_xlabel("λ")
+        ax.set_ylabel("compute (fraction of FPI on every layer)")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(lams, acc, "^--", color="#2ca02c", label="accuracy")
+        twin.set_ylabel("test accuracy")
+        n = len(t["seeds"])
+        ax.set_title(f"{task} ({n} seed{'s' if n > 1 else ''})")
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=6.5, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pareto_figure(task: str, t: dict, path: Path) -> None:
+    """Accuracy against compute: the agent, every fixed path, both exit-rule curves, the learnable
+    ceiling and the oracle (means over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.2), dpi=130)
+    for name, p in t["fixed_paths"].items():
+        ax.plot(p["compute_fraction"]["mean"], p["accuracy"]["mean"], "s", color="#777777")
+        ax.annotate(name, (p["compute_fraction"]["mean"], p["accuracy"]["mean"]), textcoords="offset points", xytext=(3, -9), fontsize=6)
+    for key, style, label in (("confidence_curve", "o-", "confidence threshold (τ sweep)"), ("residual_curve", "v-", "residual threshold (τ sweep)")):
+        pts = sorted((p["compute_fraction"]["mean"], p["accuracy"]["mean"]) for p in t[key])
+        ax.plot([c for c, _ in pts], [a for _, a in pts], style, markersize=3, alpha=0.7, label=label)
+    ax.plot(t["ceiling"]["compute_fraction"]["mean"], t["ceiling"]["accuracy"]["mean"], "D", color="#9467bd", label="learnable ceiling (imitation)")
+    ax.plot(t["oracle"]["compute_fraction"]["mean"], t["oracle"]["accuracy"]["mean"], "*", markersize=11, color="#d62728", label="oracle (knows the label)")
+    ax.errorbar(t["agent"]["compute_fraction"]["mean"], t["agent"]["accuracy"]["mean"], xerr=t["agent"]["compute_fraction"]["std"],
+                yerr=t["agent"]["accuracy"]["std"], fmt="o", color="black", capsize=2, label=f"PPO at λ={t['plan']['lam']:g}")
+    ax.set_xlabel("compute (fraction of FPI on every layer)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{task}: agent against every baseline ({len(t['seeds'])} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pm(stat: dict, digits: int = 3) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for task, t in summary.items():
+        lines += [f"#### {task} (seeds {', '.join(map(str, t['seeds']))}; PPO at λ = {t['plan']['lam']:g})", "",
+                  "| method | test accuracy | compute (fraction of FPI on every layer) |", "|---|---|---|",
+                  f"| **PPO agent** | {_pm(t['agent']['accuracy'], 4)} | {_pm(t['agent']['compute_fraction'])} |"]
+        for name, p in t["fixed_paths"].items():
+            lines.append(f"| fixed path {name} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} |")
+        for p in t["confidence_curve"]:
+            lines.append(f"| confidence τ = {p['tau']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} |")
+        lines += [f"| learnable ceiling | {_pm(t['ceiling']['accuracy'], 4)} | {_pm(t['ceiling']['compute_fraction'])} |",
+                  f"| oracle (knows the label) | {_pm(t['oracle']['accuracy'], 4)} | {_pm(t['oracle']['compute_fraction'])} |", "",
+                  f"Headroom (cheapest fixed path within 0.5 points of FPI on every layer, over the ceiling's compute): {_pm(t['headroom'], 2)}; "
+                  f"cheapest paths per seed: {', '.join(t['cheapest_fixed_path']['paths'])}. "
+                  f"Confidence rule's accuracy at the agent's compute: {_pm(t['confidence_accuracy_at_agent_compute'], 4)}.", "",
+                  "| λ | one agent across λ: accuracy | its compute | agent trained at this λ: accuracy | its compute |", "|---|---|---|---|---|"]
+        for p in t["lambda_agent"]:
+            fixed = t["fixed_lambda_agents"].get(f"{p['lam']:g}")
+            extra = f"{_pm(fixed['accuracy'], 4)} | {_pm(fixed['compute_fraction'])}" if fixed else " | "
+            lines.append(f"| {p['lam']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} | {extra} |")
+        lines += ["", "Targets: " + "; ".join(f"{k}: {v if not isinstance(v, float) else round(v, 2)}" for k, v in t["targets"].items()), ""]
+    return "\n".join(lines)
+
+
+def _write(result: dict, out_dir: Path) -> None:
+    write_json(out_dir / "introspection.json", result)
+    lambda_sweep_figure(result["summary"], out_dir / "lambda_sweep.png")
+    for task, t in result["summary"].items():
+        pareto_figure(task, t, out_dir / f"pareto_{task}.png")
+
+
+def _load(paths: list[Path]) -> list[dict]:
+    entries, seen = [], set()
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"error: cannot read {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("benchmark") != "introspection":
+            raise SystemExit(f"error: {path} is not an introspection result")
+        for entry in data["per_seed"]:
+            key = (entry["dataset"], entry["seed"])
+            if key in seen:
+                raise SystemExit(f"error: {key[0]} seed {key[1]} appears twice (again in {path})")
+            seen.add(key)
+            entries.append(entry)
+    return entries
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["grid-lookup", "digits"], help="tasks to run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, help="override every agent's environment-step budget")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets and 1 warm-up epoch (a smoke test, not a measurement)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="summarise earlier result files instead of running")
+    parser.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/introspection"))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        entries = _load(args.merge)
+        result = {"benchmark": "introspection", "merged_from": [str(p) for p in args.merge], "summary": summarise(entries), "per_seed": entries}
+        _write(result, args.out_dir)
+    else:
+        entries = []
+        start = time.perf_counter()
+        for task in args.tasks:
+            plan = TASKS[task]
+            if args.quick:
+                plan = replace(plan, **QUICK)
+            if args.budget is not None:
+                plan = replace(plan, budget=args.budget)
+            for seed in args.seeds:
+                entries.append(run_seed(plan, seed, args.out_dir))
+                result = {"benchmark": "introspection", "seconds": time.perf_counter() - start, "summary": summarise(entries),
+                          "per_seed": entries}
+                _write(result, args.out_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(markdown(result["summary"]))
+        print(f"results: {args.out_dir / 'introspection.json'}, figures: {args.out_dir / 'lambda_sweep.png'}, "
+              + ", ".join(str(args.out_dir / f"pareto_{task}.png") for task in result["summary"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
