@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, model init and shuffling")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); the small models here run fastest on 1")
-    parser.add_argument("--out", default=None, help="write the result as JSON to this file")
+    parser.add_argument("--out", default=None, help="write the result as JSON to this file (an existing file is refused)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     parser.add_argument("--oracle", nargs="+", default=None, metavar="RUN.json", help="combine saved runs into the oracle instead of training")
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        parser.exit(2, f"error: {args.out} exists; choose another --out or pass --overwrite to replace it\n")
     if args.oracle is not None:
         if args.fpi_layers is not None:
             parser.error("--oracle combines saved runs; it does not train, so it takes no --fpi-layers")

@@ -160,3 +160,13 @@ def test_introspection_quick(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0 and "appears twice" in proc.stderr
+
+
+def test_observation_ablation_quick():
+    out = _run("observation_ablation")
+    assert out["benchmark"] == "observation_ablation" and out["dataset"] == "digits"
+    rows = {r["variant"]: r for r in out["rows"]}
+    assert len(rows) == 7 and rows["everything"]["observation"][-3:] == ["margin", "iterated", "residuals"]
+    assert "activations" not in rows["without activations"]["observation"]
+    for r in rows.values():
+        assert 0 <= r["accuracy"] <= 1 and r["compute_fraction"] > 0 and r["demonstrations"] >= 200

@@ -345,6 +345,11 @@ def test_train_baseline_writes_accuracy_compute_levels_and_per_sample_results(tm
     assert 1.0 <= oracle["oracle_compute"] <= full["compute"]
     assert sum(oracle["choice_frequency"].values()) == pytest.approx(1.0)
     assert json.loads((tmp_path / "oracle.json").read_text())["oracle_accuracy"] == oracle["oracle_accuracy"]
+    # a result file is never overwritten by accident
+    before = (tmp_path / "m3.json").read_text()
+    with pytest.raises(SystemExit) as exc:
+        train_baseline.main(_baseline_args(tmp_path, "1", "m3.json"))
+    assert exc.value.code == 2 and "exists" in capsys.readouterr().err and (tmp_path / "m3.json").read_text() == before
 
 
 def test_train_baseline_refuses_bad_flags(tmp_path, capsys):
