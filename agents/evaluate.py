@@ -28,9 +28,8 @@ from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.compare import compare_to_baselines, comparison_table
 from agents.metrics import decisions_figure, layer_selection_figure, tradeoff_figure
 from agents.settings import ResolvedSettings, settings_from_json
-from agents.train import set_threads
 from dynalay_env import DynaLayEngine, build_engine, evaluate_policy
-from main_models import resolve_device
+from main_models import add_runtime_flags, resolve_device, set_threads
 
 
 @dataclass
@@ -169,9 +168,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("run_dir", type=Path, help="a run directory under runs/")
     parser.add_argument("--lam", type=float, nargs="+", help="lambda values to evaluate at (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    add_runtime_flags(parser)
     parser.add_argument("--baselines", action="store_true",
                         help="also evaluate every fixed path, the confidence and residual exit rules, the oracle and the learnable "
                              "ceiling on the same main model, with the headroom and issue 9's target checks")
@@ -179,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="with --baselines: train samples the learnable ceiling imitates the oracle on")
     parser.add_argument("--timing-repeats", type=int, default=3, help="timed rollouts per policy; wall times are their median")
     args = parser.parse_args(argv)
-    set_threads(args.threads)
     try:
+        set_threads(args.threads)
         out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats,
                            baselines=args.baselines, ceiling_train_limit=args.ceiling_train_limit)
     except (CheckpointError, ValueError) as err:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dynalay_env import action_names, build_engine
-from main_models import resolve_device, write_json
+from main_models import resolve_device, set_threads, write_json
 
 from agents.algorithms import ALGORITHMS, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
@@ -30,21 +30,14 @@ from agents.run import RunDirectory, TrainingRun, warm_up
 from agents.settings import resolve
 
 
-def set_threads(threads: int) -> None:
-    """Intra-op threads cost more than they give on these small tensors, and oversubscribe badly
-    when anything else shares the cores (measured: a warm-up epoch 9.5 s with 2 threads next to
-    one busy process, 2.0 s with 1)."""
-    if threads < 0:
-        raise SystemExit(f"error: --threads must be >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None) -> dict:
     # 1. settings: defaults < resumed config < YAML < flags
     settings = resolve(argv, ALGORITHMS, forced, description=__doc__.splitlines()[0])
     run, env = settings.run, settings.env
-    set_threads(run.threads)
+    try:
+        set_threads(run.threads)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     if run.total_timesteps < 1 or run.num_envs < 1:
         raise SystemExit("error: --total-timesteps and --num-envs must be >= 1")
     try:

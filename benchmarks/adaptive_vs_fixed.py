@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from agents import train
 from agents.evaluate import evaluate_run, load_run
 from dynalay_env import oracle
-from main_models import DatasetSplits, fixed_path_oracle, run_baseline, write_json
+from main_models import DatasetSplits, add_runtime_flags, fixed_path_oracle, run_baseline, set_threads, write_json
 
 SETTINGS = ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")
 """The plan fields recorded with each seed; seeds are only averaged when these agree."""
@@ -366,10 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="with --merge: re-measure each agent's wall time from its saved run (checks accuracy and compute reproduce)")
     parser.add_argument("--timing-repeats", type=int, default=5, help="with --retime: timed rollouts per policy (median)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.retime and not args.merge:
         raise SystemExit("error: --retime works on result files given with --merge")

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from main_models import ContractiveTanhBlock, FPILayer
+from main_models import ContractiveTanhBlock, FPILayer, add_runtime_flags, set_threads
 
 
 class SavedBytes:
@@ -133,15 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="small batch, 10 and 30 iterations")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    add_runtime_flags(parser)
     parser.add_argument("--keep-denormals", action="store_true",
                         help="do not flush denormal floats on CPU (unrolled backward through 100 tanh iterations "
                              "then runs ~17x slower on denormal arithmetic, measured 1505 ms vs 89 ms)")
     args = parser.parse_args(argv)
     flushed = torch.set_flush_denormal(not args.keep_denormals)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     if args.quick:
         result = run([10, 30], batch=32, dim=64, device=device, repeats=2)

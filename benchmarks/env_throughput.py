@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import dynalay_env  # noqa: F401  (registers DynaLay-v0)
+from main_models import add_runtime_flags, set_threads
 
 
 def _time_steps(env: gym.vector.VectorEnv, min_steps: int, min_seconds: float, seed: int) -> tuple[float, int]:
@@ -81,10 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="N = 1 and 64, short timing")
     parser.add_argument("--cotrain", action="store_true", help="include the main model's co-training updates")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.device != "all":
         if args.device == "cuda" and not torch.cuda.is_available():

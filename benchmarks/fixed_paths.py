@@ -21,9 +21,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
-from main_models import MAIN_MODELS, fixed_path_oracle, parse_fpi_layers, run_baseline, write_json
+from main_models import MAIN_MODELS, add_runtime_flags, fixed_path_oracle, parse_fpi_layers, run_baseline, set_threads, write_json
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -74,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="minibatch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, model init and shuffling")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); the small models here run fastest on 1")
+    add_runtime_flags(parser, device="cpu")
     parser.add_argument("--out", default=None, help="write the result as JSON to this file (an existing file is refused)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
@@ -102,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error("--fpi-layers is required: '' (Model 0), '1', '1,2' or '1,2,3'")
         if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.threads < 0:
             parser.error("--epochs and --batch-size must be >= 1, --lr > 0 and --threads >= 0")
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        set_threads(args.threads)
         try:
             parse_fpi_layers(args.fpi_layers)
             options = dict(parse_option(o) for o in args.data_option)

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from agents import train
 from agents.evaluate import evaluate_run
-from main_models import write_json
+from main_models import add_runtime_flags, set_threads, write_json
 
 
 @dataclass
@@ -309,9 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="summarise earlier result files instead of running")
     parser.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/introspection"))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.merge:
         entries = _load(args.merge)

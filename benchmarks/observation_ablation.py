@@ -18,12 +18,11 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from agents.evaluate import load_run
 from agents.imitation import learnable_ceiling
 from dynalay_env import DEFAULT_OBSERVATION, build_engine
-from main_models import write_json
+from main_models import add_runtime_flags, set_threads, write_json
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default (activations, lam, progress, confidence)": DEFAULT_OBSERVATION,
@@ -59,9 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=30, help="imitation epochs")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--threads", type=int, default=1)
+    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.quick:
         engine = build_engine(1, pretrain_epochs=1, progress=False, cotrain=False, seed=0, train_alternatives=("plain",))
         source, lam, train_limit, epochs, seed = "quick digits model", engine.reward.lam, 200, 5, 0

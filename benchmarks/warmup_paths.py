@@ -15,10 +15,9 @@ import argparse
 import json
 import time
 
-import torch
 
 from dynalay_env import build_engine, evaluate_policy
-from main_models import MainModelTrainer
+from main_models import MainModelTrainer, add_runtime_flags, set_threads
 
 PATHS = {"plain": [], "fpi_L1": [1], "fpi_L1_L2": [1, 2], "fpi_all": [1, 2, 3]}
 
@@ -45,10 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="2 epochs, p in 0 and 1")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     result = run(2, [0.0, 1.0], args.seed) if args.quick else run(20, [0.0, 0.3, 0.6, 1.0], args.seed)
     if args.json:
         print(json.dumps(result))

@@ -85,6 +85,30 @@ def lam_log_position(lam: Tensor | float) -> Tensor:
     return (torch.log10(lam + LAM_LOG_FLOOR) - torch.log10(torch.tensor(LAM_LOG_FLOOR))) / -torch.log10(torch.tensor(LAM_LOG_FLOOR))
 
 
+class _Column:
+    """A named column of an :class:`ObservationLayout`: ``offset`` from its feature group's start
+    (from its end when negative). Reading it raises KeyError when the layout lacks the group."""
+
+    def __init__(self, group: str, offset: int = 0) -> None:
+        self.group, self.offset = group, offset
+
+    def __get__(self, layout: "ObservationLayout | None", owner: type) -> Any:
+        if layout is None:
+            return self
+        span = layout.group(self.group)
+        return span.start + self.offset if self.offset >= 0 else span.stop + self.offset
+
+
+class _Span:
+    """A whole feature group of an :class:`ObservationLayout`, as a slice."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def __get__(self, layout: "ObservationLayout | None", owner: type) -> Any:
+        return self if layout is None else layout.group(self.group)
+
+
 @dataclass(frozen=True)
 class ObservationLayout:
     """Column slices of the flat float32 observation, for the feature groups it holds."""
@@ -119,51 +143,22 @@ class ObservationLayout:
     def size(self) -> int:
         return sum(self._widths()[g] for g in self.groups)
 
-    @property
-    def activations(self) -> slice:
-        return self.group("activations")
-
-    @property
-    def lam(self) -> int:
-        return self.group("lam").start
-
-    @property
-    def lam_log(self) -> int:
-        return self.group("lam").start + 1
-
-    @property
-    def step_fraction(self) -> int:
-        return self.group("progress").start
+    activations = _Span("activations")
+    lam = _Column("lam")
+    lam_log = _Column("lam", 1)
+    step_fraction = _Column("progress")
+    repeat_fraction = _Column("progress", -1)
+    confidence = _Column("confidence")
+    margin = _Column("margin")
+    entropy = _Column("margin", 1)
+    iterated = _Span("iterated")
+    residuals = _Span("residuals")
 
     @property
     def last_action(self) -> slice:
         """One-hot of the last FPI layer chosen (all zero before the first step)."""
         start = self.group("progress").start + 1
         return slice(start, start + self.num_layers)
-
-    @property
-    def repeat_fraction(self) -> int:
-        return self.group("progress").stop - 1
-
-    @property
-    def confidence(self) -> int:
-        return self.group("confidence").start
-
-    @property
-    def margin(self) -> int:
-        return self.group("margin").start
-
-    @property
-    def entropy(self) -> int:
-        return self.group("margin").start + 1
-
-    @property
-    def iterated(self) -> slice:
-        return self.group("iterated")
-
-    @property
-    def residuals(self) -> slice:
-        return self.group("residuals")
 
 
 @dataclass

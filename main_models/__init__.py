@@ -22,7 +22,7 @@ from .data import (
     load_wikitext2,
     split_indices,
 )
-from .device import resolve_device
+from .device import add_runtime_flags, resolve_device, set_threads
 from .grid import AxisLSTMBlock, build_grid_lstm_fpi_network
 from .fpi import GRAD_MODES, ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, fixed_point_solve
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .fpi import SolverSettings
-from .lstm import JacobiLSTMBlock
+from .lstm import JacobiLSTMBlock, LastStepHead
 from .network import FPINetwork, assemble_network
 
 Axis = Literal["row", "col"]
@@ -124,21 +124,6 @@ class AxisLSTMBlock(nn.Module):
         return h * w * per_position
 
 
-class CornerHead(nn.Module):
-    """Logits from h of the top layer at the bottom-right cell (H - 1, W - 1)."""
-
-    def __init__(self, hidden: int, num_classes: int) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.linear = nn.Linear(hidden, num_classes)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.linear(z[:, -1, -1, : self.hidden])
-
-    def flops_per_sample(self) -> int:
-        return 2 * self.hidden * self.linear.out_features + self.linear.out_features
-
-
 GRID_AXES: tuple[Axis, ...] = ("row", "col", "row")
 """Axis of layers 1, 2, 3: rows, then columns, then rows."""
 
@@ -156,9 +141,9 @@ def build_grid_lstm_fpi_network(
         raise ValueError(f"spatial must be positive, got {spatial}")
     stem = GridConvEmbedding(vocab_size, embed_dim)
     blocks = [AxisLSTMBlock(embed_dim if j == 0 else hidden, hidden, (h, w), axis) for j, axis in enumerate(axes)]
-    head = CornerHead(hidden, num_classes)
+    head = LastStepHead(hidden, num_classes, spatial_dims=2)
     return assemble_network(stem, blocks, head, solver=solver, default_max_iter=max(h, w) + 1,
                             stem_flops=stem.flops_per_sample((h, w)), head_flops=head.flops_per_sample(), summary_bins=summary_bins)
 
 
-__all__ = ["GRID_AXES", "AxisLSTMBlock", "CornerHead", "GridConvEmbedding", "build_grid_lstm_fpi_network"]
+__all__ = ["GRID_AXES", "AxisLSTMBlock", "GridConvEmbedding", "build_grid_lstm_fpi_network"]

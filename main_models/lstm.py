@@ -128,15 +128,17 @@ class JacobiLSTMBlock(nn.Module):
 
 
 class LastStepHead(nn.Module):
-    """Logits from h at the last position of the last layer (padding sits at the front)."""
+    """Logits from h of the last layer at its last position: the last step of a sequence (padding
+    sits at the front), or with ``spatial_dims=2`` the bottom-right cell of a grid."""
 
-    def __init__(self, hidden: int, num_classes: int) -> None:
+    def __init__(self, hidden: int, num_classes: int, *, spatial_dims: int = 1) -> None:
         super().__init__()
         self.hidden = hidden
+        self.last = (slice(None),) + (-1,) * spatial_dims
         self.linear = nn.Linear(hidden, num_classes)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.linear(z[:, -1, : self.hidden])
+        return self.linear(z[self.last][:, : self.hidden])
 
     def flops_per_sample(self) -> int:
         return 2 * self.hidden * self.linear.out_features + self.linear.out_features

@@ -49,6 +49,7 @@ MODEL_DATA = {
     "mlp": lambda: load_dataset("digits-graded"),
     "cnn": _images,
     "lstm": _parity,
+    "grid-lstm": lambda: load_dataset("grid-lookup", num_train=40, num_test=20),
 }
 
 
@@ -104,7 +105,7 @@ def test_each_model_trains_through_a_fixed_path(name):
 # ---- cost model --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "lstm"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lstm", "grid-lstm"])
 def test_declared_flops_match_counted_matmul_and_conv_flops(name):
     """torch's FlopCounterMode counts matmuls and convolutions; the declared FLOPs add only the
     elementwise work (bias, activations), a few percent at most."""
