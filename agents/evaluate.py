@@ -62,7 +62,8 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
 
 
 def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True,
-                 timing_repeats: int = 3, baselines: bool = False, ceiling_train_limit: int | None = 4000) -> dict:
+                 timing_repeats: int = 3, baselines: bool = False, ceiling_train_limit: int | None = 4000,
+                 baseline_test_limit: int | None = None) -> dict:
     loaded = load_run(run_dir, device)
     settings, engine = loaded.settings, loaded.engine
     lams = list(lams) if lams else [settings.env.lam]
@@ -88,7 +89,7 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
         out["comparison"] = [
             compare_to_baselines(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
                                  observation=engine.layout.groups, device=engine.device, ceiling_train_limit=ceiling_train_limit,
-                                 seed=settings.run.seed)
+                                 test_limit=baseline_test_limit, seed=settings.run.seed)
             for lam in lams
         ]
     if figures:
@@ -175,12 +176,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "ceiling on the same main model, with the headroom and issue 9's target checks")
     parser.add_argument("--ceiling-train-limit", type=int, default=4000,
                         help="with --baselines: train samples the learnable ceiling imitates the oracle on")
+    parser.add_argument("--baseline-test-limit", type=int,
+                        help="with --baselines: compare on the first N test samples (default: all)")
     parser.add_argument("--timing-repeats", type=int, default=3, help="timed rollouts per policy; wall times are their median")
     args = parser.parse_args(argv)
     try:
         set_threads(args.threads)
         out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats,
-                           baselines=args.baselines, ceiling_train_limit=args.ceiling_train_limit)
+                           baselines=args.baselines, ceiling_train_limit=args.ceiling_train_limit,
+                           baseline_test_limit=args.baseline_test_limit)
     except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(out) if args.json else _table(out))

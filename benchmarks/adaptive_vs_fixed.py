@@ -36,7 +36,7 @@ import numpy as np
 from agents import train
 from agents.evaluate import evaluate_run, load_run
 from dynalay_env import oracle
-from main_models import DatasetSplits, add_runtime_flags, fixed_path_oracle, run_baseline, set_threads, write_json
+from main_models import add_runtime_flags, fixed_path_oracle, run_baseline, set_threads, write_json
 
 SETTINGS = ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")
 """The plan fields recorded with each seed; seeds are only averaged when these agree."""
@@ -109,11 +109,7 @@ def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
     engine = load_run(run_dir, "cpu").engine
     model, splits = engine.model, engine.splits
     if limit is not None:
-        splits = DatasetSplits(
-            splits.name, splits.x_train[:1], splits.y_train[:1], splits.x_test[:limit], splits.y_test[:limit], splits.num_classes,
-            difficulty_train=None if splits.difficulty_train is None else splits.difficulty_train[:1],
-            difficulty_test=None if splits.difficulty_test is None else splits.difficulty_test[:limit],
-        )
+        splits = splits.head(1, limit)
     return oracle(model, splits, max_steps=engine.max_steps).as_dict()
 
 

@@ -120,6 +120,16 @@ class DatasetSplits:
     def input_kind(self) -> str:
         return str(self.meta["input_kind"])
 
+    def head(self, num_train: int | None = None, num_test: int | None = None) -> "DatasetSplits":
+        """The first ``num_train`` train and ``num_test`` test samples (None: all), e.g. to run an
+        expensive analysis on part of a split."""
+        tr, te = slice(0, num_train), slice(0, num_test)
+        return DatasetSplits(
+            self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te], self.num_classes, dict(self.meta),
+            None if self.difficulty_train is None else self.difficulty_train[tr],
+            None if self.difficulty_test is None else self.difficulty_test[te],
+        )
+
     def to(self, device: torch.device | str) -> "DatasetSplits":
         return DatasetSplits(
             self.name,
