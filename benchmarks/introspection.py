@@ -209,7 +209,10 @@ def lambda_sweep_figure(summary: dict, path: Path) -> None:
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
         twin = ax.twinx()
-        twin.plot(lams, acc, "^--", color="#2ca02c", label="accuracy")
+        twin.plot(lams, acc, "^--", color="#2ca02c", label="accuracy, one agent across λ")
+        for lam, fixed in t["fixed_lambda_agents"].items():
+            twin.plot(float(lam), fixed["accuracy"]["mean"], "D", color="#d62728", markersize=5,
+                      label=f"accuracy, agent trained at λ={lam}")
         twin.set_ylabel("test accuracy")
         n = len(t["seeds"])
         ax.set_title(f"{task} ({n} seed{'s' if n > 1 else ''})")
@@ -241,7 +244,8 @@ def pareto_figure(task: str, t: dict, path: Path) -> None:
                 yerr=t["agent"]["accuracy"]["std"], fmt="o", color="black", capsize=2, label=f"PPO at λ={t['plan']['lam']:g}")
     ax.set_xlabel("compute (fraction of FPI on every layer)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{task}: agent against every baseline ({len(t['seeds'])} seeds)")
+    n = len(t["seeds"])
+    ax.set_title(f"{task}: agent against every baseline ({n} seed{'s' if n > 1 else ''})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
@@ -261,7 +265,7 @@ def markdown(summary: dict) -> str:
         lines += [f"#### {task} (seeds {', '.join(map(str, t['seeds']))}; PPO at λ = {t['plan']['lam']:g})", "",
                   "| method | test accuracy | compute (fraction of FPI on every layer) |", "|---|---|---|",
                   f"| **PPO agent** | {_pm(t['agent']['accuracy'], 4)} | {_pm(t['agent']['compute_fraction'])} |"]
-        for name, p in t["fixed_paths"].items():
+        for name, p in sorted(t["fixed_paths"].items(), key=lambda kv: (0 if kv[0] == "NOP" else kv[0].count(",") + 1, kv[0])):
             lines.append(f"| fixed path {name} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} |")
         for p in t["confidence_curve"]:
             lines.append(f"| confidence τ = {p['tau']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} |")
