@@ -2,7 +2,7 @@
 
 For each dataset and seed it trains and measures:
 
-* Model 0-3: fixed-path networks (no FPI, FPI on L1, L1+L2, every layer) via train_baseline;
+* Model 0-3: fixed-path networks (no FPI, FPI on L1, L1+L2, every layer) via main_models.run_baseline (the code behind benchmarks/fixed_paths.py);
 * one adaptive agent per algorithm (PPO, A2C, DQN, REINFORCE) with the same step budget;
 * one lambda-conditioned PPO agent (trained on a lambda range), evaluated at several lambdas;
 * two oracles: over the fixed paths (the cheapest of Model 0-3 that answers each sample), and the

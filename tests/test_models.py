@@ -324,11 +324,11 @@ def _baseline_args(tmp_path: Path, layers: str, name: str) -> list[str]:
     ]
 
 
-def test_train_baseline_writes_accuracy_compute_levels_and_per_sample_results(tmp_path, capsys):
-    train_baseline = load_script("benchmarks/fixed_paths.py")
+def test_fixed_paths_writes_accuracy_compute_levels_and_per_sample_results(tmp_path, capsys):
+    fixed_paths = load_script("benchmarks/fixed_paths.py")
 
-    plain = train_baseline.main(_baseline_args(tmp_path, "", "m0.json"))
-    full = train_baseline.main(_baseline_args(tmp_path, "1,2,3", "m3.json"))
+    plain = fixed_paths.main(_baseline_args(tmp_path, "", "m0.json"))
+    full = fixed_paths.main(_baseline_args(tmp_path, "1,2,3", "m3.json"))
     saved = json.loads((tmp_path / "m3.json").read_text())
     assert saved["test_accuracy"] == pytest.approx(full["test_accuracy"]) and saved["path"] == [1, 2, 3]
     assert plain["compute"] == pytest.approx(1.0) and plain["mean_fpi_iterations"] == 0
@@ -341,7 +341,7 @@ def test_train_baseline_writes_accuracy_compute_levels_and_per_sample_results(tm
     assert float(per_sample) == pytest.approx(full["test_accuracy"])
     assert "test accuracy" in capsys.readouterr().out
 
-    oracle = train_baseline.main(["--oracle", str(tmp_path / "m0.json"), str(tmp_path / "m3.json"), "--out", str(tmp_path / "oracle.json"), "--json"])
+    oracle = fixed_paths.main(["--oracle", str(tmp_path / "m0.json"), str(tmp_path / "m3.json"), "--out", str(tmp_path / "oracle.json"), "--json"])
     assert oracle["oracle_accuracy"] >= max(plain["test_accuracy"], full["test_accuracy"])
     assert 1.0 <= oracle["oracle_compute"] <= full["compute"]
     assert sum(oracle["choice_frequency"].values()) == pytest.approx(1.0)
@@ -349,12 +349,12 @@ def test_train_baseline_writes_accuracy_compute_levels_and_per_sample_results(tm
     # a result file is never overwritten by accident
     before = (tmp_path / "m3.json").read_text()
     with pytest.raises(SystemExit) as exc:
-        train_baseline.main(_baseline_args(tmp_path, "1", "m3.json"))
+        fixed_paths.main(_baseline_args(tmp_path, "1", "m3.json"))
     assert exc.value.code == 2 and "exists" in capsys.readouterr().err and (tmp_path / "m3.json").read_text() == before
 
 
-def test_train_baseline_refuses_bad_flags(tmp_path, capsys):
-    train_baseline = load_script("benchmarks/fixed_paths.py")
+def test_fixed_paths_refuses_bad_flags(tmp_path, capsys):
+    fixed_paths = load_script("benchmarks/fixed_paths.py")
 
     for argv, message in [
         (["--fpi-layers", "1,x"], "--fpi-layers must be a comma-separated list"),
@@ -368,7 +368,7 @@ def test_train_baseline_refuses_bad_flags(tmp_path, capsys):
         (["--oracle", str(tmp_path / "absent.json")], "--oracle"),
     ]:
         with pytest.raises(SystemExit) as exc:
-            train_baseline.main(argv)
+            fixed_paths.main(argv)
         assert exc.value.code == 2, argv
         assert re.search(message, capsys.readouterr().err), (argv, message)
     # as a script, from any directory: the installed packages are found
