@@ -41,6 +41,21 @@ def increasing_paths(num_layers: int) -> list[list[int]]:
     return [list(c) for k in range(num_layers + 1) for c in itertools.combinations(layers, k)]
 
 
+def decision_targets(accuracy: float, compute: float, *, fpi_all_accuracy: float, cheapest_fixed: float, ceiling_compute: float,
+                     confidence_at_agent: float | None) -> dict[str, bool]:
+    """Issue 9's checks of an agent on a task where decisions should pay: FPI-on-every-layer's
+    accuracy (within :data:`TOLERANCE`) at <= 0.6x the cheapest fixed path as accurate and
+    <= 1.25x the learnable ceiling, and above the confidence rule's curve at equal compute
+    (vacuously true where the curve does not reach down to the agent's compute)."""
+    above = confidence_at_agent is None or confidence_at_agent != confidence_at_agent or accuracy > confidence_at_agent
+    return {
+        "accuracy_within_0.5_points_of_fpi_all": accuracy >= fpi_all_accuracy - TOLERANCE,
+        "compute_at_most_0.6_of_cheapest_fixed_path": compute <= 0.6 * cheapest_fixed,
+        "compute_at_most_1.25_of_ceiling": compute <= 1.25 * ceiling_compute,
+        "above_confidence_curve": bool(above),
+    }
+
+
 def _point(report) -> dict[str, float]:
     return {"accuracy": report.accuracy, "compute_fraction": report.compute_fraction,
             "per_difficulty": {str(k): v for k, v in report.per_difficulty.items()}}
@@ -87,16 +102,12 @@ def compare_to_baselines(
     ceil = ceiling.report
     headroom = cheapest / ceil.compute_fraction
     conf_at_agent = accuracy_at_compute(confidence, agent.compute_fraction)
-    targets = {
-        "accuracy_within_0.5_points_of_fpi_all": agent.accuracy >= goal,
-        "compute_at_most_0.6_of_cheapest_fixed_path": agent.compute_fraction <= 0.6 * cheapest,
-        "compute_at_most_1.25_of_ceiling": agent.compute_fraction <= 1.25 * ceil.compute_fraction,
-        "above_confidence_curve": bool(agent.accuracy > conf_at_agent) if conf_at_agent == conf_at_agent else True,
-    }
+    targets = decision_targets(agent.accuracy, agent.compute_fraction, fpi_all_accuracy=reference, cheapest_fixed=cheapest,
+                               ceiling_compute=ceil.compute_fraction, confidence_at_agent=conf_at_agent)
     targets["all"] = all(targets.values())
     return {
         "lam": reward.lam,
-        "agent": {**agent.as_dict()},
+        "agent": agent.as_dict(),
         "fixed_paths": fixed,
         "fpi_all_accuracy": reference,
         "cheapest_fixed_path_at_fpi_all_accuracy": {"path": cheapest_name, "compute_fraction": cheapest},

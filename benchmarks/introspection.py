@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from agents import train
+from agents.compare import TOLERANCE, decision_targets
 from agents.evaluate import evaluate_run
 from main_models import add_runtime_flags, set_threads, write_json
 
@@ -136,7 +137,7 @@ def summarise(entries: list[dict]) -> dict[str, Any]:
         # from the parts, so that entries written when an out-of-reach ceiling gave None still count
         t["headroom"] = _ms([c["cheapest_fixed_path_at_fpi_all_accuracy"]["compute_fraction"] / c["ceiling"]["report"]["compute_fraction"]
                              for c in comp])
-        t["ceiling_reaches_fpi_all_accuracy"] = [c["ceiling"]["report"]["accuracy"] >= c["fpi_all_accuracy"] - 0.005 for c in comp]
+        t["ceiling_reaches_fpi_all_accuracy"] = [c["ceiling"]["report"]["accuracy"] >= c["fpi_all_accuracy"] - TOLERANCE for c in comp]
         t["confidence_accuracy_at_agent_compute"] = _ms([c["confidence_accuracy_at_agent_compute"] for c in comp])
         t["confidence_curve"] = [{"tau": p["tau"], **{k: _ms([c["confidence_curve"][i][k] for c in comp]) for k in ("accuracy", "compute_fraction")}}
                                  for i, p in enumerate(comp[0]["confidence_curve"])]
@@ -159,18 +160,16 @@ def _targets(dataset: str, t: dict) -> dict[str, Any]:
     acc, comp = t["agent"]["accuracy"]["mean"], t["agent"]["compute_fraction"]["mean"]
     targets: dict[str, Any] = {}
     if dataset == "grid-lookup":
-        ceiling = t["ceiling"]["compute_fraction"]["mean"]
-        conf = t["confidence_accuracy_at_agent_compute"]["mean"]
-        targets["accuracy_within_0.5_points_of_fpi_all"] = acc >= t["fpi_all_accuracy"]["mean"] - 0.005
-        targets["compute_at_most_0.6_of_cheapest_fixed_path"] = comp <= 0.6 * t["cheapest_fixed_path"]["compute_fraction"]["mean"]
-        targets["compute_at_most_1.25_of_ceiling"] = comp <= 1.25 * ceiling
-        targets["above_confidence_curve"] = True if conf is None else acc > conf
+        targets.update(decision_targets(acc, comp, fpi_all_accuracy=t["fpi_all_accuracy"]["mean"],
+                                        cheapest_fixed=t["cheapest_fixed_path"]["compute_fraction"]["mean"],
+                                        ceiling_compute=t["ceiling"]["compute_fraction"]["mean"],
+                                        confidence_at_agent=t["confidence_accuracy_at_agent_compute"]["mean"]))
         targets["headroom_at_least_2"] = (t["headroom"]["mean"] or 0) >= 2
     elif dataset == "parity":
         targets["accuracy_1.000_at_compute_at_most_0.41"] = acc >= 0.9995 and comp <= 0.41
     elif dataset == "digits-graded":
         plain = t["fixed_paths"]["NOP"]["accuracy"]["mean"]
-        targets["within_0.5_points_of_plain_at_compute_at_most_0.25"] = acc >= plain - 0.005 and comp <= 0.25
+        targets["within_0.5_points_of_plain_at_compute_at_most_0.25"] = acc >= plain - TOLERANCE and comp <= 0.25
     sweep = t["lambda_agent"]
     computes = [p["compute_fraction"]["mean"] for p in sweep]
     targets["lambda_agent_compute_never_rises"] = all(b <= a + 1e-9 for a, b in zip(computes, computes[1:]))
