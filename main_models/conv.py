@@ -79,6 +79,10 @@ class ContractiveConvBlock(nn.Module):
         parametrize.register_parametrization(self.recurrent, "weight", ConvOperatorNorm(self.spatial, (kernel_size, kernel_size)))
         self.inject = nn.Conv2d(in_channels, channels, kernel_size, padding=pad)
 
+    @property
+    def state_numel(self) -> int:
+        return self.channels * self.spatial[0] * self.spatial[1]
+
     def initial_state(self, u: Tensor) -> Tensor:
         return u.new_zeros(u.shape[0], self.channels, *self.spatial)
 

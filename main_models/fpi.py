@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,26 +38,140 @@ class FPIResult(NamedTuple):
     """True where the row met ``tol`` before ``max_iter`` (and never went non-finite), bool (B,)."""
 
 
+SolverName = Literal["picard", "anderson"]
+SOLVERS: tuple[str, ...] = ("picard", "anderson")
+
+
+class Picard:
+    """Plain fixed-point iteration: the next iterate is f(z). No work beyond the function evaluations."""
+
+    name = "picard"
+    uses_history = False
+
+    def start(self, z0: Tensor, *, differentiable: bool) -> None:
+        pass
+
+    def keep(self, index: Tensor) -> None:
+        pass
+
+    def next_iterate(self, z: Tensor, fz: Tensor, g: Tensor, k: int) -> Tensor:
+        return fz
+
+    def overhead_flops(self, iterations: Tensor, state_numel: int) -> Tensor:
+        return torch.zeros_like(iterations, dtype=torch.float64)
+
+
+class Anderson:
+    """Anderson acceleration (type II, Walker & Ni 2011; the form torchdeq and the DEQ tutorial use):
+    the next iterate mixes the last ``memory`` values of f with the weights alpha (sum 1) that
+    minimise the norm of the same mix of residuals g = f(z) - z.
+
+    Written for per-row exit: the history is held per row in ring buffers that are compacted with
+    the active rows, and the Gram matrix G G^T is updated one row per iteration (2 n d FLOPs)
+    instead of recomputed (2 n^2 d), because every FLOP the solver spends is charged to the agent.
+    torchdeq's ``anderson_solver`` cannot be reused here: it allocates its history for the whole
+    batch, iterates every row until the worst one converges and recomputes the Gram matrix in
+    full each iteration.
+
+    ``regularization`` is relative to the mean of the Gram matrix's diagonal, so it stays
+    meaningful as the residuals shrink by orders of magnitude near convergence (an absolute 1e-4
+    would dominate a 64-wide state's Gram matrix at a relative residual of 1e-5 and turn the mix
+    into a plain average of old iterates).
+    """
+
+    name = "anderson"
+    uses_history = True
+
+    def __init__(self, memory: int = 5, regularization: float = 1e-4) -> None:
+        if memory < 2:
+            raise ValueError(f"Anderson memory must be >= 2, got {memory}")
+        if not regularization > 0:
+            raise ValueError(f"Anderson regularization must be > 0, got {regularization}")
+        self.memory = memory
+        self.regularization = regularization
+
+    def start(self, z0: Tensor, *, differentiable: bool) -> None:
+        b, d, m = z0.shape[0], z0[0].numel(), self.memory
+        self._differentiable = differentiable
+        self._f = z0.new_zeros(b, m, d)
+        self._g = z0.new_zeros(b, m, d)
+        self._gram = z0.new_zeros(b, m, m)
+
+    def keep(self, index: Tensor) -> None:
+        self._f, self._g, self._gram = self._f[index], self._g[index], self._gram[index]
+
+    def next_iterate(self, z: Tensor, fz: Tensor, g: Tensor, k: int) -> Tensor:
+        """Push f(z_k) and g_k = f(z_k) - z_k (flattened, (B, d)) and return z_{k+1}."""
+        slot, n = (k - 1) % self.memory, min(k, self.memory)
+        f_hist, g_hist, gram = self._f, self._g, self._gram
+        if self._differentiable:  # in-place writes on tensors autograd saved would corrupt the graph
+            f_hist, g_hist, gram = f_hist.clone(), g_hist.clone(), gram.clone()
+        f_hist[:, slot] = fz.flatten(1)
+        g_hist[:, slot] = g
+        row = torch.bmm(g_hist[:, :n], g.unsqueeze(2)).squeeze(2)
+        gram[:, slot, :n] = row
+        gram[:, :n, slot] = row
+        self._f, self._g, self._gram = f_hist, g_hist, gram
+        if n == 1:
+            return fz
+        a = gram[:, :n, :n]
+        scale = torch.diagonal(a, dim1=1, dim2=2).mean(dim=1).clamp_min(_EPS * _EPS) * self.regularization
+        a = a + scale.view(-1, 1, 1) * torch.eye(n, dtype=a.dtype, device=a.device)
+        # solve_ex: a singular or non-finite system gives non-finite weights for that row instead of
+        # an exception for the batch; the next evaluation then flags the row as non-finite.
+        alpha = torch.linalg.solve_ex(a, torch.ones_like(a[:, :, :1]))[0]
+        alpha = alpha / alpha.sum(dim=1, keepdim=True)
+        return torch.bmm(alpha.transpose(1, 2), f_hist[:, :n]).view_as(fz)
+
+    def overhead_flops(self, iterations: Tensor, state_numel: int) -> Tensor:
+        """FLOPs beyond the function evaluations of a row that took ``iterations`` evaluations: after
+        every evaluation but the last, one Gram row (2 n d), and from the second on, the
+        regularised n x n solve (n^3 + 3 n^2) and the mix of n stored values (2 n d)."""
+        k_max = int(iterations.max()) if iterations.numel() else 0
+        j = torch.arange(1, max(k_max, 1), dtype=torch.float64, device=iterations.device)
+        n = j.clamp(max=self.memory)
+        per = 2 * n * state_numel + torch.where(j >= 2, n ** 3 + 3 * n ** 2 + 2 * n * state_numel, 0.0)
+        cumulative = torch.cat([torch.zeros(2, dtype=torch.float64, device=iterations.device), per.cumsum(0)])
+        return cumulative[iterations.clamp(min=0)]
+
+
+def make_solver(name: str, **options: Any) -> "Picard | Anderson":
+    """A fresh solver by name: ``"picard"`` or ``"anderson"`` (options: ``memory``,
+    ``regularization``)."""
+    if name == "picard":
+        if options:
+            raise ValueError(f"the picard solver takes no options, got {sorted(options)}")
+        return Picard()
+    if name == "anderson":
+        return Anderson(**options)
+    raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
+
+
 def fixed_point_solve(
     fn: Callable[..., Tensor],
     z0: Tensor,
     row_args: tuple[Tensor, ...] = (),
     *,
-    tol: float,
+    tol: float | Tensor,
     max_iter: int,
+    solver: "Picard | Anderson | None" = None,
 ) -> FPIResult:
-    """Iterate ``z <- fn(z, *row_args)`` row by row until each row's relative residual is < tol.
+    """Solve ``z = fn(z, *row_args)`` row by row until each row's relative residual is < tol.
 
-    ``row_args`` are tensors whose first dimension is the batch; they are compacted together
-    with ``z`` so that rows that have converged are no longer computed. ``fn`` must treat rows
-    independently (no batch statistics).
+    ``solver`` proposes each next iterate from the last one and its image (:class:`Picard`, the
+    default: ``z <- fn(z)``; :class:`Anderson`: a mix of the recent images). Every row exits the
+    iteration its residual meets ``tol``: ``row_args`` (tensors whose first dimension is the
+    batch) and the solver's per-row history are compacted together with ``z`` so that converged
+    rows are no longer computed. ``fn`` must treat rows independently (no batch statistics). ``tol`` is one tolerance,
+    or one per row ((B,) tensor).
 
-    A row whose iterate becomes non-finite is frozen at its last finite iterate and reported as
-    not converged, so the result never holds NaN or inf. The function is differentiable when
-    autograd is enabled (the unrolled gradient); under ``torch.no_grad`` it writes in place.
+    A row whose image becomes non-finite is frozen at its last finite image and reported as not
+    converged, so the result never holds NaN or inf. The function is differentiable when autograd
+    is enabled (the unrolled gradient); under ``torch.no_grad`` it writes in place.
     """
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    solver = solver if solver is not None else Picard()
     batch = z0.shape[0]
     device = z0.device
     differentiable = torch.is_grad_enabled()
@@ -68,8 +182,13 @@ def fixed_point_solve(
     if batch == 0:
         return FPIResult(out, iterations, residual, converged)
 
+    row_tol = isinstance(tol, Tensor)
+    if row_tol and tol.shape != (batch,):
+        raise ValueError(f"a per-row tol must have shape ({batch},), got {tuple(tol.shape)}")
+    solver.start(z0, differentiable=differentiable)
     rows = torch.arange(batch, device=device)
     z = z0
+    last_f = z0  # the last finite image of each active row: where a row that goes non-finite stops
     args = row_args
     last_residual = torch.full((batch,), torch.finfo(residual.dtype).max, dtype=residual.dtype, device=device)
     for k in range(1, max_iter + 1):
@@ -77,8 +196,9 @@ def fixed_point_solve(
         # This loop is dispatch-bound at the batch sizes the environment runs, so it is written
         # with as few tensor ops as possible (torch.linalg directly, no Tensor.norm wrapper).
         flat_f = fz.detach().flatten(1)
+        g = flat_f - z.detach().flatten(1)
         f_norm = torch.linalg.vector_norm(flat_f, dim=1)
-        step_norm = torch.linalg.vector_norm(flat_f - z.detach().flatten(1), dim=1)
+        step_norm = torch.linalg.vector_norm(g, dim=1)
         rel = step_norm / f_norm.clamp_min(_EPS)
         # A NaN or inf entry makes its norm non-finite, so no elementwise scan is needed; maximum
         # propagates NaN, and unlike a sum it cannot overflow two finite norms into inf.
@@ -89,8 +209,8 @@ def fixed_point_solve(
         # One host sync per iteration (both counts at once): the price of knowing which rows are
         # still active.
         n_stop, n_bad = torch.stack([stop, not_finite]).sum(dim=1).tolist()
-        if n_bad:  # freeze those rows at their last finite iterate and residual
-            fz = torch.where(not_finite.view(-1, *([1] * (fz.dim() - 1))), z, fz)
+        if n_bad:  # freeze those rows at their last finite image and residual
+            fz = torch.where(not_finite.view(-1, *([1] * (fz.dim() - 1))), last_f, fz)
             rel = torch.where(not_finite, last_residual, rel)
         if n_stop:
             stop_idx = stop.nonzero().squeeze(1)
@@ -106,12 +226,18 @@ def fixed_point_solve(
                 break
             keep = (~stop).nonzero().squeeze(1)
             rows = rows[keep]
-            z = fz[keep]
+            fz = fz[keep]
+            if solver.uses_history:
+                z, g = z[keep], g[keep]
+                solver.keep(keep)
             args = tuple(a[keep] for a in args)
             last_residual = rel[keep]
+            if row_tol:
+                tol = tol[keep]
         else:
-            z = fz
             last_residual = rel
+        last_f = fz
+        z = solver.next_iterate(z, fz, g, k)
     return FPIResult(out, iterations, residual, converged)
 
 
@@ -173,6 +299,10 @@ class FPILayer(nn.Module):
         backward_max_iter: int | None = None,
         phantom_steps: int = 1,
         phantom_tau: float = 1.0,
+        solver: str = "picard",
+        backward_solver: str | None = None,
+        anderson_memory: int = 5,
+        backward_tol_from_forward: bool = False,
     ) -> None:
         super().__init__()
         if grad not in GRAD_MODES:
@@ -189,8 +319,22 @@ class FPILayer(nn.Module):
         self.backward_max_iter = backward_max_iter if backward_max_iter is not None else 2 * max_iter
         self.phantom_steps = phantom_steps
         self.phantom_tau = phantom_tau
+        self.solver = solver
+        self.backward_solver = backward_solver if backward_solver is not None else solver
+        self.anderson_memory = anderson_memory
+        self.backward_tol_from_forward = backward_tol_from_forward
+        for name in (self.solver, self.backward_solver):
+            self._make_solver(name)  # refuse an unknown name or bad options now, not at the first solve
         self.last_backward_stats: FPIResult | None = None
         """Convergence statistics of the most recent implicit adjoint solve (z left empty)."""
+
+    def _make_solver(self, name: str) -> "Picard | Anderson":
+        return make_solver(name, memory=self.anderson_memory) if name == "anderson" else make_solver(name)
+
+    def solver_overhead_flops(self, iterations: Tensor, state_numel: int) -> Tensor:
+        """FLOPs the forward solver spends beyond its function evaluations, for rows that took
+        ``iterations`` evaluations on a state of ``state_numel`` values (0 for plain iteration)."""
+        return self._make_solver(self.solver).overhead_flops(iterations, state_numel)
 
     def initial_state(self, u: Tensor) -> Tensor:
         """The state a layer starts from before it is applied: the block's, or zeros like u."""
@@ -212,11 +356,13 @@ class FPILayer(nn.Module):
             # for the whole unrolled solve instead of recomputing them each iteration.
             with parametrize.cached():
                 step, row_args = self._prepare(u)
-                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter)
+                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter,
+                                         solver=self._make_solver(self.solver))
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
             step, row_args = self._prepare(u.detach())
-            solved = fixed_point_solve(step, z0.detach(), row_args, tol=self.tol, max_iter=self.max_iter)
+            solved = fixed_point_solve(step, z0.detach(), row_args, tol=self.tol, max_iter=self.max_iter,
+                                       solver=self._make_solver(self.solver))
         if not needs_graph:
             return solved
         z_star = solved.z
@@ -228,7 +374,7 @@ class FPILayer(nn.Module):
         # implicit: one application re-attaches the graph to u and the parameters; the hook
         # replaces the incoming gradient by the adjoint solution (I - J^T)^{-1} grad.
         z = self.block(z_star, u)
-        z.register_hook(self._adjoint_hook(z_star, u.detach(), z.detach()))
+        z.register_hook(self._adjoint_hook(z_star, u.detach(), z.detach(), solved.residual))
         return solved._replace(z=z)
 
     def _prepare(self, u: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
@@ -240,7 +386,17 @@ class FPILayer(nn.Module):
             return prepare(u)
         return self.block, (u,)
 
-    def _adjoint_hook(self, z_star: Tensor, u: Tensor, f_star: Tensor) -> Callable[[Tensor], Tensor]:
+    def _adjoint_tol(self, forward_residual: Tensor) -> float | Tensor:
+        """``backward_tol``, or with ``backward_tol_from_forward`` each row's forward residual
+        (never tighter than ``backward_tol``, never looser than 1e-3): a gradient taken at a point
+        that is a fixed point only to r gains nothing from an adjoint solved far below r."""
+        if not self.backward_tol_from_forward:
+            return self.backward_tol
+        return forward_residual.detach().clamp(min=self.backward_tol, max=max(self.backward_tol, 1e-3))
+
+    def _adjoint_hook(self, z_star: Tensor, u: Tensor, f_star: Tensor, forward_residual: Tensor) -> Callable[[Tensor], Tensor]:
+        tol = self._adjoint_tol(forward_residual)
+
         def hook(grad: Tensor) -> Tensor:
             grad = grad.detach()
             with torch.no_grad(), parametrize.cached():
@@ -252,12 +408,12 @@ class FPILayer(nn.Module):
                     vjp, row_args = adjoint_prepare(z_star, u, f_star)
                     solved = fixed_point_solve(
                         lambda g, *a: vjp(g, *a[:-1]) + a[-1], grad, (*row_args, grad),
-                        tol=self.backward_tol, max_iter=self.backward_max_iter,
+                        tol=tol, max_iter=self.backward_max_iter, solver=self._make_solver(self.backward_solver),
                     )
                 else:
                     solved = fixed_point_solve(
                         _AdjointVJP(self.block), grad, (z_star, u, grad),
-                        tol=self.backward_tol, max_iter=self.backward_max_iter,
+                        tol=tol, max_iter=self.backward_max_iter, solver=self._make_solver(self.backward_solver),
                     )
             self.last_backward_stats = solved._replace(z=solved.z.new_empty(0))
             return solved.z
@@ -274,9 +430,15 @@ class SolverSettings:
     max_iter: int | None = None
     """Iteration cap per solve; None takes the block's natural cap (30, or T + 1 for the LSTM)."""
     grad: GradMode = "implicit"
+    solver: str = "picard"
+    """Forward solver: ``"picard"`` (plain iteration) or ``"anderson"`` (see :class:`Anderson`)."""
+    backward_solver: str | None = None
+    """Solver of the implicit gradient's adjoint system; None uses ``solver``."""
+    anderson_memory: int = 5
 
     def layer(self, block: nn.Module, default_max_iter: int = 30) -> "FPILayer":
-        return FPILayer(block, tol=self.tol, max_iter=self.max_iter if self.max_iter is not None else default_max_iter, grad=self.grad)
+        return FPILayer(block, tol=self.tol, max_iter=self.max_iter if self.max_iter is not None else default_max_iter, grad=self.grad,
+                        solver=self.solver, backward_solver=self.backward_solver, anderson_memory=self.anderson_memory)
 
 
 class ContractiveTanhBlock(nn.Module):
@@ -296,6 +458,10 @@ class ContractiveTanhBlock(nn.Module):
         self.contraction = contraction
         self.recurrent = nn.utils.parametrizations.spectral_norm(nn.Linear(dim, dim, bias=False))
         self.inject = nn.Linear(input_dim, dim)
+
+    @property
+    def state_numel(self) -> int:
+        return self.dim
 
     def initial_state(self, u: Tensor) -> Tensor:
         return u.new_zeros(u.shape[0], self.dim)

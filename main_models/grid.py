@@ -92,6 +92,10 @@ class AxisLSTMBlock(nn.Module):
     def state_dim(self) -> int:
         return self.lstm.state_dim
 
+    @property
+    def state_numel(self) -> int:
+        return self.spatial[0] * self.spatial[1] * self.state_dim
+
     def initial_state(self, u: Tensor) -> Tensor:
         return u.new_zeros(*u.shape[:3], self.state_dim)
 

@@ -102,6 +102,10 @@ class JacobiLSTMBlock(nn.Module):
     def state_dim(self) -> int:
         return 2 * self.hidden + 1
 
+    @property
+    def state_numel(self) -> int:
+        return self.seq_len * self.state_dim
+
     def initial_state(self, u: Tensor) -> Tensor:
         return u.new_zeros(u.shape[0], u.shape[1], self.state_dim)
 

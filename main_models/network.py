@@ -71,8 +71,52 @@ class FPINetwork(nn.Module):
         self.register_buffer("layer_flops", torch.tensor(layer_flops, dtype=torch.float64), persistent=False)
         self.register_buffer("layer_setup_flops", torch.tensor([f[0] for f in fpi_flops], dtype=torch.float64), persistent=False)
         self.register_buffer("layer_iteration_flops", torch.tensor([f[1] for f in fpi_flops], dtype=torch.float64), persistent=False)
+        # What an accelerated solver spends beyond its function evaluations depends on the
+        # iteration count and the state's size: tabulated per layer for every count it can take.
+        self.register_buffer("layer_solver_flops", self._solver_flops_table(layers), persistent=False)
         self.stem_flops = int(stem_flops)
         self.head_flops = int(head_flops)
+
+    @staticmethod
+    def _solver_flops_table(layers: list[FPILayer]) -> Tensor:
+        width = max(max(layer.max_iter, layer.backward_max_iter) for layer in layers) + 1
+        table = torch.zeros(len(layers), width, dtype=torch.float64)
+        counts = torch.arange(width)
+        for j, layer in enumerate(layers):
+            if layer.solver == "picard":
+                continue
+            numel = getattr(layer.block, "state_numel", None)
+            if not isinstance(numel, int):
+                raise ValueError(
+                    f"layer {j + 1} ({type(layer.block).__name__}) uses the {layer.solver!r} solver, whose cost depends on the "
+                    f"state's size, but its block declares no integer state_numel"
+                )
+            table[j] = layer.solver_overhead_flops(counts, numel)
+        return table
+
+    def configure_solver(self, solver: str | None = None, *, tol: float | None = None, max_iter: int | None = None,
+                         anderson_memory: int | None = None) -> None:
+        """Change how every FPI layer solves (the weights stay): the solver, its tolerance, its cap,
+        Anderson's memory. The cost model follows (:meth:`fpi_step_flops`)."""
+        from .fpi import make_solver
+
+        if solver is not None:
+            make_solver(solver)  # an unknown name is refused before any layer changes
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        if max_iter is not None and max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        for layer in self.layers:
+            if solver is not None:
+                layer.solver = solver
+            if tol is not None:
+                layer.tol = tol
+            if max_iter is not None:
+                layer.max_iter = max_iter
+                layer.backward_max_iter = max(layer.backward_max_iter, 2 * max_iter)
+            if anderson_memory is not None:
+                layer.anderson_memory = anderson_memory
+        self.layer_solver_flops = self._solver_flops_table(list(self.layers)).to(self.layer_flops.device)
 
     # ---- sizes and costs -------------------------------------------------------------------
     @property
@@ -152,12 +196,15 @@ class FPINetwork(nn.Module):
 
     def fpi_step_flops(self, layer: Tensor, iterations: Tensor) -> Tensor:
         """FLOPs of "FPI on layer ``layer`` (0-based)" taking ``iterations``: the solve's setup, its
-        iterations, then re-applying the layers above once and the head. float64, shaped like
-        ``iterations``. The single cost model used by the environment, evaluation and baselines."""
+        iterations, the solver's own work beyond them (0 for plain iteration, see
+        :meth:`FPILayer.solver_overhead_flops`), then re-applying the layers above once and the
+        head. float64, shaped like ``iterations``. The single cost model used by the environment,
+        evaluation and baselines."""
         dev = iterations.device
         return (
             self.layer_setup_flops.to(dev)[layer]
             + iterations.double() * self.layer_iteration_flops.to(dev)[layer]
+            + self.layer_solver_flops.to(dev)[layer, iterations]
             + self.reprop_flops().to(dev)[layer]
         )
 

@@ -1,0 +1,175 @@
+"""FPI solvers side by side: plain (Picard) iteration against Anderson acceleration, per main model.
+
+For each main model (mlp on digits, cnn on digits as 1x8x8 images, lstm on parity, grid-lstm on
+grid-lookup) a model is trained once with the engine's warm-up (random FPI paths, plain iteration,
+tol 1e-3), then its test split is evaluated along the FPI-on-every-layer path (Model 3: FPI on
+layer 1, then 2, then 3) with each solver at tol 1e-2 ... 1e-5 and the layer's usual iteration
+cap. Reported per (model, solver, tol):
+
+* function evaluations per solve (mean over rows and the three solves) and the most any row took;
+* the fraction of row-solves that met the tolerance before the cap;
+* wall time of the evaluation (batches of 256, one thread);
+* test accuracy, and the compute charged by the cost model in straightforward passes (1 = the
+  plain pass): function evaluations plus, for Anderson, its Gram rows, small solves and mixes.
+
+The same weights serve every solver, so the rows differ only in how each fixed point is found.
+
+    python benchmarks/solver.py                      # all models, full test splits
+    python benchmarks/solver.py --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from typing import Any
+
+import torch
+
+from main_models import (
+    DatasetSplits,
+    FPINetwork,
+    FPIResult,
+    MainModelTrainer,
+    add_runtime_flags,
+    build_main_model,
+    default_model,
+    load_dataset,
+    set_threads,
+)
+
+TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
+SOLVERS: dict[str, dict[str, Any]] = {
+    "picard": {"solver": "picard"},
+    "anderson-m3": {"solver": "anderson", "anderson_memory": 3},
+    "anderson-m5": {"solver": "anderson", "anderson_memory": 5},
+}
+"""The solvers compared: name -> :meth:`FPINetwork.configure_solver` arguments."""
+
+
+def digits_as_images(splits: DatasetSplits) -> DatasetSplits:
+    """The bundled digits as 1x8x8 images, so that the cnn main model can be measured offline."""
+    return DatasetSplits(
+        "digits-images", splits.x_train.view(-1, 1, 8, 8), splits.y_train, splits.x_test.view(-1, 1, 8, 8), splits.y_test,
+        splits.num_classes,
+    )
+
+
+def tasks(quick: bool) -> dict[str, DatasetSplits]:
+    digits = load_dataset("digits", None, seed=0)
+    found = {
+        "mlp": digits,
+        "cnn": digits_as_images(digits),
+        "lstm": load_dataset("parity", None, seed=0),
+        "grid-lstm": load_dataset("grid-lookup", None, seed=0),
+    }
+    if quick:
+        found = {"mlp": found["mlp"].head(256, 128), "lstm": found["lstm"].head(256, 128)}
+    return found
+
+
+def trained_model(splits: DatasetSplits, epochs: int, seed: int = 0) -> FPINetwork:
+    """A main model after the engine's warm-up (full-length random FPI paths, plain iteration)."""
+    torch.manual_seed(seed)
+    model = build_main_model(splits)
+    trainer = MainModelTrainer(model, splits.x_train, splits.y_train)
+    trainer.warm_up(epochs, max_steps=2 * model.num_layers, seed=seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_fpi_all(model: FPINetwork, splits: DatasetSplits, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy, charged compute, evaluations per solve and convergence of the FPI-on-every-layer
+    path on the test split, timed."""
+    converged: list[torch.Tensor] = []
+    evaluations: list[torch.Tensor] = []
+
+    def record(module: torch.nn.Module, args: Any, result: FPIResult) -> None:
+        converged.append(result.converged)
+        evaluations.append(result.iterations)
+
+    hooks = [layer.register_forward_hook(record) for layer in model.layers]
+    full = float(model.straightforward_flops)
+    path = list(range(1, model.num_layers + 1))
+    correct = compute = 0.0
+    n = int(splits.y_test.shape[0])
+    try:
+        start = time.perf_counter()
+        for begin in range(0, n, batch_size):
+            x, y = splits.x_test[begin : begin + batch_size], splits.y_test[begin : begin + batch_size]
+            paths = torch.tensor(path).expand(y.shape[0], len(path))
+            logits, step_iterations = model.run_paths(x, paths, per_step=True)
+            correct += float((logits.argmax(dim=1) == y).sum())
+            compute += float((1.0 + model.path_flops(paths, step_iterations) / full).sum())
+        seconds = time.perf_counter() - start
+    finally:
+        for hook in hooks:
+            hook.remove()
+    evals = torch.cat(evaluations).double()
+    return {
+        "accuracy": correct / n,
+        "compute": compute / n,
+        "evaluations_per_solve": float(evals.mean()),
+        "max_evaluations": int(evals.max()),
+        "converged_fraction": float(torch.cat(converged).double().mean()),
+        "seconds": seconds,
+    }
+
+
+def run(quick: bool, epochs: int, repeats: int) -> dict[str, Any]:
+    rows = []
+    for model_name, splits in tasks(quick).items():
+        assert default_model(splits) == model_name
+        model = trained_model(splits, epochs)
+        for tol in TOLERANCES:
+            for solver_name, options in SOLVERS.items():
+                model.configure_solver(tol=tol, **options)
+                # the median of a few timed passes; the first pass warms up the allocator
+                results = [evaluate_fpi_all(model, splits) for _ in range(repeats + 1)][1:]
+                result = dict(results[0])
+                result["seconds"] = sorted(r["seconds"] for r in results)[len(results) // 2]
+                rows.append({"model": model_name, "dataset": splits.name, "solver": solver_name, "tol": tol,
+                             "max_iter": model.layers[0].max_iter, **result})
+        model.configure_solver(**SOLVERS["picard"], tol=1e-3)
+    return {
+        "benchmark": "solver",
+        "path": "FPI on every layer (Model 3)",
+        "warmup_epochs": epochs,
+        "compute_unit": "straightforward passes (1 = the plain pass), charged by the cost model",
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="mlp and lstm on small splits, 1 warm-up epoch")
+    parser.add_argument("--epochs", type=int, default=None, help="warm-up epochs of each model (default 10, 1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed passes per row, median reported (default 3, 1 with --quick)")
+    add_runtime_flags(parser, device=None)
+    args = parser.parse_args(argv)
+    for flag in ("epochs", "repeats"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be >= 1, got {value}")
+    set_threads(args.threads)
+    epochs = args.epochs or (1 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 3)
+    result = run(args.quick, epochs, repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['path']}, models warmed up for {epochs} epochs; compute in {result['compute_unit']}")
+        print(f"{'model':>9} | {'tol':>6} | {'solver':>11} | {'evals/solve':>11} | {'max':>4} | {'converged':>9} | {'ms':>8} | "
+              f"{'accuracy':>8} | {'compute':>7}")
+        for r in result["rows"]:
+            print(f"{r['model']:>9} | {r['tol']:6.0e} | {r['solver']:>11} | {r['evaluations_per_solve']:11.2f} | {r['max_evaluations']:>4} | "
+                  f"{r['converged_fraction']:9.3f} | {1000 * r['seconds']:8.1f} | {r['accuracy']:8.4f} | {r['compute']:7.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
