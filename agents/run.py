@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -85,19 +86,48 @@ class TrainingRun:
         self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every)
         self.next_eval = run.eval_freq or None
         self.next_checkpoint = run.checkpoint_freq or None
+        self.hook_seconds = 0.0
+        """Wall time spent in these hooks: logging, periodic evaluation and checkpoints."""
 
     # ---- hooks -------------------------------------------------------------------------------
     def on_infos(self, infos: Sequence[Mapping[str, Any]]) -> None:
+        start = time.perf_counter()
         self.logger.stats.add_infos(infos)
+        self.hook_seconds += time.perf_counter() - start
 
     def on_episodes(self, record: EpisodeRecord) -> None:
+        start = time.perf_counter()
         self.logger.stats.add(record)
+        self.hook_seconds += time.perf_counter() - start
 
     def on_losses(self, losses: Mapping[str, float], step: int) -> None:
+        start = time.perf_counter()
         for name, value in losses.items():
             self.logger.writer.add_scalar(f"losses/{name}", value, step)
+        self.hook_seconds += time.perf_counter() - start
 
     def after_step(self, step: int) -> None:
+        start = time.perf_counter()
+        self._after_step(step)
+        self.hook_seconds += time.perf_counter() - start
+
+    def time_breakdown(self, train_seconds: float, engine_before: Mapping[str, float]) -> dict[str, float]:
+        """Where ``train_seconds`` of training went, in seconds: the engine's phases since
+        ``engine_before`` (a copy of ``engine.seconds`` taken when training started), the hooks,
+        and the rest, which is the agent: its policy in the rollouts and its updates."""
+        spent = {k: self.engine.seconds[k] - engine_before.get(k, 0.0) for k in self.engine.seconds}
+        inner = spent["solve"] + spent["observation"] + spent["reset"] + spent["cotrain"]
+        return {
+            "fpi_solves": spent["solve"],
+            "observations": spent["observation"],
+            "episode_resets": spent["reset"],
+            "env_bookkeeping": max(spent["step"] - inner, 0.0),
+            "cotrain_updates": spent["cotrain"],
+            "logging_eval_checkpoints": self.hook_seconds,
+            "agent": max(train_seconds - spent["step"] - self.hook_seconds, 0.0),
+        }
+
+    def _after_step(self, step: int) -> None:
         if step - self.logger.last_log_step >= self.logger.log_every:
             self.log_paths(step)
         self.logger.maybe_log(step, self.main_loss)
@@ -184,7 +214,7 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
 
     key = {"dataset": env.dataset, "data_dir": env.data_dir, "model": env.model, "seed": run.seed, "pretrain_epochs": env.pretrain_epochs,
            "warmup_stop_prob": env.warmup_stop_prob, "main_lr": env.main_lr, "max_steps": engine.max_steps, "device": str(engine.device),
-           "train_alternatives": list(env.train_alternatives)}
+           "train_alternatives": list(env.train_alternatives), "fpi_solver": env.fpi_solver, "main_grad": env.main_grad}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(run.warmup_cache) if run.warmup_cache else None
     path = cache_dir / f"warmup-{Path(env.dataset).name}-s{run.seed}-e{env.pretrain_epochs}-{digest}.pt" if cache_dir else None

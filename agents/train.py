@@ -89,17 +89,20 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     training = TrainingRun(settings, run_dir, engine, agent)
     if checkpoint is not None and checkpoint["phase"] == "train":
         training.resume_counters(checkpoint)
-    start = time.perf_counter()
+    start, start_step, engine_before = time.perf_counter(), agent.num_timesteps, dict(engine.seconds)
     remaining = run.total_timesteps - agent.num_timesteps
     if remaining > 0:
         agent.learn(remaining, training)
     train_seconds = time.perf_counter() - start
+    breakdown = training.time_breakdown(train_seconds, engine_before)
+    sps = (agent.num_timesteps - start_step) / max(train_seconds, 1e-9)
     training.logger.log(agent.num_timesteps, training.main_loss)
     training.checkpoint()
 
     # 6. the final evaluation on the test split
     report = training.evaluate(agent.num_timesteps)
-    result = {**report.as_dict(), "algo": run.algo, "timesteps": agent.num_timesteps, "train_seconds": train_seconds, "eval_lam": env.lam}
+    result = {**report.as_dict(), "algo": run.algo, "timesteps": agent.num_timesteps, "train_seconds": train_seconds, "eval_lam": env.lam,
+              "train_sps": sps, "train_time_breakdown_seconds": breakdown}
     write_json(run_dir / "eval.json", result)
     training.logger.close()
     freq = ", ".join(f"{n} {share:.2f}" for n, share in zip(action_names(engine.num_layers), report.action_frequency))
@@ -108,6 +111,8 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
         f"compute {report.compute_fraction:.3f} of FPI on every layer | actions: {freq} | "
         f"lambda {env.lam} | {report.num_samples} test samples | run dir {run_dir}"
     )
+    shares = ", ".join(f"{name.replace('_', ' ')} {seconds / max(train_seconds, 1e-9):.0%}" for name, seconds in breakdown.items())
+    print(f"[{run.algo}] training: {agent.num_timesteps - start_step} steps in {train_seconds:.1f} s = {sps:.0f} steps/s | time: {shares}")
     return result
 
 

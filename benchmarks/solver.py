@@ -2,7 +2,7 @@
 
 For each main model (mlp on digits, cnn on digits as 1x8x8 images, lstm on parity, grid-lstm on
 grid-lookup) a model is trained once with the engine's warm-up (random FPI paths, plain iteration,
-tol 1e-3), then its test split is evaluated along the FPI-on-every-layer path (Model 3: FPI on
+tol 1e-3; on the first 2,000 training samples, ``--train-limit``), then its test split is evaluated along the FPI-on-every-layer path (Model 3: FPI on
 layer 1, then 2, then 3) with each solver at tol 1e-2 ... 1e-5 and the layer's usual iteration
 cap. Reported per (model, solver, tol):
 
@@ -70,11 +70,12 @@ def tasks(quick: bool) -> dict[str, DatasetSplits]:
     return found
 
 
-def trained_model(splits: DatasetSplits, epochs: int, seed: int = 0) -> FPINetwork:
-    """A main model after the engine's warm-up (full-length random FPI paths, plain iteration)."""
+def trained_model(splits: DatasetSplits, epochs: int, train_limit: int, seed: int = 0) -> FPINetwork:
+    """A main model after the engine's warm-up (full-length random FPI paths, plain iteration) on
+    the first ``train_limit`` training samples."""
     torch.manual_seed(seed)
     model = build_main_model(splits)
-    trainer = MainModelTrainer(model, splits.x_train, splits.y_train)
+    trainer = MainModelTrainer(model, splits.x_train[:train_limit], splits.y_train[:train_limit])
     trainer.warm_up(epochs, max_steps=2 * model.num_layers, seed=seed)
     return model.eval()
 
@@ -118,11 +119,11 @@ def evaluate_fpi_all(model: FPINetwork, splits: DatasetSplits, batch_size: int =
     }
 
 
-def run(quick: bool, epochs: int, repeats: int) -> dict[str, Any]:
+def run(quick: bool, epochs: int, repeats: int, train_limit: int) -> dict[str, Any]:
     rows = []
     for model_name, splits in tasks(quick).items():
         assert default_model(splits) == model_name
-        model = trained_model(splits, epochs)
+        model = trained_model(splits, epochs, train_limit)
         for tol in TOLERANCES:
             for solver_name, options in SOLVERS.items():
                 model.configure_solver(tol=tol, **options)
@@ -137,6 +138,7 @@ def run(quick: bool, epochs: int, repeats: int) -> dict[str, Any]:
         "benchmark": "solver",
         "path": "FPI on every layer (Model 3)",
         "warmup_epochs": epochs,
+        "warmup_train_limit": train_limit,
         "compute_unit": "straightforward passes (1 = the plain pass), charged by the cost model",
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
         "rows": rows,
@@ -149,20 +151,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="mlp and lstm on small splits, 1 warm-up epoch")
     parser.add_argument("--epochs", type=int, default=None, help="warm-up epochs of each model (default 10, 1 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per row, median reported (default 3, 1 with --quick)")
+    parser.add_argument("--train-limit", type=int, default=2000, help="warm up each model on this many training samples")
     add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
-    for flag in ("epochs", "repeats"):
+    for flag in ("epochs", "repeats", "train_limit"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            parser.error(f"--{flag} must be >= 1, got {value}")
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     set_threads(args.threads)
     epochs = args.epochs or (1 if args.quick else 10)
     repeats = args.repeats or (1 if args.quick else 3)
-    result = run(args.quick, epochs, repeats)
+    result = run(args.quick, epochs, repeats, args.train_limit)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['path']}, models warmed up for {epochs} epochs; compute in {result['compute_unit']}")
+        print(f"{result['path']}, models warmed up for {epochs} epochs on {args.train_limit} samples; compute in {result['compute_unit']}")
         print(f"{'model':>9} | {'tol':>6} | {'solver':>11} | {'evals/solve':>11} | {'max':>4} | {'converged':>9} | {'ms':>8} | "
               f"{'accuracy':>8} | {'compute':>7}")
         for r in result["rows"]:

@@ -12,6 +12,8 @@ import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from main_models import GRAD_MODES, SOLVERS
+
 LAM_DISTRIBUTIONS = ("uniform", "log-uniform")
 MAX_STEPS_PER_LAYER = 2
 """The default step budget T is this many FPI steps per layer (T = 2L)."""
@@ -132,6 +134,10 @@ class EnvConfig:
     train_alternatives: tuple[str, ...] = _setting(
         (), "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
             "(main_models.ALTERNATIVE_PATHS)")
+    fpi_solver: str = _setting("picard", "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
+                                         "(Anderson acceleration; its own work is charged too; benchmarks/solver.py compares them)")
+    main_grad: str = _setting("implicit", "the main model's gradient through each fixed point in its updates: implicit, phantom "
+                                          "(one damped step, cheaper, approximate) or unrolled (main_models.FPILayer)")
     seed: int = _setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
     main_model: str | None = _setting(None, "a main_model.pt written by a DynaLay run: start from those co-trained weights "
                                              "(no warm-up) instead of a fresh model")
@@ -166,6 +172,10 @@ class EnvConfig:
         for name in ("cotrain", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.fpi_solver not in SOLVERS:
+            raise ValueError(f"fpi_solver must be one of {list(SOLVERS)}, got {self.fpi_solver!r}")
+        if self.main_grad not in GRAD_MODES:
+            raise ValueError(f"main_grad must be one of {list(GRAD_MODES)}, got {self.main_grad!r}")
         if _number("main_lr", self.main_lr) == 0:
             raise ValueError("main_lr must be > 0")
         if _number("warmup_stop_prob", self.warmup_stop_prob) > 1:

@@ -18,8 +18,8 @@ The MDP (see README, "The environment"):
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.utils import parametrize
 
 from main_models import (
     DatasetSplits,
@@ -75,6 +74,14 @@ OBSERVATION_GROUPS: dict[str, str] = {
                  "observation, charged to the step that needs it)",
 }
 """The observation's feature groups, in column order; an env observes the ones it is given."""
+STEP_PHASES: dict[str, str] = {
+    "solve": "FPI steps: the solves of the chosen layers and the passes above them",
+    "observation": "readout, confidence and the observation of the rows that changed",
+    "reset": "the straightforward pass of new episodes",
+    "cotrain": "the main model's co-training updates",
+    "step": "whole calls of step(), the phases above included (the rest is the MDP's bookkeeping)",
+}
+"""The phases :attr:`DynaLayEngine.seconds` times."""
 DEFAULT_OBSERVATION: tuple[str, ...] = ("activations", "lam", "progress", "confidence")
 LAM_LOG_FLOOR = 1e-4
 """lambda's log-scale feature is log10(lam + LAM_LOG_FLOOR), mapped so that [0, 1] -> [0, 1]."""
@@ -272,6 +279,10 @@ class DynaLayEngine:
         self.model_name = default_model(self.splits)
         """The main model's registry name (build_engine sets the one it built)."""
         self.save_main_model_on_close: str | None = None
+        self.seconds: dict[str, float] = dict.fromkeys(STEP_PHASES, 0.0)
+        """Host wall time spent in each phase of :meth:`reset` and :meth:`step` so far (see
+        :data:`STEP_PHASES`). On cuda it counts launches, not kernels, except where a host read
+        waits for them (the solver's convergence checks do)."""
 
     # ---- read-only views -----------------------------------------------------------------------
     @property
@@ -309,8 +320,10 @@ class DynaLayEngine:
             sample = torch.randint(self.num_samples, (n,), device=self.device, generator=self.generator)
         lam = self.reward.sample(n, self.generator, self.device)
 
-        with self._rollout_mode():
+        start = time.perf_counter()
+        with self.model.rollout_weights():
             fresh = self.model.straightforward(self.x_all[sample])
+        self.seconds["reset"] += time.perf_counter() - start
         if self.state is None:
             self.state = PathState(
                 torch.zeros(self.num_envs, *fresh.u.shape[1:], device=self.device),
@@ -361,6 +374,7 @@ class DynaLayEngine:
     def step(self, actions: Tensor, *, validate: bool = True, active: Tensor | None = None) -> StepOutput:
         """Advance every running row by one action. Idle rows (finished, not reset) do nothing, and
         so do rows outside ``active`` (a bool (N,) mask) when it is given: their actions are ignored."""
+        step_start = time.perf_counter()
         if self.state is None:
             raise RuntimeError("call reset() before step()")
         if validate:
@@ -373,8 +387,10 @@ class DynaLayEngine:
         nop = running & (actions == 0)
         choice = torch.where(fpi, actions, torch.zeros_like(actions))
 
-        with self._rollout_mode():
+        start = time.perf_counter()
+        with self.model.rollout_weights():
             self.state, iterations = self.model.fpi_step(self.state, choice)
+        self.seconds["solve"] += time.perf_counter() - start
         layer = (choice - 1).clamp_min(0)
         step_flops = self.model.fpi_step_flops(layer, iterations) / self._full_flops + self._probe_cost
         step_cost = torch.where(fpi, step_flops.float(), 0.0)
@@ -417,9 +433,12 @@ class DynaLayEngine:
         self._running = self._running & ~done
         if done_rows.numel():
             if self.trainer is not None:
+                start = time.perf_counter()
                 self.trainer.record(finished["sample"], finished["path"])
+                self.seconds["cotrain"] += time.perf_counter() - start
             if self.autoreset:
                 self.reset(done_rows)
+        self.seconds["step"] += time.perf_counter() - step_start
         return StepOutput(
             obs=self.obs,
             reward=reward,
@@ -432,18 +451,10 @@ class DynaLayEngine:
             taken=actions[running],
         )
 
-    @staticmethod
-    def _rollout_mode() -> ExitStack:
-        """No graph, and parametrized weights (spectral norm) computed once per call rather than
-        on every block application."""
-        stack = ExitStack()
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(parametrize.cached())
-        return stack
-
     def _refresh(self, rows: Tensor, state: PathState) -> None:
         """Recompute prediction, confidence and the observation of ``rows`` from their state."""
-        with self._rollout_mode():
+        start = time.perf_counter()
+        with self.model.rollout_weights():
             probs = F.softmax(self.model.readout(state), dim=1)
             conf, pred = probs.max(dim=1)
             self.prediction[rows] = pred
@@ -472,6 +483,7 @@ class DynaLayEngine:
             if "residuals" in groups:
                 obs[:, lay.residuals] = self.model.fixed_point_residuals(state).clamp(max=1.0)
             self.obs.index_copy_(0, rows, obs)
+        self.seconds["observation"] += time.perf_counter() - start
 
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -561,6 +573,7 @@ def build_engine(
             torch.manual_seed(config.seed)
             network = build_main_model(splits, model=config.model)
     network = network.to(dev)
+    network.configure_solver(config.fpi_solver, grad=config.main_grad)
     if config.main_model is not None:
         load_main_model(config.main_model, network, splits)
     max_steps = config.max_steps if config.max_steps is not None else default_max_steps(network.num_layers)

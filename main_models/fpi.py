@@ -193,35 +193,33 @@ def fixed_point_solve(
     last_residual = torch.full((batch,), torch.finfo(residual.dtype).max, dtype=residual.dtype, device=device)
     for k in range(1, max_iter + 1):
         fz = fn(z, *args)
-        # This loop is dispatch-bound at the batch sizes the environment runs, so it is written
-        # with as few tensor ops as possible (torch.linalg directly, no Tensor.norm wrapper).
-        flat_f = fz.detach().flatten(1)
-        g = flat_f - z.detach().flatten(1)
+        # This loop is dispatch-bound at the batch sizes the environment runs, so an iteration in
+        # which no row stops is the image, its residual, one comparison and one host read.
+        flat_f = (fz.detach() if differentiable else fz).flatten(1)
+        g = flat_f - (z.detach() if differentiable else z).flatten(1)
         f_norm = torch.linalg.vector_norm(flat_f, dim=1)
         step_norm = torch.linalg.vector_norm(g, dim=1)
         rel = step_norm / f_norm.clamp_min(_EPS)
-        # A NaN or inf entry makes its norm non-finite, so no elementwise scan is needed; maximum
-        # propagates NaN, and unlike a sum it cannot overflow two finite norms into inf.
-        not_finite = ~(torch.maximum(f_norm, step_norm) < math.inf)
-        below_tol = rel < tol
-        met_tol = below_tol & ~not_finite
-        stop = below_tol | not_finite if k < max_iter else torch.ones_like(below_tol)
-        # One host sync per iteration (both counts at once): the price of knowing which rows are
-        # still active.
-        n_stop, n_bad = torch.stack([stop, not_finite]).sum(dim=1).tolist()
-        if n_bad:  # freeze those rows at their last finite image and residual
-            fz = torch.where(not_finite.view(-1, *([1] * (fz.dim() - 1))), last_f, fz)
-            rel = torch.where(not_finite, last_residual, rel)
+        # A non-finite image makes rel NaN, which fails every comparison: "not rel >= tol" stops
+        # the rows that met tol and the rows that went non-finite, told apart below.
+        stop = ~(rel >= tol) if k < max_iter else torch.ones_like(rel, dtype=torch.bool)
+        n_stop = int(stop.sum())  # the one host sync per iteration: which rows are still active
         if n_stop:
             stop_idx = stop.nonzero().squeeze(1)
             dst = rows[stop_idx]
+            # A NaN or inf entry makes its norm non-finite, so no elementwise scan is needed; maximum
+            # propagates NaN, and unlike a sum it cannot overflow two finite norms into inf.
+            bad = ~(torch.maximum(f_norm[stop_idx], step_norm[stop_idx]) < math.inf)
+            # rows that went non-finite stop at their last finite image and residual
+            stopped_f = torch.where(bad.view(-1, *([1] * (fz.dim() - 1))), last_f[stop_idx], fz[stop_idx])
+            stopped_rel = torch.where(bad, last_residual[stop_idx], rel[stop_idx])
             if differentiable:
-                out = out.index_copy(0, dst, fz[stop_idx])
+                out = out.index_copy(0, dst, stopped_f)
             else:
-                out.index_copy_(0, dst, fz[stop_idx])
+                out.index_copy_(0, dst, stopped_f)
             iterations[dst] = k
-            residual[dst] = rel[stop_idx].to(residual.dtype)
-            converged[dst] = met_tol[stop_idx]
+            residual[dst] = stopped_rel.to(residual.dtype)
+            converged[dst] = (stopped_rel < (tol[stop_idx] if row_tol else tol)) & ~bad
             if n_stop == rows.numel():
                 break
             keep = (~stop).nonzero().squeeze(1)

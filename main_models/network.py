@@ -8,11 +8,15 @@ summaries of each layer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .fpi import ContractiveTanhBlock, FPILayer, SolverSettings
 
@@ -76,6 +80,10 @@ class FPINetwork(nn.Module):
         self.register_buffer("layer_solver_flops", self._solver_flops_table(layers), persistent=False)
         self.stem_flops = int(stem_flops)
         self.head_flops = int(head_flops)
+        self._rollout_weights: dict[tuple[int, str], Tensor] = {}
+        self._rollout_weights_key: tuple | None = None
+        self._parametrized_ids: frozenset[int] | None = None
+        self._tracked_tensors: list[Tensor] | None = None
 
     @staticmethod
     def _solver_flops_table(layers: list[FPILayer]) -> Tensor:
@@ -95,11 +103,14 @@ class FPINetwork(nn.Module):
         return table
 
     def configure_solver(self, solver: str | None = None, *, tol: float | None = None, max_iter: int | None = None,
-                         anderson_memory: int | None = None) -> None:
-        """Change how every FPI layer solves (the weights stay): the solver, its tolerance, its cap,
-        Anderson's memory. The cost model follows (:meth:`fpi_step_flops`)."""
-        from .fpi import make_solver
+                         anderson_memory: int | None = None, grad: str | None = None) -> None:
+        """Change how every FPI layer solves and differentiates (the weights stay): the solver, its
+        tolerance, its cap, Anderson's memory, the gradient mode. The cost model follows
+        (:meth:`fpi_step_flops`)."""
+        from .fpi import GRAD_MODES, make_solver
 
+        if grad is not None and grad not in GRAD_MODES:
+            raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
         if solver is not None:
             make_solver(solver)  # an unknown name is refused before any layer changes
         if tol is not None and not tol > 0:
@@ -116,7 +127,44 @@ class FPINetwork(nn.Module):
                 layer.backward_max_iter = max(layer.backward_max_iter, 2 * max_iter)
             if anderson_memory is not None:
                 layer.anderson_memory = anderson_memory
+            if grad is not None:
+                layer.grad = grad
         self.layer_solver_flops = self._solver_flops_table(list(self.layers)).to(self.layer_flops.device)
+
+    # ---- rollouts ----------------------------------------------------------------------------
+    def _weights_key(self) -> tuple:
+        # In-place updates (optimizer steps, load_state_dict, a power-iteration step on the
+        # spectral-norm vectors) bump a tensor's version counter, so this key changes exactly when
+        # a parametrized weight could.
+        if self._tracked_tensors is None:  # walking the module tree on every call costs more than the step
+            self._tracked_tensors = list(chain(self.parameters(), self.buffers()))
+        return (self.training, tuple(t._version for t in self._tracked_tensors))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to() / .cuda() replace buffers (and may replace parameters): forget what was tracked
+        self._tracked_tensors = None
+        self._rollout_weights, self._rollout_weights_key = {}, None
+        return super()._apply(fn, recurse)
+
+    @contextmanager
+    def rollout_weights(self) -> Iterator[None]:
+        """No graph, and every parametrized weight (spectral norm, the conv operator norm) computed
+        once and reused across calls until a parameter or buffer changes.
+
+        Rollouts fetch the same weights thousands of times between two co-training updates; without
+        this each fetch would run a power-iteration step (and update its vectors) or, for the
+        conv blocks, an FFT and per-frequency SVDs. With it, that work runs once per update.
+        Inside, the weights are graph-free: never train in this context."""
+        key = self._weights_key()
+        with torch.no_grad(), parametrize.cached():
+            if key == self._rollout_weights_key:
+                parametrize._cache.update(self._rollout_weights)
+            yield
+            if self._parametrized_ids is None:
+                self._parametrized_ids = frozenset(id(m) for m in self.modules() if parametrize.is_parametrized(m))
+            ours = self._parametrized_ids
+            self._rollout_weights = {k: v for k, v in parametrize._cache.items() if k[0] in ours and v is not None}
+        self._rollout_weights_key = self._weights_key()
 
     # ---- sizes and costs -------------------------------------------------------------------
     @property
