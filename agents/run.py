@@ -83,7 +83,7 @@ class TrainingRun:
         self.agent = agent
         run = settings.run
         self.progress = run.progress
-        self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every)
+        self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every, run.figure_every)
         self.next_eval = run.eval_freq or None
         self.next_checkpoint = run.checkpoint_freq or None
         self.hook_seconds = 0.0

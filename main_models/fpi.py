@@ -300,7 +300,7 @@ class FPILayer(nn.Module):
         solver: str = "picard",
         backward_solver: str | None = None,
         anderson_memory: int = 5,
-        backward_tol_from_forward: bool = False,
+        backward_tol_from_forward: bool = True,
     ) -> None:
         super().__init__()
         if grad not in GRAD_MODES:

@@ -53,6 +53,13 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
     assert "model" in ckpt["engine"] and ckpt["engine"]["trainer"]["optimizer"] is not None
     evaluation = json.loads((run / "eval.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["compute_fraction"] > 0
+    # where the training time went: every phase accounted for, adding up to the training time
+    breakdown = evaluation["train_time_breakdown_seconds"]
+    assert set(breakdown) == {"fpi_solves", "observations", "episode_resets", "env_bookkeeping", "cotrain_updates",
+                              "logging_eval_checkpoints", "agent"}
+    assert all(v >= 0 for v in breakdown.values()) and breakdown["fpi_solves"] > 0 and breakdown["cotrain_updates"] > 0
+    assert sum(breakdown.values()) == pytest.approx(evaluation["train_seconds"], rel=0.05)
+    assert evaluation["train_sps"] == pytest.approx(evaluation["timesteps"] / evaluation["train_seconds"], rel=1e-6)
     tags = _scalars(run)
     expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/NOP", "paths/accuracy/NOP",
                 "paths/accuracy/L1,L2,L3",
@@ -62,6 +69,17 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
         assert "rollout/ep_rew_mean" in tags
     if algo == "reinforce":
         assert {"losses/policy_loss", "losses/value_loss", "losses/entropy"} <= tags
+
+
+def test_the_decisions_figure_is_rendered_every_figure_every_steps_and_at_the_end(tmp_path):
+    train.main(tiny("reinforce") + ["--logdir", str(tmp_path), "--run-name", "fig", "--figure-every", "256"])
+    acc = EventAccumulator(str(tmp_path / "fig"), size_guidance={"images": 0})
+    acc.Reload()
+    steps = [event.step for event in acc.Images("charts/decisions")]
+    # charts every 128 steps; a figure once 256 have passed since the last one, and one at the end
+    assert len(steps) >= 2 and steps[-1] >= 512
+    assert all(b - a >= 256 for a, b in zip(steps[:-2], steps[1:-1]))
+    assert len(steps) < len(acc.Scalars("charts/episode_reward"))
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "reinforce"])

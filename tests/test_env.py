@@ -65,6 +65,8 @@ def test_out_of_range_action_names_the_valid_range():
         ({"lam_range": (0.5, 0.1)}, "lam_range"),
         ({"lam_range": (-1.0, 0.1)}, "lam_range"),
         ({"mode": "test"}, "mode must be"),
+        ({"fpi_solver": "newton"}, "fpi_solver must be one of"),
+        ({"main_grad": "exact"}, "main_grad must be one of"),
     ],
 )
 def test_bad_construction_is_refused(kwargs, message):

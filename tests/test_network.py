@@ -1,7 +1,7 @@
 import torch
 
 from conftest import copy_state
-from main_models import FPINetwork, build_main_model, load_digits
+from main_models import FPINetwork, build_main_model, build_mlp_fpi_network, load_digits
 
 
 def _net(seed=0) -> FPINetwork:
@@ -96,3 +96,56 @@ def test_fpi_step_updates_in_place_only_without_autograd():
     net.fpi_step(state, torch.tensor([1, 1, 1]))
     for z, b in zip(state.z, before):
         torch.testing.assert_close(z.detach(), b)
+
+
+def _spectral_u(net):
+    return net.layers[0].block.recurrent.parametrizations.weight[0]._u
+
+
+def test_rollout_weights_are_computed_once_per_model_change():
+    """Rollouts reuse the parametrized (spectral-norm) weights until a parameter changes: no power
+    iteration per step, and never a stale weight after an update or a load."""
+    torch.manual_seed(0)
+    net = build_mlp_fpi_network(8, 3, hidden=16).train()
+    x = torch.randn(5, 8)
+    with net.rollout_weights():
+        first = net.layers[0].block.recurrent.weight
+        logits = net(x)
+    u_after_fill = _spectral_u(net).clone()
+    for _ in range(3):
+        with net.rollout_weights():
+            assert net.layers[0].block.recurrent.weight is first  # reused, not recomputed
+            torch.testing.assert_close(net(x), logits)
+    assert torch.equal(_spectral_u(net), u_after_fill)  # no power-iteration step on the rollout path
+    # an optimizer step changes the weights: the next rollout computes them afresh
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    opt.zero_grad()
+    net(x).sum().backward()
+    opt.step()
+    with net.rollout_weights():
+        fresh = net.layers[0].block.recurrent.weight
+        assert fresh is not first and not torch.equal(fresh, first)
+        expected = net(x)
+    with torch.no_grad():  # the same as computing it without the cache (eval mode: from the vectors it left)
+        torch.testing.assert_close(net.eval().layers[0].block.recurrent.weight, fresh)
+    net.train()
+    # loading weights in place changes them as well
+    other = build_mlp_fpi_network(8, 3, hidden=16).train()
+    net.load_state_dict(other.state_dict())
+    with net.rollout_weights():
+        assert not torch.allclose(net(x), expected)
+    # outside the context nothing is cached: training sees graph-attached weights
+    assert net.layers[0].block.recurrent.weight.requires_grad
+
+
+def test_rollout_weights_follow_the_train_eval_switch_and_device_moves():
+    torch.manual_seed(0)
+    net = build_mlp_fpi_network(8, 3, hidden=16).train()
+    with net.rollout_weights():
+        train_weight = net.layers[0].block.recurrent.weight
+    net.eval()
+    with net.rollout_weights():
+        assert net.layers[0].block.recurrent.weight is not train_weight
+    net.to(torch.float64)
+    with net.rollout_weights():
+        assert net.layers[0].block.recurrent.weight.dtype == torch.float64
