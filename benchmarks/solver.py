@@ -31,7 +31,6 @@ import torch
 from main_models import (
     DatasetSplits,
     FPINetwork,
-    FPIResult,
     MainModelTrainer,
     add_runtime_flags,
     build_main_model,
@@ -86,28 +85,25 @@ def evaluate_fpi_all(model: FPINetwork, splits: DatasetSplits, batch_size: int =
     path on the test split, timed."""
     converged: list[torch.Tensor] = []
     evaluations: list[torch.Tensor] = []
-
-    def record(module: torch.nn.Module, args: Any, result: FPIResult) -> None:
-        converged.append(result.converged)
-        evaluations.append(result.iterations)
-
-    hooks = [layer.register_forward_hook(record) for layer in model.layers]
     full = float(model.straightforward_flops)
-    path = list(range(1, model.num_layers + 1))
     correct = compute = 0.0
     n = int(splits.y_test.shape[0])
-    try:
-        start = time.perf_counter()
+    start = time.perf_counter()
+    with model.rollout_weights():
         for begin in range(0, n, batch_size):
             x, y = splits.x_test[begin : begin + batch_size], splits.y_test[begin : begin + batch_size]
-            paths = torch.tensor(path).expand(y.shape[0], len(path))
-            logits, step_iterations = model.run_paths(x, paths, per_step=True)
-            correct += float((logits.argmax(dim=1) == y).sum())
-            compute += float((1.0 + model.path_flops(paths, step_iterations) / full).sum())
-        seconds = time.perf_counter() - start
-    finally:
-        for hook in hooks:
-            hook.remove()
+            state = model.straightforward(x)
+            cost = torch.ones(y.shape[0], dtype=torch.float64)
+            for layer in range(1, model.num_layers + 1):
+                choice = torch.full_like(y, layer)
+                state, iterations = model.fpi_step(state, choice)
+                cost += model.fpi_step_flops(choice - 1, iterations) / full
+                for solved in model.last_solves.values():
+                    converged.append(solved.converged)
+                    evaluations.append(solved.iterations)
+            correct += float((model.readout(state).argmax(dim=1) == y).sum())
+            compute += float(cost.sum())
+    seconds = time.perf_counter() - start
     evals = torch.cat(evaluations).double()
     return {
         "accuracy": correct / n,

@@ -136,8 +136,10 @@ class EnvConfig:
             "(main_models.ALTERNATIVE_PATHS)")
     fpi_solver: str = _setting("picard", "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
                                          "(Anderson acceleration; its own work is charged too; benchmarks/solver.py compares them)")
-    main_grad: str = _setting("implicit", "the main model's gradient through each fixed point in its updates: implicit, phantom "
-                                          "(one damped step, cheaper, approximate) or unrolled (main_models.FPILayer)")
+    main_grad: str = _setting("phantom", "the main model's gradient through each fixed point in its warm-up and co-training "
+                                         "updates: phantom (one step from the fixed point: half the update's time, the same "
+                                         "final accuracy; benchmarks/README.md), implicit (exact, an adjoint solve per FPI step) "
+                                         "or unrolled (main_models.FPILayer)")
     seed: int = _setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
     main_model: str | None = _setting(None, "a main_model.pt written by a DynaLay run: start from those co-trained weights "
                                              "(no warm-up) instead of a fresh model")

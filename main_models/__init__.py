@@ -24,7 +24,7 @@ from .data import (
 )
 from .device import add_runtime_flags, resolve_device, set_threads
 from .grid import AxisLSTMBlock, build_grid_lstm_fpi_network
-from .fpi import GRAD_MODES, SOLVERS, Anderson, ContractiveTanhBlock, FPILayer, FPIResult, Picard, SolverSettings, fixed_point_solve, make_solver
+from .fpi import GRAD_MODES, SOLVERS, Anderson, ContractiveTanhBlock, FPILayer, FPIResult, Picard, SolverSettings, fixed_point_solve, make_solver, solve_together, FixedPointProblem
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
 from .network import FPINetwork, PathState, assemble_network, build_mlp_fpi_network
 from .paths import evaluate_fixed_path, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline

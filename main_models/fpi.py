@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -147,6 +147,46 @@ def make_solver(name: str, **options: Any) -> "Picard | Anderson":
     raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
 
 
+class FixedPointProblem(NamedTuple):
+    """One fixed-point problem ``z = fn(z, *row_args)`` for :func:`solve_together`."""
+
+    fn: Callable[..., Tensor]
+    z0: Tensor
+    row_args: tuple[Tensor, ...] = ()
+    tol: float | Tensor = 1e-3
+    """One tolerance, or one per row ((B,) tensor)."""
+    max_iter: int = 30
+    solver: "Picard | Anderson | None" = None
+
+
+class _ActiveSolve:
+    """The rows of one problem still iterating, with what a row needs when it stops."""
+
+    def __init__(self, problem: FixedPointProblem, differentiable: bool) -> None:
+        z0, batch = problem.z0, problem.z0.shape[0]
+        if problem.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {problem.max_iter}")
+        self.row_tol = isinstance(problem.tol, Tensor)
+        if self.row_tol and problem.tol.shape != (batch,):
+            raise ValueError(f"a per-row tol must have shape ({batch},), got {tuple(problem.tol.shape)}")
+        self.fn, self.args, self.tol, self.max_iter = problem.fn, problem.row_args, problem.tol, problem.max_iter
+        self.solver = problem.solver if problem.solver is not None else Picard()
+        device = z0.device
+        self.out = z0.clone()
+        self.iterations = torch.zeros(batch, dtype=torch.long, device=device)
+        self.residual = torch.zeros(batch, dtype=z0.dtype, device=device)
+        self.converged = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.rows = torch.arange(batch, device=device)
+        self.z = self.last_f = z0  # last_f: the last finite image, where a row that goes non-finite stops
+        self.last_residual = torch.full((batch,), torch.finfo(z0.dtype).max, dtype=z0.dtype, device=device)
+        self.size = batch
+        if batch:
+            self.solver.start(z0, differentiable=differentiable)
+
+    def result(self) -> FPIResult:
+        return FPIResult(self.out, self.iterations, self.residual, self.converged)
+
+
 def fixed_point_solve(
     fn: Callable[..., Tensor],
     z0: Tensor,
@@ -162,81 +202,107 @@ def fixed_point_solve(
     default: ``z <- fn(z)``; :class:`Anderson`: a mix of the recent images). Every row exits the
     iteration its residual meets ``tol``: ``row_args`` (tensors whose first dimension is the
     batch) and the solver's per-row history are compacted together with ``z`` so that converged
-    rows are no longer computed. ``fn`` must treat rows independently (no batch statistics). ``tol`` is one tolerance,
-    or one per row ((B,) tensor).
+    rows are no longer computed. ``fn`` must treat rows independently (no batch statistics).
+    ``tol`` is one tolerance, or one per row ((B,) tensor).
 
     A row whose image becomes non-finite is frozen at its last finite image and reported as not
     converged, so the result never holds NaN or inf. The function is differentiable when autograd
     is enabled (the unrolled gradient); under ``torch.no_grad`` it writes in place.
     """
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    solver = solver if solver is not None else Picard()
-    batch = z0.shape[0]
-    device = z0.device
-    differentiable = torch.is_grad_enabled()
-    out = z0.clone()
-    iterations = torch.zeros(batch, dtype=torch.long, device=device)
-    residual = torch.zeros(batch, dtype=z0.dtype, device=device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=device)
-    if batch == 0:
-        return FPIResult(out, iterations, residual, converged)
+    return solve_together([FixedPointProblem(fn, z0, row_args, tol, max_iter, solver)])[0]
 
-    row_tol = isinstance(tol, Tensor)
-    if row_tol and tol.shape != (batch,):
-        raise ValueError(f"a per-row tol must have shape ({batch},), got {tuple(tol.shape)}")
-    solver.start(z0, differentiable=differentiable)
-    rows = torch.arange(batch, device=device)
-    z = z0
-    last_f = z0  # the last finite image of each active row: where a row that goes non-finite stops
-    args = row_args
-    last_residual = torch.full((batch,), torch.finfo(residual.dtype).max, dtype=residual.dtype, device=device)
-    for k in range(1, max_iter + 1):
-        fz = fn(z, *args)
+
+def solve_together(problems: Sequence[FixedPointProblem]) -> list[FPIResult]:
+    """Solve independent fixed-point problems in lockstep, each as :func:`fixed_point_solve` would.
+
+    Each problem keeps its own map, rows, solver and per-row exit; what they share is the
+    convergence test (one comparison over all active rows) and the one host read per iteration
+    that tells which rows stop. A layer-selection step solves one problem per layer chosen in it,
+    so this is what lets its bookkeeping cost as much as one solve's."""
+    differentiable = torch.is_grad_enabled()
+    solves = [_ActiveSolve(p, differentiable) for p in problems]
+    active = [s for s in solves if s.size]
+    k = 0
+    while active:
+        k += 1
         # This loop is dispatch-bound at the batch sizes the environment runs, so an iteration in
-        # which no row stops is the image, its residual, one comparison and one host read.
-        flat_f = (fz.detach() if differentiable else fz).flatten(1)
-        g = flat_f - (z.detach() if differentiable else z).flatten(1)
-        f_norm = torch.linalg.vector_norm(flat_f, dim=1)
-        step_norm = torch.linalg.vector_norm(g, dim=1)
+        # which no row stops is each map, its residual, one comparison and one host read.
+        f_norms, step_norms, images = [], [], []
+        for s in active:
+            fz = s.fn(s.z, *s.args)
+            flat_f = (fz.detach() if differentiable else fz).flatten(1)
+            g = flat_f - (s.z.detach() if differentiable else s.z).flatten(1)
+            f_norms.append(torch.linalg.vector_norm(flat_f, dim=1))
+            step_norms.append(torch.linalg.vector_norm(g, dim=1))
+            images.append((fz, g))
+        single = len(active) == 1
+        f_norm = f_norms[0] if single else torch.cat(f_norms)
+        step_norm = step_norms[0] if single else torch.cat(step_norms)
         rel = step_norm / f_norm.clamp_min(_EPS)
+        tols = [s.tol for s in active]
+        if single or all(not isinstance(t, Tensor) and t == tols[0] for t in tols):
+            tol: float | Tensor = tols[0]
+        else:
+            tol = torch.cat([t if isinstance(t, Tensor) else rel.new_full((s.rows.numel(),), t) for s, t in zip(active, tols)])
         # A non-finite image makes rel NaN, which fails every comparison: "not rel >= tol" stops
         # the rows that met tol and the rows that went non-finite, told apart below.
-        stop = ~(rel >= tol) if k < max_iter else torch.ones_like(rel, dtype=torch.bool)
-        n_stop = int(stop.sum())  # the one host sync per iteration: which rows are still active
-        if n_stop:
-            stop_idx = stop.nonzero().squeeze(1)
-            dst = rows[stop_idx]
-            # A NaN or inf entry makes its norm non-finite, so no elementwise scan is needed; maximum
-            # propagates NaN, and unlike a sum it cannot overflow two finite norms into inf.
-            bad = ~(torch.maximum(f_norm[stop_idx], step_norm[stop_idx]) < math.inf)
-            # rows that went non-finite stop at their last finite image and residual
-            stopped_f = torch.where(bad.view(-1, *([1] * (fz.dim() - 1))), last_f[stop_idx], fz[stop_idx])
-            stopped_rel = torch.where(bad, last_residual[stop_idx], rel[stop_idx])
-            if differentiable:
-                out = out.index_copy(0, dst, stopped_f)
-            else:
-                out.index_copy_(0, dst, stopped_f)
-            iterations[dst] = k
-            residual[dst] = stopped_rel.to(residual.dtype)
-            converged[dst] = (stopped_rel < (tol[stop_idx] if row_tol else tol)) & ~bad
-            if n_stop == rows.numel():
-                break
-            keep = (~stop).nonzero().squeeze(1)
-            rows = rows[keep]
-            fz = fz[keep]
-            if solver.uses_history:
-                z, g = z[keep], g[keep]
-                solver.keep(keep)
-            args = tuple(a[keep] for a in args)
-            last_residual = rel[keep]
-            if row_tol:
-                tol = tol[keep]
+        stop = ~(rel >= tol)
+        sizes = [s.rows.numel() for s in active]
+        offsets = [0]
+        for n in sizes:
+            offsets.append(offsets[-1] + n)
+        for i, s in enumerate(active):
+            if k >= s.max_iter:  # a problem at its cap stops all its rows, flagged by their residual
+                stop[offsets[i] : offsets[i + 1]] = True
+        # the one host read per iteration: how many rows of each problem stop
+        if single:
+            counts = [int(stop.sum())]
         else:
-            last_residual = rel
-        last_f = fz
-        z = solver.next_iterate(z, fz, g, k)
-    return FPIResult(out, iterations, residual, converged)
+            ends = stop.cumsum(0)[torch.tensor(offsets[1:], device=stop.device) - 1].tolist()
+            counts = [b - a for a, b in zip([0] + ends[:-1], ends)]
+        still = []
+        for i, s in enumerate(active):
+            fz, g = images[i]
+            part = slice(offsets[i], offsets[i + 1])
+            s_rel, s_stop = rel[part], stop[part]
+            n_stop = counts[i]
+            if n_stop:
+                stop_idx = s_stop.nonzero().squeeze(1)
+                dst = s.rows[stop_idx]
+                # A NaN or inf entry makes its norm non-finite, so no elementwise scan is needed;
+                # maximum propagates NaN, and unlike a sum it cannot overflow two finite norms into inf.
+                bad = ~(torch.maximum(f_norm[part][stop_idx], step_norm[part][stop_idx]) < math.inf)
+                # rows that went non-finite stop at their last finite image and residual
+                stopped_f = torch.where(bad.view(-1, *([1] * (fz.dim() - 1))), s.last_f[stop_idx], fz[stop_idx])
+                stopped_rel = torch.where(bad, s.last_residual[stop_idx], s_rel[stop_idx])
+                if differentiable:
+                    s.out = s.out.index_copy(0, dst, stopped_f)
+                else:
+                    s.out.index_copy_(0, dst, stopped_f)
+                s.iterations[dst] = k
+                s.residual[dst] = stopped_rel.to(s.residual.dtype)
+                s.converged[dst] = (stopped_rel < (s.tol[stop_idx] if s.row_tol else s.tol)) & ~bad
+                if n_stop == sizes[i]:
+                    continue
+                keep = (~s_stop).nonzero().squeeze(1)
+                s.rows = s.rows[keep]
+                fz = fz[keep]
+                z = s.z
+                if s.solver.uses_history:
+                    z, g = z[keep], g[keep]
+                    s.solver.keep(keep)
+                s.args = tuple(a[keep] for a in s.args)
+                s.last_residual = s_rel[keep]
+                if s.row_tol:
+                    s.tol = s.tol[keep]
+            else:
+                z = s.z
+                s.last_residual = s_rel
+            s.last_f = fz
+            s.z = s.solver.next_iterate(z, fz, g, k)
+            still.append(s)
+        active = still
+    return [s.result() for s in solves]
 
 
 class _AdjointVJP:
@@ -358,9 +424,7 @@ class FPILayer(nn.Module):
                                          solver=self._make_solver(self.solver))
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
-            step, row_args = self._prepare(u.detach())
-            solved = fixed_point_solve(step, z0.detach(), row_args, tol=self.tol, max_iter=self.max_iter,
-                                       solver=self._make_solver(self.solver))
+            solved = solve_together([self.problem(u.detach(), z0.detach())])[0]
         if not needs_graph:
             return solved
         z_star = solved.z
@@ -374,6 +438,12 @@ class FPILayer(nn.Module):
         z = self.block(z_star, u)
         z.register_hook(self._adjoint_hook(z_star, u.detach(), z.detach(), solved.residual))
         return solved._replace(z=z)
+
+    def problem(self, u: Tensor, z0: Tensor) -> FixedPointProblem:
+        """The graph-free solve of this layer from ``z0`` for input ``u``, for :func:`solve_together`
+        (the network solves every layer chosen in a step at once). Call it under ``torch.no_grad``."""
+        step, row_args = self._prepare(u)
+        return FixedPointProblem(step, z0, row_args, self.tol, self.max_iter, self._make_solver(self.solver))
 
     def _prepare(self, u: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
         """The iteration map and its per-row arguments. A block may define ``prepare(u)`` to hoist

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .fpi import ContractiveTanhBlock, FPILayer, SolverSettings
+from .fpi import ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, solve_together
 
 
 @dataclass
@@ -84,6 +84,8 @@ class FPINetwork(nn.Module):
         self._rollout_weights_key: tuple | None = None
         self._parametrized_ids: frozenset[int] | None = None
         self._tracked_tensors: list[Tensor] | None = None
+        self.last_solves: dict[int, FPIResult] = {}
+        """The solves of the most recent :meth:`fpi_step`: layer index (0-based) -> its result."""
 
     @staticmethod
     def _solver_flops_table(layers: list[FPILayer]) -> Tensor:
@@ -207,21 +209,36 @@ class FPINetwork(nn.Module):
         fresh activations. Rows are grouped by the layer they chose; each group is computed as one
         sub-batch and rows that chose nothing are never computed.
 
-        Returns the new state and the FPI iterations spent on each row (0 where choice is 0).
+        Returns the new state and the FPI iterations spent on each row (0 where choice is 0);
+        :attr:`last_solves` holds each solved layer's (0-based) :class:`FPIResult` for its rows.
         With autograd off the layer tensors of ``state`` are updated in place (no copy of the
         rows that did nothing); with autograd on they are left intact.
         """
         iterations = torch.zeros(choice.shape[0], dtype=torch.long, device=choice.device)
         z = list(state.z)
+        chosen = [(choice == j + 1).nonzero().squeeze(1) for j in range(self.num_layers)]
+        self.last_solves = {}
+        lockstep = not torch.is_grad_enabled()
+        if lockstep:
+            # Without autograd the chosen layers' solves are independent (a row that chose layer j
+            # reads layer j-1's state, which no other solve of this step touches), so they iterate
+            # together and share their convergence bookkeeping; the passes above them follow.
+            todo = [(j, rows) for j, rows in enumerate(chosen) if rows.numel()]
+            problems = [self.layers[j].problem((state.u if j == 0 else z[j - 1])[rows], z[j][rows]) for j, rows in todo]
+            for (j, rows), solved in zip(todo, solve_together(problems)):
+                z[j] = _scatter_rows(z[j], rows, solved.z)
+                iterations[rows] = solved.iterations
+                self.last_solves[j] = solved
         downstream = torch.zeros_like(choice, dtype=torch.bool)
         for j, layer in enumerate(self.layers):
             inp = state.u if j == 0 else z[j - 1]
-            fpi_rows = (choice == j + 1).nonzero().squeeze(1)
+            fpi_rows = chosen[j]
             once_rows = downstream.nonzero().squeeze(1)
-            if fpi_rows.numel():
+            if fpi_rows.numel() and not lockstep:  # with autograd each solve attaches its own gradient
                 solved = layer(inp[fpi_rows], z[j][fpi_rows])
                 z[j] = _scatter_rows(z[j], fpi_rows, solved.z)
                 iterations[fpi_rows] = solved.iterations
+                self.last_solves[j] = solved
             if once_rows.numel():
                 z[j] = _scatter_rows(z[j], once_rows, layer.apply_once(z[j][once_rows], inp[once_rows]))
             downstream |= choice == j + 1

@@ -33,14 +33,35 @@ def test_backward_quick():
     out = _run("backward")
     assert out["benchmark"] == "backward"
     modes = {(r["mode"], r["forward_iterations"]) for r in out["rows"]}
-    assert modes == {(m, k) for m in ("unrolled", "implicit", "phantom") for k in (10, 30)}
+    assert modes == {(m, k) for m in ("unrolled", "implicit", "implicit-tol1e-5", "phantom") for k in (10, 30)}
     for row in out["rows"]:
         assert {"seconds", "backward_seconds", "memory_bytes", "memory_kind", "time_vs_unrolled", "backward_time_vs_unrolled", "memory_vs_unrolled", "cosine_to_unrolled"} <= set(row)
-        if row["mode"] == "implicit":
+        if row["mode"].startswith("implicit"):
             # the implicit gradient is the unrolled one, up to the solvers' tolerances
             assert row["cosine_to_unrolled"] > 0.999 and row["adjoint_iterations"] >= 1
         if row["mode"] == "unrolled":
             assert row["memory_vs_unrolled"] == 1.0
+    cotrain = {r["mode"]: r for r in out["cotrain"]}
+    assert set(cotrain) == {"unrolled", "implicit", "implicit-tol1e-5", "phantom"}
+    assert cotrain["unrolled"]["cosine_to_unrolled"] == pytest.approx(1.0)
+    assert cotrain["implicit"]["cosine_to_unrolled"] > 0.999  # where implicit is the layer's default
+
+
+def test_solver_quick():
+    out = _run("solver")
+    assert out["benchmark"] == "solver"
+    rows = out["rows"]
+    assert {(r["model"], r["solver"], r["tol"]) for r in rows} == {
+        (m, s, t) for m in ("mlp", "lstm") for s in ("picard", "anderson-m3", "anderson-m5") for t in (1e-2, 1e-3, 1e-4, 1e-5)}
+    for r in rows:
+        assert {"evaluations_per_solve", "max_evaluations", "converged_fraction", "seconds", "accuracy", "compute"} <= set(r)
+        assert 1 <= r["evaluations_per_solve"] <= r["max_evaluations"] <= r["max_iter"]
+        assert 0 <= r["converged_fraction"] <= 1 and 0 <= r["accuracy"] <= 1 and r["compute"] > 1
+    picard = {(r["model"], r["tol"]): r for r in rows if r["solver"] == "picard"}
+    for r in rows:  # every solver reads the same weights; a tighter tol never costs fewer evaluations
+        looser = picard.get((r["model"], r["tol"] * 10))
+        if r["solver"] == "picard" and looser is not None:
+            assert r["evaluations_per_solve"] >= looser["evaluations_per_solve"]
 
 
 def test_warmup_paths_quick():

@@ -149,3 +149,23 @@ def test_rollout_weights_follow_the_train_eval_switch_and_device_moves():
     net.to(torch.float64)
     with net.rollout_weights():
         assert net.layers[0].block.recurrent.weight.dtype == torch.float64
+
+
+def test_a_step_solves_its_chosen_layers_together_exactly_as_one_by_one():
+    """Without autograd the layers chosen in a step are solved in lockstep; each row gets exactly
+    the state and iteration count that solving the layers one after another gives."""
+    net = _net()
+    for p in net.parameters():
+        p.requires_grad_(False)  # with grad enabled this takes the one-layer-at-a-time path, same maths
+    x = load_digits().x_test[:64]
+    choice = torch.arange(64) % 4
+    with torch.no_grad():
+        state = net.straightforward(x)
+        together, iters_together = net.fpi_step(copy_state(state), choice)
+        solves = net.last_solves
+    with torch.enable_grad():
+        one_by_one, iters_one_by_one = net.fpi_step(copy_state(state), choice)
+    assert torch.equal(iters_together, iters_one_by_one) and (iters_together[choice > 0] > 0).all()
+    for a, b in zip(together.z, one_by_one.z):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert set(solves) == {0, 1, 2} and all(s.converged.all() for s in solves.values())
