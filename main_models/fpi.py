@@ -425,8 +425,24 @@ class FPILayer(nn.Module):
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
             solved = solve_together([self.problem(u.detach(), z0.detach())])[0]
+        return self.differentiate(u, solved)
+
+    @property
+    def solves_without_graph(self) -> bool:
+        """True when the forward solve runs without autograd whatever the mode (every gradient but
+        the unrolled one), so that it can be shared with other layers' solves."""
+        return self.grad != "unrolled"
+
+    def differentiate(self, u: Tensor, solved: FPIResult) -> FPIResult:
+        """Attach this layer's gradient (``grad``: implicit or phantom) to a graph-free solve for
+        input ``u``; the solve as it is when autograd is off or nothing here needs a gradient."""
+        needs_graph = torch.is_grad_enabled() and (
+            u.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
         if not needs_graph:
             return solved
+        if not self.solves_without_graph:
+            raise ValueError("the unrolled gradient differentiates the solve itself: call the layer instead")
         z_star = solved.z
         if self.grad == "phantom":
             z = z_star

@@ -218,14 +218,19 @@ class FPINetwork(nn.Module):
         z = list(state.z)
         chosen = [(choice == j + 1).nonzero().squeeze(1) for j in range(self.num_layers)]
         self.last_solves = {}
-        lockstep = not torch.is_grad_enabled()
+        lockstep = not torch.is_grad_enabled() or all(layer.solves_without_graph for layer in self.layers)
         if lockstep:
-            # Without autograd the chosen layers' solves are independent (a row that chose layer j
-            # reads layer j-1's state, which no other solve of this step touches), so they iterate
-            # together and share their convergence bookkeeping; the passes above them follow.
+            # The chosen layers' solves are independent (a row that chose layer j reads layer j-1's
+            # state, which no other solve of this step touches) and, unless the gradient is
+            # unrolled, graph-free: they iterate together and share their convergence bookkeeping.
+            # Each layer then attaches its gradient; the passes above them follow.
             todo = [(j, rows) for j, rows in enumerate(chosen) if rows.numel()]
-            problems = [self.layers[j].problem((state.u if j == 0 else z[j - 1])[rows], z[j][rows]) for j, rows in todo]
-            for (j, rows), solved in zip(todo, solve_together(problems)):
+            inputs = [(state.u if j == 0 else z[j - 1])[rows] for j, rows in todo]
+            with torch.no_grad(), parametrize.cached():
+                problems = [self.layers[j].problem(u.detach(), z[j][rows].detach()) for (j, rows), u in zip(todo, inputs)]
+                results = solve_together(problems)
+            for (j, rows), u, solved in zip(todo, inputs, results):
+                solved = self.layers[j].differentiate(u, solved)
                 z[j] = _scatter_rows(z[j], rows, solved.z)
                 iterations[rows] = solved.iterations
                 self.last_solves[j] = solved
@@ -234,7 +239,7 @@ class FPINetwork(nn.Module):
             inp = state.u if j == 0 else z[j - 1]
             fpi_rows = chosen[j]
             once_rows = downstream.nonzero().squeeze(1)
-            if fpi_rows.numel() and not lockstep:  # with autograd each solve attaches its own gradient
+            if fpi_rows.numel() and not lockstep:  # the unrolled gradient runs each solve with its own graph
                 solved = layer(inp[fpi_rows], z[j][fpi_rows])
                 z[j] = _scatter_rows(z[j], fpi_rows, solved.z)
                 iterations[fpi_rows] = solved.iterations

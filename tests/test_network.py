@@ -163,9 +163,31 @@ def test_a_step_solves_its_chosen_layers_together_exactly_as_one_by_one():
         state = net.straightforward(x)
         together, iters_together = net.fpi_step(copy_state(state), choice)
         solves = net.last_solves
+    net.configure_solver(grad="unrolled")  # the one-layer-at-a-time path
     with torch.enable_grad():
         one_by_one, iters_one_by_one = net.fpi_step(copy_state(state), choice)
     assert torch.equal(iters_together, iters_one_by_one) and (iters_together[choice > 0] > 0).all()
     for a, b in zip(together.z, one_by_one.z):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert set(solves) == {0, 1, 2} and all(s.converged.all() for s in solves.values())
+
+
+def test_gradients_through_the_lockstep_solves_match_the_unrolled_ones():
+    """Co-training steps go through the lockstep solve too: each layer attaches its implicit
+    gradient to its part of the shared solve."""
+    torch.manual_seed(0)
+    net = build_mlp_fpi_network(8, 3, hidden=12).double().eval()
+    net.configure_solver(tol=1e-12, max_iter=400)
+    for layer in net.layers:
+        layer.backward_tol, layer.backward_max_iter = 1e-12, 800
+    x, y = torch.randn(9, 8, dtype=torch.float64), torch.arange(9) % 3
+    paths = torch.tensor([[1, 2, 3], [3, 1, 0], [2, 0, 0]]).repeat(3, 1)
+
+    def grads(mode):
+        net.configure_solver(grad=mode)
+        net.zero_grad(set_to_none=True)
+        logits, _ = net.run_paths(x, paths)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(grads("implicit"), grads("unrolled"), rtol=1e-7, atol=1e-9)
