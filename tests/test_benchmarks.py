@@ -191,3 +191,14 @@ def test_observation_ablation_quick():
     assert "activations" not in rows["without activations"]["observation"]
     for r in rows.values():
         assert 0 <= r["accuracy"] <= 1 and r["compute_fraction"] > 0 and r["demonstrations"] >= 200
+
+
+def test_iteration_body_quick():
+    out = _run("iteration_body")
+    assert out["benchmark"] == "iteration_body" and [r["rows"] for r in out["rows"]] == [8, 85]
+    for r in out["rows"]:
+        assert r["eager_us"] > 0
+        if out["compile_error"] is None:  # a machine without a C++ compiler reports why instead
+            assert r["compiled_vs_eager"] == pytest.approx(r["compiled_us"] / r["eager_us"])
+        else:
+            assert r["compiled_us"] is None

@@ -1,0 +1,88 @@
+"""One solver iteration, eager against ``torch.compile``: is compiling the loop body worth it?
+
+The body is what every plain-iteration step of the default main model runs: the block's image
+``tanh(W z + inj)`` (width 64), its residual and the convergence test. It is timed at the row counts
+a layer group sees in the environment (a few rows, a step's share of N = 256, all 256), after a
+warm-up that includes compilation (``dynamic=True``, so row counts that change as rows converge do
+not recompile).
+
+    python benchmarks/iteration_body.py
+    python benchmarks/iteration_body.py --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Callable
+
+import torch
+
+from main_models import add_runtime_flags, set_threads
+
+WIDTH = 64
+
+
+def make_body(weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]:
+    def body(z: torch.Tensor, injection: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.tanh(torch.addmm(injection, z, weight.t()))
+        rel = torch.linalg.vector_norm(f - z, dim=1) / torch.linalg.vector_norm(f, dim=1).clamp_min(1e-12)
+        return f, ~(rel >= tol)
+
+    return body
+
+
+def time_body(body: Callable, rows: int, calls: int) -> float:
+    z, injection = torch.randn(rows, WIDTH), torch.randn(rows, WIDTH)
+    for _ in range(20):
+        body(z, injection, 1e-3)
+    start = time.perf_counter()
+    for _ in range(calls):
+        body(z, injection, 1e-3)
+    return (time.perf_counter() - start) / calls
+
+
+def run(row_counts: list[int], calls: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    eager = make_body(torch.randn(WIDTH, WIDTH) * 0.1)
+    compiled = torch.compile(eager, dynamic=True)
+    rows = []
+    compile_error = None
+    for n in row_counts:
+        e = time_body(eager, n, calls)
+        c = None
+        if compile_error is None:
+            try:
+                c = time_body(compiled, n, calls)
+            except Exception as err:  # inductor needs a C++ compiler; without one there is nothing to compare
+                compile_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        rows.append({"rows": n, "eager_us": 1e6 * e, "compiled_us": None if c is None else 1e6 * c,
+                     "compiled_vs_eager": None if c is None else c / e})
+    return {"benchmark": "iteration_body", "width": WIDTH, "calls": calls, "torch_threads": torch.get_num_threads(),
+            "compile_error": compile_error, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="fewer calls, two row counts")
+    add_runtime_flags(parser, device=None)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    result = run([8, 85] if args.quick else [8, 85, 256], calls=200 if args.quick else 5000)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"one plain-iteration body, width {WIDTH}, {result['torch_threads']} thread(s), {result['calls']} calls each")
+        print(f"{'rows':>5} | {'eager us':>9} | {'compiled us':>11} | {'compiled/eager':>14}")
+        for r in result["rows"]:
+            compiled = f"{r['compiled_us']:11.1f} | {r['compiled_vs_eager']:14.2f}" if r["compiled_us"] is not None else f"{'-':>11} | {'-':>14}"
+            print(f"{r['rows']:>5} | {r['eager_us']:9.1f} | {compiled}")
+        if result["compile_error"]:
+            print(f"torch.compile failed here: {result['compile_error']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
