@@ -134,8 +134,9 @@ class EnvConfig:
     train_alternatives: tuple[str, ...] = _setting(
         (), "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
             "(main_models.ALTERNATIVE_PATHS)")
-    fpi_solver: str = _setting("picard", "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
-                                         "(Anderson acceleration; its own work is charged too; benchmarks/solver.py compares them)")
+    fpi_solver: str | None = _setting(None, "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
+                                              "(Anderson acceleration, its own work charged too); default: the main model's own "
+                                              "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py)")
     main_grad: str = _setting("phantom", "the main model's gradient through each fixed point in its warm-up and co-training "
                                          "updates: phantom (one step from the fixed point: half the update's time, the same "
                                          "final accuracy; benchmarks/README.md), implicit (exact, an adjoint solve per FPI step) "
@@ -174,7 +175,7 @@ class EnvConfig:
         for name in ("cotrain", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.fpi_solver not in SOLVERS:
+        if self.fpi_solver is not None and self.fpi_solver not in SOLVERS:
             raise ValueError(f"fpi_solver must be one of {list(SOLVERS)}, got {self.fpi_solver!r}")
         if self.main_grad not in GRAD_MODES:
             raise ValueError(f"main_grad must be one of {list(GRAD_MODES)}, got {self.main_grad!r}")

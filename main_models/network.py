@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .fpi import ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, solve_together
+from .fpi import ACCELERATED, ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, solve_together
 
 
 @dataclass
@@ -333,7 +333,7 @@ def assemble_network(
 
 def build_mlp_fpi_network(
     in_features: int, num_classes: int, *, hidden: int = 64, num_layers: int = 3, contraction: float = 0.9,
-    solver: SolverSettings = SolverSettings(), summary_bins: int = 16,
+    solver: SolverSettings = ACCELERATED, summary_bins: int = 16,
 ) -> FPINetwork:
     """The default main model for flat inputs (the bundled digits): linear stem, L contractive
     tanh FPI layers, linear head."""

@@ -83,12 +83,20 @@ def test_disabled_autoreset_and_partial_reset():
 
 
 def _episodes(mode, steps=60, n=6):
-    """Per row, the records of the episodes it finished, under a deterministic policy of the observation."""
+    """Per row, the records of the episodes it finished, under a policy of the observation.
+
+    Every row plays the same script (FPI on L1, then L2, then answer), read from its step counter,
+    so all rows end their episodes on the same steps in every mode. That matters because NEXT_STEP
+    spends a step on each reset: rows whose episodes ended on different steps would reset in
+    different groups, draw their next samples in a different order, and the modes would differ
+    by design rather than by a bug."""
     envs = _vector(mode, n)
+    layout = envs.unwrapped.engine.layout if hasattr(envs.unwrapped, "engine") else envs.engine.layout
+    script = np.array([1, 2, 0, 0, 0, 0, 0])
     obs, _ = envs.reset(seed=3)
     rows = defaultdict(list)
     for _ in range(steps):
-        actions = (np.abs(obs[:, :16]).sum(axis=1) * 1000).astype(np.int64) % 4
+        actions = script[np.rint(obs[:, layout.step_fraction] * 6).astype(np.int64)]
         obs, _, terminated, _, info = envs.step(actions)
         done = np.flatnonzero(terminated)
         record = info.get("final_info") if mode == AutoresetMode.SAME_STEP else info

@@ -86,7 +86,9 @@ def test_oracle_paths_are_the_cheapest_that_answer_and_respect_min_confidence(wa
                 if seq is not None:
                     assert float(result.cost[i]) == pytest.approx(cost, rel=1e-5)
                     assert sequence_name(result.paths[i].tolist()) == sequence_name(seq)
-    assert float(confident.cost.mean()) >= float(found.cost.mean())
+    both = confident.solved & found.solved  # asking for confidence never makes a solved sample cheaper
+    assert (confident.cost[both] >= found.cost[both] - 1e-6).all()
+    assert int(found.solved.sum()) >= int(confident.solved.sum())
 
 
 def test_exit_rules_act_on_what_they_observe():

@@ -76,8 +76,13 @@ def test_flops_account_for_every_piece():
     setup, per_iter = net.layer_setup_flops, net.layer_iteration_flops
     # the input injection is hoisted out of the loop: setup + one iteration = one application
     assert (setup + per_iter == net.layer_flops).all()
-    expected = setup[0] + 10 * per_iter[0] + reprop[0] + setup[2] + 4 * per_iter[2] + reprop[2]
+    # and the solver's own work: Anderson's, for the mlp (see tests/test_solvers.py)
+    extra = net.layers[0].solver_overhead_flops(torch.tensor([10, 4]), hidden)
+    assert (extra > 0).all()
+    expected = setup[0] + 10 * per_iter[0] + reprop[0] + setup[2] + 4 * per_iter[2] + reprop[2] + extra.sum()
     assert float(flops) == float(expected)
+    net.configure_solver("picard")
+    assert float(net.path_flops(paths, torch.tensor([[10, 4, 0]]))) == float(expected - extra.sum())
 
 
 def test_summaries_have_one_block_per_layer():

@@ -121,6 +121,14 @@ def test_adjoint_tolerance_matched_to_the_forward_residual_saves_iterations_not_
     assert torch.nn.functional.cosine_similarity(g_fixed, reference, dim=0) >= 0.999
 
 
+def test_each_main_model_defaults_to_its_cheaper_solver():
+    from main_models import build_main_model, load_dataset
+
+    solvers = {name: {layer.solver for layer in build_main_model(load_dataset(name, None, seed=0)).layers}
+               for name in ("digits", "parity", "grid-lookup")}
+    assert solvers == {"digits": {"anderson"}, "parity": {"picard"}, "grid-lookup": {"picard"}}
+
+
 def test_unknown_solvers_and_bad_options_are_refused():
     with pytest.raises(ValueError, match="solver must be one of"):
         FPILayer(ContractiveTanhBlock(4, 4), solver="broyden-ish")
@@ -131,7 +139,7 @@ def test_unknown_solvers_and_bad_options_are_refused():
     net = build_mlp_fpi_network(8, 3)
     with pytest.raises(ValueError, match="solver must be one of"):
         net.configure_solver("newton")
-    assert all(layer.solver == "picard" for layer in net.layers)  # nothing changed
+    assert all(layer.solver == "anderson" for layer in net.layers)  # nothing changed (the mlp default)
 
 
 def test_the_cost_model_charges_andersons_own_work():
