@@ -76,26 +76,26 @@ class EpisodeStats:
 class RunLogger:
     """Writes the shared tags to ``run_dir`` with a torch ``SummaryWriter``."""
 
-    def __init__(self, run_dir: Path, num_layers: int, max_steps: int, log_every: int, figure_every: int | None = None) -> None:
+    def __init__(self, run_dir: Path, num_layers: int, max_steps: int, log_every: int, detail_every: int | None = None) -> None:
         self.writer = SummaryWriter(str(run_dir))
         self.stats = EpisodeStats(num_layers, max_steps)
         self.names = action_names(num_layers)
         self.log_every = max(1, log_every)
-        self.figure_every = max(1, figure_every if figure_every is not None else log_every)
+        self.detail_every = max(1, detail_every if detail_every is not None else log_every)
         self.last_log_step = 0
-        self.last_figure_step = 0
+        self.last_detail_step = 0
         self._clock = (time.perf_counter(), 0)
 
-    def maybe_log(self, step: int, main_loss: float | None = None) -> None:
-        if step - self.last_log_step >= self.log_every:
-            self.log(step, main_loss)
+    def detail_due(self, step: int) -> bool:
+        """Whether ``detail_every`` steps have passed since the last detailed log."""
+        return step - self.last_detail_step >= self.detail_every
 
-    def log(self, step: int, main_loss: float | None = None, *, figure: bool | None = None) -> None:
+    def log(self, step: int, main_loss: float | None = None, *, detail: bool | None = None) -> None:
         """Write the charts of the episodes since the last log. The decisions figure is rendered
-        when ``figure`` says so, or by default once ``figure_every`` steps have passed since the last."""
+        when ``detail`` says so, or by default when :meth:`detail_due`."""
         s, w = self.stats, self.writer
-        if figure is None:
-            figure = step - self.last_figure_step >= self.figure_every
+        if detail is None:
+            detail = self.detail_due(step)
         if s.episodes:
             w.add_scalar("charts/episode_reward", s.returns / s.episodes, step)
             w.add_scalar("charts/train_accuracy", s.correct / s.episodes, step)
@@ -108,9 +108,10 @@ class RunLogger:
                 if chosen:
                     w.add_scalar(f"charts/fpi_iterations/layer{i + 1}", s.layer_iterations[i] / chosen, step)
             w.add_histogram("charts/layer_selection", np.repeat(np.arange(len(s.action_counts)), s.action_counts), step, bins=np.arange(len(s.action_counts) + 1) - 0.5)
-            if figure:
+            if detail:
                 w.add_figure("charts/decisions", decisions_figure(s.actions_per_step(), title=f"training, step {step}"), step)
-                self.last_figure_step = step
+        if detail:
+            self.last_detail_step = step
         if main_loss is not None and np.isfinite(main_loss):
             w.add_scalar("losses/main_model_ce", main_loss, step)
         now = time.perf_counter()

@@ -83,7 +83,7 @@ class TrainingRun:
         self.agent = agent
         run = settings.run
         self.progress = run.progress
-        self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every, run.figure_every)
+        self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every, run.detail_every)
         self.next_eval = run.eval_freq or None
         self.next_checkpoint = run.checkpoint_freq or None
         self.hook_seconds = 0.0
@@ -129,8 +129,7 @@ class TrainingRun:
 
     def _after_step(self, step: int) -> None:
         if step - self.logger.last_log_step >= self.logger.log_every:
-            self.log_paths(step)
-        self.logger.maybe_log(step, self.main_loss)
+            self.log(step)
         if self.next_eval is not None and step >= self.next_eval:
             self.evaluate(step)
             while self.next_eval <= step:
@@ -141,6 +140,14 @@ class TrainingRun:
                 self.next_checkpoint += self.settings.run.checkpoint_freq
 
     # ---- the run -----------------------------------------------------------------------------
+    def log(self, step: int, *, detail: bool | None = None) -> None:
+        """The charts of the episodes since the last log; with ``detail`` (by default every
+        ``--detail-every`` steps) also every fixed path's accuracy and the decisions figure."""
+        detail = self.logger.detail_due(step) if detail is None else detail and step != self.logger.last_detail_step
+        if detail:
+            self.log_paths(step)
+        self.logger.log(step, self.main_loss, detail=detail)
+
     def log_paths(self, step: int, limit: int = 512) -> None:
         """Each fixed path's accuracy on (the first ``limit`` samples of) the test split."""
         engine = self.engine

@@ -43,8 +43,9 @@ class RunSettings:
     eval_freq: int = _setting(0, "evaluate on the test split every this many steps (0: only at the end)")
     checkpoint_freq: int = _setting(10_000, "write checkpoint.pt every this many steps (0: only at the end)")
     log_every: int = _setting(2048, "log training charts every this many steps")
-    figure_every: int = _setting(10240, "render the training decisions figure (charts/decisions) every this many steps, and at "
-                                        "the end; each takes about 0.2 s of matplotlib")
+    detail_every: int = _setting(10240, "evaluate every fixed path on the test split (paths/accuracy/*) and render the decisions "
+                                        "figure (charts/decisions) every this many steps, and at the end: each costs far more "
+                                        "than the scalar charts written every --log-every steps")
     run_name: str | None = _setting(None, "run directory name under --logdir (default <algo>-<dataset>-s<seed>-<time>)")
     logdir: str = _setting("runs", "parent directory of run directories")
     progress: bool = _setting(True, "show progress bars")

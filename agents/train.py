@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     train_seconds = time.perf_counter() - start
     breakdown = training.time_breakdown(train_seconds, engine_before)
     sps = (agent.num_timesteps - start_step) / max(train_seconds, 1e-9)
-    training.logger.log(agent.num_timesteps, training.main_loss, figure=True)
+    training.log(agent.num_timesteps, detail=True)
     training.checkpoint()
 
     # 6. the final evaluation on the test split

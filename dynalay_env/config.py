@@ -137,10 +137,10 @@ class EnvConfig:
     fpi_solver: str | None = _setting(None, "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
                                               "(Anderson acceleration, its own work charged too); default: the main model's own "
                                               "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py)")
-    main_grad: str = _setting("phantom", "the main model's gradient through each fixed point in its warm-up and co-training "
-                                         "updates: phantom (one step from the fixed point: half the update's time, the same "
-                                         "final accuracy; benchmarks/README.md), implicit (exact, an adjoint solve per FPI step) "
-                                         "or unrolled (main_models.FPILayer)")
+    main_grad: str | None = _setting(None, "the main model's gradient through each fixed point in its warm-up and co-training "
+                                          "updates: implicit (exact, an adjoint solve per FPI step), phantom (one step from the "
+                                          "fixed point: cheaper, approximate) or unrolled; default: the main model's own "
+                                          "(main_models.TRAINING_GRADS: phantom for mlp, implicit for the others)")
     seed: int = _setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
     main_model: str | None = _setting(None, "a main_model.pt written by a DynaLay run: start from those co-trained weights "
                                              "(no warm-up) instead of a fresh model")
@@ -177,7 +177,7 @@ class EnvConfig:
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.fpi_solver is not None and self.fpi_solver not in SOLVERS:
             raise ValueError(f"fpi_solver must be one of {list(SOLVERS)}, got {self.fpi_solver!r}")
-        if self.main_grad not in GRAD_MODES:
+        if self.main_grad is not None and self.main_grad not in GRAD_MODES:
             raise ValueError(f"main_grad must be one of {list(GRAD_MODES)}, got {self.main_grad!r}")
         if _number("main_lr", self.main_lr) == 0:
             raise ValueError("main_lr must be > 0")

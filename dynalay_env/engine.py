@@ -31,6 +31,7 @@ from torch import Tensor
 from main_models import (
     DatasetSplits,
     FPINetwork,
+    TRAINING_GRADS,
     MainModelTrainer,
     PathState,
     build_main_model,
@@ -573,7 +574,7 @@ def build_engine(
             torch.manual_seed(config.seed)
             network = build_main_model(splits, model=config.model)
     network = network.to(dev)
-    network.configure_solver(config.fpi_solver, grad=config.main_grad)
+    network.configure_solver(config.fpi_solver, grad=config.main_grad or TRAINING_GRADS[config.model or default_model(splits)])
     if config.main_model is not None:
         load_main_model(config.main_model, network, splits)
     max_steps = config.max_steps if config.max_steps is not None else default_max_steps(network.num_layers)

@@ -2,7 +2,7 @@
 along action paths. Nothing in here knows about reinforcement learning."""
 
 from .storage import UnsafeFileError, atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
-from .build import MAIN_MODELS, build_main_model, default_model
+from .build import MAIN_MODELS, TRAINING_GRADS, build_main_model, default_model
 from .conv import ContractiveConvBlock, ConvOperatorNorm, build_conv_fpi_network
 from .data import (
     DATASETS,

@@ -13,6 +13,14 @@ _SHAPES = {"flat": "float (N, features)", "image": "float (N, C, H, W)", "tokens
            "grid": "integer token grids (N, H, W)"}
 
 
+TRAINING_GRADS: dict[str, str] = {"mlp": "phantom", "cnn": "implicit", "lstm": "implicit", "grid-lstm": "implicit"}
+"""The gradient through each fixed point that the environment's warm-up and co-training use by
+default, per main model. The phantom step halves an update's time on the mlp at the same final
+accuracy (benchmarks/README.md, "Training throughput"). The Jacobi LSTMs keep the implicit gradient:
+one phantom step backpropagates through a single time step of the recurrence, and on grid-lookup
+it cost 2.5 points of FPI-on-every-layer accuracy. The cnn keeps it until measured."""
+
+
 def default_model(splits: DatasetSplits) -> str:
     """The main model for a dataset's input kind: flat -> mlp, image -> cnn, tokens -> lstm,
     grid -> grid-lstm."""

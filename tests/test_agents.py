@@ -71,15 +71,16 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
         assert {"losses/policy_loss", "losses/value_loss", "losses/entropy"} <= tags
 
 
-def test_the_decisions_figure_is_rendered_every_figure_every_steps_and_at_the_end(tmp_path):
-    train.main(tiny("reinforce") + ["--logdir", str(tmp_path), "--run-name", "fig", "--figure-every", "256"])
+def test_fixed_paths_and_the_decisions_figure_are_logged_every_detail_every_steps_and_at_the_end(tmp_path):
+    train.main(tiny("reinforce") + ["--logdir", str(tmp_path), "--run-name", "fig", "--detail-every", "256"])
     acc = EventAccumulator(str(tmp_path / "fig"), size_guidance={"images": 0})
     acc.Reload()
     steps = [event.step for event in acc.Images("charts/decisions")]
-    # charts every 128 steps; a figure once 256 have passed since the last one, and one at the end
+    # charts every 128 steps; the details once 256 have passed since the last, and at the end
     assert len(steps) >= 2 and steps[-1] >= 512
     assert all(b - a >= 256 for a, b in zip(steps[:-2], steps[1:-1]))
     assert len(steps) < len(acc.Scalars("charts/episode_reward"))
+    assert [e.step for e in acc.Scalars("paths/accuracy/NOP")] == steps  # fixed paths evaluated with the figure
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "reinforce"])
