@@ -528,7 +528,7 @@ class SolverSettings:
 
 ACCELERATED = SolverSettings(solver="anderson")
 """The default of the mlp and cnn main models: on them Anderson acceleration gives the same accuracy
-for 11-19 % less charged compute than plain iteration at tol 1e-3 (benchmarks/solver.py). The
+for 10-19 % less charged compute than plain iteration at tol 1e-3 (benchmarks/solver.py). The
 Jacobi LSTMs keep plain iteration, which reaches their exact fixed point in at most T + 1 steps."""
 
 
