@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +80,11 @@ class ReinforceAgent(nn.Module):
         """The greedy action (evaluation)."""
         return self.policy(obs).argmax(dim=1)
 
-    def update(self, obs: Tensor, actions: Tensor, returns: Tensor) -> dict[str, float]:
-        """One gradient step on complete-episode samples (obs (n, D), actions (n,), returns (n,))."""
+    def update(self, obs: Tensor, actions: Tensor, returns: Tensor,
+               average_gradients: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
+        """One gradient step on complete-episode samples (obs (n, D), actions (n,), returns (n,)).
+        ``average_gradients`` (replicated training) averages the gradients with the other replicas'
+        before the step."""
         c = self.config
         logits = self.policy(obs)
         logp_all = F.log_softmax(logits, dim=1)
@@ -94,9 +97,21 @@ class ReinforceAgent(nn.Module):
         loss = policy_loss + c.value_coef * value_loss - c.ent_coef * entropy
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if average_gradients is not None:
+            average_gradients(self)
         nn.utils.clip_grad_norm_(self.parameters(), c.max_grad_norm)
         self.optimizer.step()
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}
+
+
+class Replicas(Protocol):
+    """The other processes an agent is replicated on (agents/train_distributed.py)."""
+
+    def all_ready(self, ready: bool) -> bool:
+        """True on every replica once every replica is ready to update."""
+
+    def average_gradients(self, module: nn.Module) -> None:
+        """Replace each gradient of ``module`` by its mean over the replicas."""
 
 
 class EpisodeBuffer:
@@ -146,7 +161,7 @@ class ReinforceLearner:
 
     def __init__(
         self, settings: ReinforceSettings, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device,
-        total_timesteps: int,
+        total_timesteps: int, replicas: "Replicas | None" = None,
     ) -> None:
         self.settings = settings
         self.env = DynaLayVectorEnv(engine=engine, torch_arrays=True)
@@ -159,6 +174,8 @@ class ReinforceLearner:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.device = device
+        self.replicas = replicas
+        """Set when the agent is replicated across processes: they update together, on averaged gradients."""
 
     def effective_settings(self) -> dict[str, Any]:
         return {name: getattr(self.settings, name) for name in self.settings.__dataclass_fields__}
@@ -184,9 +201,13 @@ class ReinforceLearner:
             obs = next_obs
             self.num_timesteps += n
             bar.update(n)
-            if len(pending) >= self.settings.n_steps:
+            ready = len(pending) >= self.settings.n_steps
+            if self.replicas is not None:  # every replica must join the update's all-reduce
+                ready = self.replicas.all_ready(ready)
+            if ready:
                 batch = [torch.cat(parts) for parts in zip(*pending)]
-                hooks.on_losses(self.agent.update(*batch), self.num_timesteps)
+                average = self.replicas.average_gradients if self.replicas is not None else None
+                hooks.on_losses(self.agent.update(*batch, average_gradients=average), self.num_timesteps)
                 pending.clear()
             hooks.after_step(self.num_timesteps)
         bar.close()

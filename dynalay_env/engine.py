@@ -439,6 +439,10 @@ class DynaLayEngine:
                 self.seconds["cotrain"] += time.perf_counter() - start
             if self.autoreset:
                 self.reset(done_rows)
+        if self.trainer is not None:
+            start = time.perf_counter()
+            self.trainer.step_finished()
+            self.seconds["cotrain"] += time.perf_counter() - start
         self.seconds["step"] += time.perf_counter() - step_start
         return StepOutput(
             obs=self.obs,

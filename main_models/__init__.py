@@ -29,3 +29,4 @@ from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm
 from .network import FPINetwork, PathState, assemble_network, build_mlp_fpi_network
 from .paths import evaluate_fixed_path, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline
 from .trainer import ALTERNATIVE_PATHS, EpochProgress, MainModelTrainer, PathSource, fixed_paths, random_paths
+from .distributed import DistributedMainModelTrainer, replicas_equal

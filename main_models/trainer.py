@@ -123,21 +123,34 @@ class MainModelTrainer:
                 )
             index, paths = index.clone(), paths.clone()  # normal tensors, even if the caller made them in inference mode
             self.model.train()
-            x, y = self.x[index], self.y[index]
-            logits, _ = self.model.run_paths(x, paths)
-            loss = F.cross_entropy(logits, y)
-            for name in self.alternatives:
-                if name == "plain":
-                    alt = self.model.readout(self.model.straightforward(x))
-                else:
-                    alt, _ = self.model.run_paths(x, random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(
-                        index.numel(), self.generator))
-                loss = loss + F.cross_entropy(alt, y)
-            loss = loss / (1 + len(self.alternatives))
+            loss = self._update_loss(index, paths)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
         return float(loss.detach())
+
+    def loss(self, index: Tensor, paths: Tensor, *, reduction: str = "mean") -> Tensor:
+        """Cross-entropy of samples ``index`` along ``paths``, averaged with the alternatives' (see
+        the class); ``reduction="sum"`` sums over the samples instead of averaging."""
+        x, y = self.x[index], self.y[index]
+        logits, _ = self.model.run_paths(x, paths)
+        loss = F.cross_entropy(logits, y, reduction=reduction)
+        for name in self.alternatives:
+            if name == "plain":
+                alt = self.model.readout(self.model.straightforward(x))
+            else:
+                alt, _ = self.model.run_paths(x, random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(
+                    index.numel(), self.generator))
+            loss = loss + F.cross_entropy(alt, y, reduction=reduction)
+        return loss / (1 + len(self.alternatives))
+
+    def _update_loss(self, index: Tensor, paths: Tensor) -> Tensor:
+        """The loss one :meth:`step` descends (a data-parallel trainer computes it across ranks)."""
+        return self.loss(index, paths)
+
+    def step_finished(self) -> None:
+        """Called by the engine after every environment step, whether or not episodes ended: a
+        single process has nothing to do here; a data-parallel trainer agrees on updates here."""
 
     def train_epochs(
         self,
