@@ -202,3 +202,11 @@ def test_iteration_body_quick():
             assert r["compiled_vs_eager"] == pytest.approx(r["compiled_us"] / r["eager_us"])
         else:
             assert r["compiled_us"] is None
+
+
+def test_distributed_quick():
+    out = _run("distributed")
+    assert out["benchmark"] == "distributed" and [r["ranks"] for r in out["rows"]] == [1, 2]
+    for r in out["rows"]:
+        assert r["train_sps"] > 0 and r["cotrain_updates"] > 0 and r["replicas_equal"] is True
+        assert r["timesteps"] >= 2048 and 0 <= r["accuracy"] <= 1
