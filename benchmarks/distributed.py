@@ -26,12 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_world(ranks: int, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
+    num_envs = args.per_rank * ranks if args.per_rank else args.num_envs
+    total = args.total_timesteps * ranks if args.per_rank else args.total_timesteps
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         raise SystemExit("error: torchrun not found (it comes with torch)")
     command = [
         torchrun, "--standalone", "--nproc-per-node", str(ranks), str(ROOT / "agents" / "train_distributed.py"),
-        "--dataset", args.dataset, "--total-timesteps", str(args.total_timesteps), "--num-envs", str(args.num_envs),
+        "--dataset", args.dataset, "--total-timesteps", str(total), "--num-envs", str(num_envs),
         "--pretrain-epochs", str(args.pretrain_epochs), "--device", args.device, "--threads", "1", "--no-progress",
         "--logdir", str(logdir), "--run-name", f"ranks{ranks}",
     ]
@@ -41,6 +43,7 @@ def run_world(ranks: int, args: argparse.Namespace, logdir: Path) -> dict[str, A
     result = json.loads((logdir / f"ranks{ranks}" / "eval.json").read_text())
     return {
         "ranks": ranks,
+        "num_envs": num_envs,
         "train_sps": result["train_sps"],
         "train_seconds": result["train_seconds"],
         "timesteps": result["timesteps"],
@@ -60,11 +63,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="world sizes to measure")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--total-timesteps", type=int, default=40960)
-    parser.add_argument("--num-envs", type=int, default=64, help="episodes in flight over all ranks")
+    parser.add_argument("--num-envs", type=int, default=64, help="episodes in flight over all ranks (strong scaling)")
+    parser.add_argument("--per-rank", type=int, default=None,
+                        help="episodes in flight per rank instead (weak scaling: --num-envs and --total-timesteps grow with the ranks)")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
-    if any(r < 1 for r in args.ranks) or any(args.num_envs % r for r in args.ranks):
+    if args.per_rank is not None and args.per_rank < 1:
+        parser.error(f"--per-rank must be >= 1, got {args.per_rank}")
+    if any(r < 1 for r in args.ranks) or (args.per_rank is None and any(args.num_envs % r for r in args.ranks)):
         parser.error(f"--ranks must be >= 1 and divide --num-envs {args.num_envs}, got {args.ranks}")
     if args.quick:
         args.total_timesteps, args.pretrain_epochs, args.ranks = 2048, 1, [1, 2]
@@ -74,12 +81,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in rows:
         r["sps_vs_first"] = r["train_sps"] / base
     result = {"benchmark": "distributed", "dataset": args.dataset, "device": args.device, "num_envs": args.num_envs,
+              "per_rank": args.per_rank,
               "total_timesteps": args.total_timesteps, "cpu_count": os.cpu_count(), "rows": rows}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"REINFORCE + co-training on {args.dataset}, {args.num_envs} episodes in flight over all ranks, {args.device}, "
-              f"{os.cpu_count()} CPU cores")
+        scaling = f"{args.per_rank} episodes in flight per rank" if args.per_rank else f"{args.num_envs} episodes in flight over all ranks"
+        print(f"REINFORCE + co-training on {args.dataset}, {scaling}, {args.device}, {os.cpu_count()} CPU cores")
         print(f"{'ranks':>5} | {'steps/s':>8} | {'vs first':>8} | {'updates':>7} | {'replicas equal':>14} | {'accuracy':>8}")
         for r in rows:
             print(f"{r['ranks']:>5} | {r['train_sps']:8.0f} | {r['sps_vs_first']:8.2f} | {r['cotrain_updates']:>7} | "

@@ -47,11 +47,12 @@ def _time_steps(env: gym.vector.VectorEnv, min_steps: int, min_seconds: float, s
     return steps * n / seconds, steps
 
 
-def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min_seconds: float, sync_max: int) -> dict:
+def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min_seconds: float, sync_max: int,
+        fpi_solver: str | None = None) -> dict:
     rows = []
     for device in devices:
         for n in sizes:
-            kwargs = dict(device=device, cotrain=cotrain, seed=0, pretrain_epochs=0)
+            kwargs = dict(device=device, cotrain=cotrain, seed=0, pretrain_epochs=0, fpi_solver=fpi_solver)
             batched = gym.make_vec("DynaLay-v0", num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
             batched_sps, batched_steps = _time_steps(batched, min_steps, min_seconds, seed=0)
             row = {"device": device, "num_envs": n, "batched_sps": batched_sps, "batched_vector_steps": batched_steps}
@@ -67,6 +68,7 @@ def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min
     return {
         "benchmark": "env_throughput",
         "cotrain": cotrain,
+        "fpi_solver": fpi_solver or "the main model's default",
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="N = 1 and 64, short timing")
     parser.add_argument("--cotrain", action="store_true", help="include the main model's co-training updates")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--fpi-solver", choices=["picard", "anderson"], default=None, help="override the main model's solver")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="numbers of envs N to measure (default 1 64 256 1024)")
     add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -90,14 +94,17 @@ def main(argv: list[str] | None = None) -> dict:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("error: --device cuda but no CUDA device is available")
         devices = [args.device]
+    if args.sizes is not None and any(n < 1 for n in args.sizes):
+        parser.error(f"--sizes must be >= 1, got {args.sizes}")
     if args.quick:
-        result = run([1, 64], devices, args.cotrain, min_steps=5, min_seconds=0.2, sync_max=64)
+        result = run(args.sizes or [1, 64], devices, args.cotrain, min_steps=5, min_seconds=0.2, sync_max=64, fpi_solver=args.fpi_solver)
     else:
-        result = run([1, 64, 256, 1024], devices, args.cotrain, min_steps=50, min_seconds=3.0, sync_max=1024)
+        result = run(args.sizes or [1, 64, 256, 1024], devices, args.cotrain, min_steps=50, min_seconds=3.0, sync_max=1024,
+                     fpi_solver=args.fpi_solver)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"env steps/s, random actions, co-training {'on' if args.cotrain else 'off'}")
+        print(f"env steps/s, random actions, co-training {'on' if args.cotrain else 'off'}, solver: {result['fpi_solver']}")
         print(f"{'device':>6} | {'N':>5} | {'batched':>10} | {'sync':>10} | {'ratio':>7}")
         for r in result["rows"]:
             sync = f"{r['sync_sps']:10.0f}" if r["sync_sps"] else f"{'-':>10}"

@@ -11,6 +11,7 @@ gradient skips converged rows the same way.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple, Sequence
@@ -254,12 +255,13 @@ def solve_together(problems: Sequence[FixedPointProblem]) -> list[FPIResult]:
         for i, s in enumerate(active):
             if k >= s.max_iter:  # a problem at its cap stops all its rows, flagged by their residual
                 stop[offsets[i] : offsets[i + 1]] = True
-        # the one host read per iteration: how many rows of each problem stop
-        if single:
-            counts = [int(stop.sum())]
+        # the one host read per iteration: how many rows stop, and then in which problems
+        total = int(stop.sum())
+        if single or not total:
+            counts = [total] if single else [0] * len(active)
         else:
-            ends = stop.cumsum(0)[torch.tensor(offsets[1:], device=stop.device) - 1].tolist()
-            counts = [b - a for a, b in zip([0] + ends[:-1], ends)]
+            stopped = stop.nonzero().squeeze(1).tolist()
+            counts = [bisect.bisect_left(stopped, b) - bisect.bisect_left(stopped, a) for a, b in zip(offsets, offsets[1:])]
         still = []
         for i, s in enumerate(active):
             fz, g = images[i]
