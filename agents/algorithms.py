@@ -23,6 +23,9 @@ class Agent(Protocol):
     def learn(self, steps: int, hooks: Hooks) -> None:
         """Train for ``steps`` more environment steps, calling ``hooks`` as it goes."""
 
+    def imitate(self, obs: torch.Tensor, actions: torch.Tensor, *, epochs: int, seed: int) -> float:
+        """Fit the policy to pick ``actions`` at ``obs`` (an imitation warm-start); the agreement reached."""
+
     def state(self) -> dict[str, Any]:
         """Agent weights, optimizer state and anything else needed to resume."""
 

@@ -23,16 +23,19 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from dynalay_env import RewardConfig, evaluate_policy, oracle, sequence_name
-from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, sweep
+from dynalay_env import EvalReport, RewardConfig, evaluate_policy, oracle, sequence_name
+from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, rule_orders, sweep
 from main_models import DatasetSplits, FPINetwork
 
 from .imitation import learnable_ceiling
 
 TOLERANCE = 0.005
 """Half a point: 'reaches Model 3's accuracy' means within this of FPI on every layer."""
-EXIT_RULE_OBSERVATION = ("activations", "lam", "progress", "confidence", "residuals")
-"""What the exit rules read (they need only confidence, progress and residuals)."""
+CONFIDENCE_RULE_OBSERVATION = ("progress", "confidence")
+"""What the confidence rule reads. Nothing more: an observation group with a cost (the residuals'
+probe) would be charged to the rule."""
+RESIDUAL_RULE_OBSERVATION = ("progress", "confidence", "residuals")
+"""What the residual rule reads; it pays for the residuals' probe."""
 
 
 def increasing_paths(num_layers: int) -> list[list[int]]:
@@ -56,6 +59,32 @@ def decision_targets(accuracy: float, compute: float, *, fpi_all_accuracy: float
     }
 
 
+def fixed_path_points(model: FPINetwork, splits: DatasetSplits, reference: EvalReport, *, reward: RewardConfig, max_steps: int,
+                      device: str | torch.device = "cpu") -> dict[str, dict[str, Any]]:
+    """Every increasing fixed path (:func:`increasing_paths`) on the test split, by name, each with
+    its ``path``; ``reference`` is FPI on every layer's report, reused for that path."""
+    every_layer = list(range(1, model.num_layers + 1))
+    points = {}
+    for path in increasing_paths(model.num_layers):
+        report = reference if path == every_layer else evaluate_policy(
+            model, splits, path, reward=reward, max_steps=max_steps, device=device, timing_repeats=0, reference=reference)
+        points[sequence_name(path)] = {**_point(report), "path": path}
+    return points
+
+
+def tuned_confidence_curve(model: FPINetwork, splits: DatasetSplits, fixed: dict[str, dict[str, Any]], reference: EvalReport, *,
+                           reward: RewardConfig, max_steps: int, device: str | torch.device = "cpu") -> list[dict]:
+    """The confidence rule swept over tau for each of :func:`rule_orders`: bottom-up, and the order
+    of the cheapest fixed path within :data:`TOLERANCE` of FPI on every layer. Its upper envelope
+    is the rule an agent is compared with."""
+    goal = reference.fpi_all_accuracy - TOLERANCE
+    reaching = [p for p in fixed.values() if p["accuracy"] >= goal]
+    cheapest = min(reaching, key=lambda p: p["compute_fraction"])["path"] if reaching else None
+    return [point for order in rule_orders(model.num_layers, cheapest)
+            for point in sweep("confidence", model, splits, max_steps=max_steps, observation=CONFIDENCE_RULE_OBSERVATION, reward=reward,
+                               device=device, reference=reference, order=order)]
+
+
 def _point(report) -> dict[str, float]:
     return {"accuracy": report.accuracy, "compute_fraction": report.compute_fraction,
             "per_difficulty": {str(k): v for k, v in report.per_difficulty.items()}}
@@ -74,6 +103,7 @@ def compare_to_baselines(
     ceiling_min_confidence: float = 0.9,
     test_limit: int | None = None,
     seed: int = 0,
+    residual_rule: bool = True,
 ) -> dict[str, Any]:
     """The agent (``policy``, reading ``observation``) and every baseline at ``reward.lam``, with
     the derived headroom and target checks (see the module docstring); all on the first
@@ -81,18 +111,18 @@ def compare_to_baselines(
     sequences)."""
     if test_limit is not None:
         splits = splits.head(None, test_limit)
+    every_layer = list(range(1, model.num_layers + 1))
+    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, observation=observation, device=device,
+                          timing_repeats=0)
     agent = evaluate_policy(model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device,
-                            timing_repeats=1)
-    fixed = {}
-    for path in increasing_paths(model.num_layers):
-        report = evaluate_policy(model, splits, path, reward=reward, max_steps=max_steps, observation=observation, device=device,
-                                 timing_repeats=1)
-        fixed[sequence_name(path)] = _point(report)
-    confidence = sweep("confidence", model, splits, max_steps=max_steps, observation=EXIT_RULE_OBSERVATION, reward=reward, device=device)
-    residual = sweep("residual", model, splits, max_steps=max_steps, observation=EXIT_RULE_OBSERVATION, reward=reward, device=device)
-    best = oracle(model, splits, max_steps=max_steps, device=device)
+                            timing_repeats=0, reference=ref)
+    fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
+    confidence = tuned_confidence_curve(model, splits, fixed, ref, reward=reward, max_steps=max_steps, device=device)
+    residual = sweep("residual", model, splits, max_steps=max_steps, observation=RESIDUAL_RULE_OBSERVATION, reward=reward, device=device,
+                     reference=ref) if residual_rule else []
+    best = oracle(model, splits, max_steps=max_steps, device=device, reference=ref)
     ceiling = learnable_ceiling(model, splits, max_steps=max_steps, observation=observation, reward=reward,
-                                min_confidence=ceiling_min_confidence, train_limit=ceiling_train_limit, seed=seed)
+                                min_confidence=ceiling_min_confidence, train_limit=ceiling_train_limit, seed=seed, reference=ref)
 
     reference = fixed[sequence_name(range(1, model.num_layers + 1))]["accuracy"]
     goal = reference - TOLERANCE
@@ -131,7 +161,8 @@ def comparison_table(result: dict[str, Any]) -> str:
     """The comparison as aligned text lines."""
     rows = [("agent", result["agent"]["accuracy"], result["agent"]["compute_fraction"])]
     rows += [(f"fixed {name}", p["accuracy"], p["compute_fraction"]) for name, p in result["fixed_paths"].items()]
-    rows += [(f"confidence tau {p['tau']:g}", p["accuracy"], p["compute_fraction"]) for p in result["confidence_curve"]]
+    rows += [(f"confidence tau {p['tau']:g} ({','.join(f'L{j}' for j in p['order'])})", p["accuracy"], p["compute_fraction"])
+             for p in result["confidence_curve"]]
     rows += [(f"residual tau {p['tau']:g}", p["accuracy"], p["compute_fraction"]) for p in result["residual_curve"]]
     rows += [("learnable ceiling", result["ceiling"]["report"]["accuracy"], result["ceiling"]["report"]["compute_fraction"]),
              ("oracle (knows the label)", result["oracle"]["accuracy"], result["oracle"]["compute_fraction"])]
@@ -142,4 +173,59 @@ def comparison_table(result: dict[str, Any]) -> str:
     lines.append(f"cheapest fixed path within 0.5 points of FPI on every layer ({result['fpi_all_accuracy']:.4f}): "
                  f"{cheapest['path']} at {cheapest['compute_fraction']:.3f}; headroom {headroom}")
     lines.append("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["targets"].items()))
+    return "\n".join(lines)
+
+
+def simple_baselines(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    agent: EvalReport,
+    *,
+    reward: RewardConfig,
+    max_steps: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """What a training run prints beside its agent (``agent``, its test report): FPI on every
+    layer, the plain path, the cheapest fixed path within :data:`TOLERANCE` of the agent's
+    accuracy, and the confidence rule's cheapest tau as accurate, on the same frozen model. No
+    oracle or ceiling: ``evaluate.py RUN --baselines`` adds those."""
+    every_layer = list(range(1, model.num_layers + 1))
+    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, device=device, timing_repeats=0)
+    goal = agent.accuracy - TOLERANCE
+    fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
+    reaching = {name: p for name, p in fixed.items() if p["accuracy"] >= goal}
+    cheapest = min(reaching, key=lambda name: reaching[name]["compute_fraction"]) if reaching else None
+    confidence = tuned_confidence_curve(model, splits, fixed, ref, reward=reward, max_steps=max_steps, device=device)
+    rule = [p for p in confidence if p["accuracy"] >= goal]
+    rule_best = min(rule, key=lambda p: p["compute_fraction"]) if rule else None
+    return {
+        "agent": {"accuracy": agent.accuracy, "compute_fraction": agent.compute_fraction},
+        "fpi_all": fixed[sequence_name(every_layer)],
+        "plain": fixed["NOP"],
+        "cheapest_fixed_path": None if cheapest is None else {**reaching[cheapest], "path": cheapest},
+        "confidence_rule": rule_best,
+        "confidence_curve": confidence,
+        "tolerance": TOLERANCE,
+    }
+
+
+def simple_baselines_table(result: dict[str, Any], agent_name: str = "agent") -> str:
+    """:func:`simple_baselines` as a short aligned table."""
+    def row(name: str, accuracy: float | None, compute: float | None) -> str:
+        if accuracy is None:
+            return f"  {name:<44} {'-':>8}  {'-':>7}"
+        return f"  {name:<44} {accuracy:>8.4f}  {compute:>7.3f}"
+
+    fixed, rule = result["cheapest_fixed_path"], result["confidence_rule"]
+    points = " points" if result["tolerance"] * 100 != 1 else " point"
+    lines = [f"  {'on the test split, same main model':<44} {'accuracy':>8}  {'compute':>7}  (fraction of FPI on every layer)",
+             row(agent_name, result["agent"]["accuracy"], result["agent"]["compute_fraction"]),
+             row("FPI on every layer", result["fpi_all"]["accuracy"], result["fpi_all"]["compute_fraction"]),
+             row("plain pass (NOP)", result["plain"]["accuracy"], result["plain"]["compute_fraction"]),
+             row(f"cheapest fixed path as accurate: {fixed['path']}" if fixed else "cheapest fixed path as accurate: none",
+                 fixed and fixed["accuracy"], fixed and fixed["compute_fraction"]),
+             row(f"confidence rule as accurate: tau {rule['tau']:g}, order {','.join(f'L{j}' for j in rule['order'])}"
+                 if rule else "confidence rule as accurate: no tau",
+                 rule and rule["accuracy"], rule and rule["compute_fraction"])]
+    lines.append(f"  (as accurate: within {result['tolerance'] * 100:g}{points} of the agent's accuracy)")
     return "\n".join(lines)

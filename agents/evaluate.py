@@ -62,8 +62,8 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
 
 
 def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True,
-                 timing_repeats: int = 3, baselines: bool = False, ceiling_train_limit: int | None = 4000,
-                 baseline_test_limit: int | None = None) -> dict:
+                 timing_repeats: int = 1, baselines: bool = False, ceiling_train_limit: int | None = 4000,
+                 baseline_test_limit: int | None = None, residual_rule: bool = False) -> dict:
     loaded = load_run(run_dir, device)
     settings, engine = loaded.settings, loaded.engine
     lams = list(lams) if lams else [settings.env.lam]
@@ -89,7 +89,7 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
         out["comparison"] = [
             compare_to_baselines(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
                                  observation=engine.layout.groups, device=engine.device, ceiling_train_limit=ceiling_train_limit,
-                                 test_limit=baseline_test_limit, seed=settings.run.seed)
+                                 test_limit=baseline_test_limit, seed=settings.run.seed, residual_rule=residual_rule)
             for lam in lams
         ]
     if figures:
@@ -172,19 +172,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     add_runtime_flags(parser)
     parser.add_argument("--baselines", action="store_true",
-                        help="also evaluate every fixed path, the confidence and residual exit rules, the oracle and the learnable "
-                             "ceiling on the same main model, with the headroom and issue 9's target checks")
+                        help="also evaluate every fixed path, the confidence exit rule, the oracle and the learnable "
+                             "ceiling on the same main model, with the headroom and the target checks")
+    parser.add_argument("--residual-rule", action="store_true",
+                        help="with --baselines: also sweep the residual-threshold exit rule (it pays for a residual probe every step, "
+                             "and is the slowest part of the comparison)")
     parser.add_argument("--ceiling-train-limit", type=int, default=4000,
                         help="with --baselines: train samples the learnable ceiling imitates the oracle on")
     parser.add_argument("--baseline-test-limit", type=int,
                         help="with --baselines: compare on the first N test samples (default: all)")
-    parser.add_argument("--timing-repeats", type=int, default=3, help="timed rollouts per policy; wall times are their median")
+    parser.add_argument("--timing-repeats", type=int, default=1, help="timed rollouts per policy; wall times are their median "
+                        "(benchmarks/inference_time.py measures wall time properly)")
     args = parser.parse_args(argv)
     try:
         set_threads(args.threads)
         out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats,
                            baselines=args.baselines, ceiling_train_limit=args.ceiling_train_limit,
-                           baseline_test_limit=args.baseline_test_limit)
+                           baseline_test_limit=args.baseline_test_limit, residual_rule=args.residual_rule)
     except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(out) if args.json else _table(out))

@@ -22,3 +22,7 @@ class Hooks(Protocol):
 
     def after_step(self, step: int) -> None:
         """After every vector step: periodic logging, evaluation and checkpoints."""
+
+    def between_updates(self, step: int) -> None:
+        """Where the policy may change outside the algorithm's own update without spoiling it: before an
+        on-policy rollout starts (SB3), after an update (REINFORCE). The imitation refresh runs here."""

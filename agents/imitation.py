@@ -14,12 +14,13 @@ trained with cross-entropy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dynalay_env import DynaLayEngine, EvalReport, RewardConfig, evaluate_policy, oracle_paths
 from dynalay_env.evaluation import drive
@@ -48,18 +49,23 @@ def demonstrations(
     reward: RewardConfig,
     min_confidence: float = 0.9,
     batch_size: int = 1024,
+    max_depth: int | None = None,
 ) -> Demonstrations:
-    """Roll the oracle's sequence for every sample of (x, y) out in an engine and record each step.
+    """Roll the oracle's sequence for every sample of (x, y) out in an engine and record each step
+    (each episode's lambda drawn as ``reward`` draws it).
 
     The sequence is the cheapest that answers with the true class at ``min_confidence`` or more;
-    where none does, the cheapest that answers at all; where none does either, the plain path."""
+    where none does, the cheapest that answers at all; where none does either, the plain path.
+    Sequences of up to ``max_depth`` FPI steps are searched (default L, the number of layers:
+    every layer once; the search's cost grows as L^depth for samples that no sequence answers)."""
     # where no sequence reaches min_confidence, the cheapest correct one still beats answering wrong
-    confident = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence)
-    correct = oracle_paths(model, x, y, max_steps=max_steps) if min_confidence > 0 else confident
+    depth = model.num_layers if max_depth is None else max_depth
+    confident = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, max_depth=depth)
+    correct = oracle_paths(model, x, y, max_steps=max_steps, max_depth=depth) if min_confidence > 0 else confident
     chosen = torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths)
     paths = torch.cat([chosen, torch.zeros(chosen.shape[0], 1, dtype=torch.long, device=chosen.device)], dim=1)
     part = DatasetSplits("demonstrations", x, y, x, y, int(y.max()) + 1 if y.numel() else 1)
-    engine = DynaLayEngine(min(batch_size, int(y.shape[0])), part, model, reward=reward.fixed(reward.lam), max_steps=max_steps,
+    engine = DynaLayEngine(min(batch_size, int(y.shape[0])), part, model, reward=reward, max_steps=max_steps,
                            mode="eval", autoreset=False, observation=tuple(observation), device=y.device)
     obs_parts, action_parts = [], []
 
@@ -77,24 +83,85 @@ def demonstrations(
     return Demonstrations(torch.cat(obs_parts), torch.cat(action_parts), int(y.shape[0]))
 
 
+Loss = str
+"""How actions are fitted: "cross-entropy" on a policy's logits, or "margin" on a Q-network's values
+(DQfD's large-margin loss: the demonstrated action's value must exceed every other by ``margin``)."""
+
+
+def fit_to_actions(scores: Callable[[Tensor], Tensor], parameters: Iterable[nn.Parameter], obs: Tensor, actions: Tensor, *,
+                   epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0, loss: Loss = "cross-entropy",
+                   margin: float = 0.8) -> float:
+    """Fit ``scores(obs)`` (logits or Q-values, (n, A)) to pick ``actions`` by minibatch Adam over
+    ``parameters``; returns the share of ``obs`` on which the argmax is the demonstrated action."""
+    if loss not in ("cross-entropy", "margin"):
+        raise ValueError(f"loss must be 'cross-entropy' or 'margin', got {loss!r}")
+    generator = torch.Generator().manual_seed(seed)
+    parameters = list(parameters)
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    with torch.inference_mode(False), torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(obs.shape[0], generator=generator).to(obs.device)
+            for start in range(0, obs.shape[0], batch_size):
+                index = order[start : start + batch_size]
+                out, target = scores(obs[index]), actions[index]
+                if loss == "cross-entropy":
+                    value = F.cross_entropy(out, target)
+                else:
+                    penalty = torch.full_like(out, margin).scatter_(1, target.unsqueeze(1), 0.0)
+                    value = ((out + penalty).max(dim=1).values - out.gather(1, target.unsqueeze(1)).squeeze(1)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+    with torch.no_grad():
+        return float((scores(obs).argmax(1) == actions).float().mean())
+
+
 def train_imitation(demos: Demonstrations, num_actions: int, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
                     seed: int = 0) -> AgentNet:
     """AgentNet fitted to the demonstrations with cross-entropy (classes weighted equally per
     sample, as they come)."""
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = AgentNet(demos.obs.shape[1], num_actions)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    obs, actions = demos.obs.cpu(), demos.actions.cpu()
-    for _ in range(epochs):
-        order = torch.randperm(obs.shape[0], generator=generator)
-        for start in range(0, obs.shape[0], batch_size):
-            index = order[start : start + batch_size]
-            loss = F.cross_entropy(net(obs[index]), actions[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    fit_to_actions(net, net.parameters(), demos.obs.cpu(), demos.actions.cpu(), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     return net.eval()
+
+
+@dataclass
+class WarmStart:
+    """What an imitation warm-start did, for the run's log and eval.json."""
+
+    samples: int
+    """Train samples whose oracle sequences were demonstrated."""
+    demonstrations: int
+    """(observation, action) pairs fitted."""
+    agreement: float
+    """Share of those pairs on which the agent's greedy action is the oracle's after fitting."""
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def imitation_warm_start(engine: DynaLayEngine, agent: "Imitable", *, samples: int, epochs: int, seed: int,
+                         min_confidence: float = 0.9) -> WarmStart:
+    """Start ``agent`` from the learnable ceiling's policy: roll the oracle's sequences for the first
+    ``samples`` train samples out on the engine's current main model (the warmed-up one), then fit
+    the agent's own policy to them (:meth:`Imitable.imitate`). RL then improves on it, against the
+    real reward and the co-trained model. Episodes are drawn at the engine's lambda distribution,
+    so a lambda-conditioned agent sees the lambdas it will be trained on."""
+    if samples < 1 or epochs < 1:
+        raise ValueError(f"imitation needs samples >= 1 and epochs >= 1, got {samples} and {epochs}")
+    start = time.perf_counter()
+    x, y = engine.splits.x_train[:samples], engine.splits.y_train[:samples]
+    demos = demonstrations(engine.model, x, y, max_steps=engine.max_steps, observation=engine.layout.groups, reward=engine.reward,
+                           min_confidence=min_confidence)
+    agreement = agent.imitate(demos.obs, demos.actions, epochs=epochs, seed=seed)
+    return WarmStart(int(y.shape[0]), int(demos.obs.shape[0]), agreement, time.perf_counter() - start)
+
+
+class Imitable(Protocol):
+    def imitate(self, obs: Tensor, actions: Tensor, *, epochs: int, seed: int) -> float:
+        """Fit the agent's policy to pick ``actions`` at ``obs``; the agreement reached."""
 
 
 @dataclass
@@ -118,6 +185,7 @@ def learnable_ceiling(
     train_limit: int | None = None,
     epochs: int = 30,
     seed: int = 0,
+    reference: EvalReport | None = None,
 ) -> Ceiling:
     """Imitate the oracle on (up to ``train_limit`` samples of) the train split; evaluate on test."""
     x, y = splits.x_train, splits.y_train
@@ -134,5 +202,5 @@ def learnable_ceiling(
             return net(obs.cpu()).argmax(1).to(device)
 
     report = evaluate_policy(model, splits, policy, reward=reward.fixed(reward.lam), max_steps=max_steps, observation=observation,
-                             device=device, timing_repeats=1)
+                             device=device, timing_repeats=0, reference=reference)
     return Ceiling(report, int(demos.obs.shape[0]), agreement)

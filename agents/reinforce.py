@@ -209,8 +209,17 @@ class ReinforceLearner:
                 average = self.replicas.average_gradients if self.replicas is not None else None
                 hooks.on_losses(self.agent.update(*batch, average_gradients=average), self.num_timesteps)
                 pending.clear()
+                hooks.between_updates(self.num_timesteps)
             hooks.after_step(self.num_timesteps)
         bar.close()
+
+    def imitate(self, obs: Tensor, actions: Tensor, *, epochs: int, seed: int) -> float:
+        """Fit the policy's logits to ``actions`` by cross-entropy (the baseline is left to RL)."""
+        from .imitation import fit_to_actions
+
+        policy = self.agent.policy
+        return fit_to_actions(policy, policy.parameters(), obs.to(self.device, torch.float32), actions.to(self.device, torch.long),
+                              epochs=epochs, seed=seed)
 
     def state(self) -> dict[str, Any]:
         return {

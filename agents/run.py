@@ -16,6 +16,7 @@ from main_models import EpochProgress, MainModelTrainer, evaluate_fixed_path
 
 from .algorithms import Agent
 from .checkpoint import CheckpointError, load_warmup, rng_state, save_checkpoint, set_rng_state
+from .imitation import imitation_warm_start
 from .metrics import RunLogger
 from .settings import ResolvedSettings
 
@@ -86,8 +87,10 @@ class TrainingRun:
         self.logger = RunLogger(run_dir, engine.num_layers, engine.max_steps, run.log_every, run.detail_every)
         self.next_eval = run.eval_freq or None
         self.next_checkpoint = run.checkpoint_freq or None
+        self.next_imitation = run.imitation_every if run.imitation_samples and run.imitation_every else None
         self.hook_seconds = 0.0
-        """Wall time spent in these hooks: logging, periodic evaluation and checkpoints."""
+        """Wall time spent in these hooks: logging, periodic evaluation, checkpoints and imitation refreshes."""
+        self.imitation_seconds = 0.0
 
     # ---- hooks -------------------------------------------------------------------------------
     def on_infos(self, infos: Sequence[Mapping[str, Any]]) -> None:
@@ -111,6 +114,18 @@ class TrainingRun:
         self._after_step(step)
         self.hook_seconds += time.perf_counter() - start
 
+    def between_updates(self, step: int) -> None:
+        if self.next_imitation is None or step < self.next_imitation:
+            return
+        start = time.perf_counter()
+        run = self.settings.run
+        done = imitation_warm_start(self.engine, self.agent, samples=run.imitation_samples, epochs=run.imitation_epochs, seed=run.seed + step)
+        self.logger.writer.add_scalar("charts/imitation_agreement", done.agreement, step)
+        while self.next_imitation <= step:
+            self.next_imitation += run.imitation_every
+        self.hook_seconds += time.perf_counter() - start
+        self.imitation_seconds += time.perf_counter() - start
+
     def time_breakdown(self, train_seconds: float, engine_before: Mapping[str, float]) -> dict[str, float]:
         """Where ``train_seconds`` of training went, in seconds: the engine's phases since
         ``engine_before`` (a copy of ``engine.seconds`` taken when training started), the hooks,
@@ -123,7 +138,8 @@ class TrainingRun:
             "episode_resets": spent["reset"],
             "env_bookkeeping": max(spent["step"] - inner, 0.0),
             "cotrain_updates": spent["cotrain"],
-            "logging_eval_checkpoints": self.hook_seconds,
+            "logging_eval_checkpoints": self.hook_seconds - self.imitation_seconds,
+            "imitation_refresh": self.imitation_seconds,
             "agent": max(train_seconds - spent["step"] - self.hook_seconds, 0.0),
         }
 
@@ -168,6 +184,8 @@ class TrainingRun:
         self.logger.last_log_step = int(checkpoint.get("logger", {}).get("last_log_step", step))
         self.next_eval = (step // run.eval_freq + 1) * run.eval_freq if run.eval_freq else None
         self.next_checkpoint = (step // run.checkpoint_freq + 1) * run.checkpoint_freq if run.checkpoint_freq else None
+        if self.next_imitation is not None:
+            self.next_imitation = (step // run.imitation_every + 1) * run.imitation_every
 
     def evaluate(self, step: int) -> EvalReport:
         """The agent on the test split at the run's lambda, with the main model frozen."""

@@ -130,7 +130,30 @@ class SB3Agent:
                 hooks.after_step(self.num_timesteps)
                 return True
 
+            def _on_rollout_start(inner) -> None:  # noqa: N805
+                hooks.between_updates(self.num_timesteps)
+
         self.model.learn(steps, callback=Callback(), reset_num_timesteps=False, progress_bar=hooks.progress)
+
+    def imitate(self, obs: torch.Tensor, actions: torch.Tensor, *, epochs: int, seed: int) -> float:
+        """Fit the policy to ``actions``: PPO's and A2C's action logits by cross-entropy; DQN's
+        Q-network by DQfD's large-margin loss, then its target network is synced. The algorithm's
+        own optimizer state is left as it was."""
+        from .imitation import fit_to_actions
+
+        policy = self.model.policy
+        obs, actions = obs.to(self.device, torch.float32), actions.to(self.device, torch.long)
+        policy.set_training_mode(True)
+        try:
+            if self.algo == "dqn":
+                agreement = fit_to_actions(policy.q_net, policy.q_net.parameters(), obs, actions, epochs=epochs, seed=seed, loss="margin")
+                policy.q_net_target.load_state_dict(policy.q_net.state_dict())
+            else:
+                agreement = fit_to_actions(lambda o: policy.get_distribution(o).distribution.logits, policy.parameters(), obs, actions,
+                                           epochs=epochs, seed=seed)
+        finally:
+            policy.set_training_mode(False)
+        return agreement
 
     def state(self) -> dict[str, Any]:
         """Weights, optimizer state and counters as tensors and numbers, never SB3's zip: its data

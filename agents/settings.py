@@ -13,7 +13,6 @@ Precedence: defaults < the saved config.json of ``--resume`` < ``--config`` YAML
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import types
@@ -32,12 +31,19 @@ def _setting(default: Any, help: str, **metadata: Any) -> Any:
 @dataclass
 class RunSettings:
     algo: str = _setting("ppo", "learning algorithm", choices=("ppo", "a2c", "dqn", "reinforce"))
-    total_timesteps: int = _setting(40_000, "environment steps to train for")
+    total_timesteps: int = _setting(24_576, "environment steps to train for")
     num_envs: int = _setting(16, "episodes in flight in the batched engine")
     seed: int = _setting(1, "seed of the main model, the episode sampler and the agent")
     device: str = _setting("auto", "cpu, cuda, cuda:N or auto")
     threads: int = _setting(1, "torch CPU threads (0: torch's default); the small models here run fastest on 1")
     reward_weight: float = _setting(0.2, "the paper's gamma: weight of the reward in the agent's loss (Eq. 3)")
+    imitation_samples: int = _setting(2000, "imitation warm-start: before RL, fit the agent's policy to the oracle's cheapest "
+                                            "confident action sequences for this many train samples, on the warmed-up main model "
+                                            "(0: RL from a random policy)")
+    imitation_epochs: int = _setting(30, "epochs of the imitation warm-start's fit")
+    imitation_every: int = _setting(8192, "refit the policy to the oracle's sequences on the current co-trained main model every "
+                                          "this many steps, between the algorithm's updates (0: only before RL); the oracle's "
+                                          "sequences change as co-training changes the model")
     warmup_cache: str | None = _setting(None, "directory of warmed-up main models keyed by dataset, model, seed, epochs and budget: "
                                               "a run finding its key there skips the warm-up and continues exactly as if it had run it")
     eval_freq: int = _setting(0, "evaluate on the test split every this many steps (0: only at the end)")
@@ -290,6 +296,3 @@ def settings_from_json(data: dict[str, Any], algorithms: dict[str, type]) -> Res
         built[group] = cls(**{k: _coerce(cls, k, v, "config.json") for k, v in data[group].items()})
     return ResolvedSettings(built["run"], built["env"], built["agent"])
 
-
-def replace_settings(settings: Any, **changes: Any) -> Any:
-    return dataclasses.replace(settings, **changes)

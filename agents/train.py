@@ -26,6 +26,8 @@ from main_models import resolve_device, set_threads, write_json
 
 from agents.algorithms import ALGORITHMS, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
+from agents.compare import simple_baselines, simple_baselines_table
+from agents.imitation import imitation_warm_start
 from agents.run import RunDirectory, TrainingRun, warm_up
 from agents.settings import resolve
 
@@ -40,6 +42,8 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
         raise SystemExit(f"error: {err}") from None
     if run.total_timesteps < 1 or run.num_envs < 1:
         raise SystemExit("error: --total-timesteps and --num-envs must be >= 1")
+    if run.imitation_samples < 0 or run.imitation_epochs < 1 or run.imitation_every < 0:
+        raise SystemExit("error: --imitation-samples and --imitation-every must be >= 0 and --imitation-epochs >= 1")
     try:
         device = resolve_device(run.device, "--device")
     except ValueError as err:
@@ -73,9 +77,14 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     if checkpoint is None:
         RunDirectory.claim(run_dir, "overwrite" if settings.overwrite else "new")
     write_json(run_dir / "config.json", {**settings.to_json(), "effective_agent": agent.effective_settings()})
+    warm_start = None
     if checkpoint is None or checkpoint["phase"] == "warmup":
         if env.pretrain_epochs:
             warm_up(engine, settings, run_dir, resume=checkpoint)
+        if run.imitation_samples:
+            warm_start = imitation_warm_start(engine, agent, samples=run.imitation_samples, epochs=run.imitation_epochs, seed=run.seed)
+            print(f"[{run.algo}] imitation warm-start: the oracle's sequences for {warm_start.samples} train samples, "
+                  f"{warm_start.demonstrations} decisions, agreement {warm_start.agreement:.3f} ({warm_start.seconds:.1f} s)", flush=True)
     else:
         try:
             engine.load_state_dict(checkpoint["engine"])
@@ -101,8 +110,10 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
 
     # 6. the final evaluation on the test split
     report = training.evaluate(agent.num_timesteps)
+    baselines = simple_baselines(engine.model, engine.splits, report, reward=engine.reward.fixed(env.lam), max_steps=engine.max_steps,
+                                 device=engine.device)
     result = {**report.as_dict(), "algo": run.algo, "timesteps": agent.num_timesteps, "train_seconds": train_seconds, "eval_lam": env.lam,
-              "train_sps": sps, "train_time_breakdown_seconds": breakdown}
+              "train_sps": sps, "train_time_breakdown_seconds": breakdown, "imitation": warm_start.as_dict() if warm_start else None, "baselines": baselines}
     write_json(run_dir / "eval.json", result)
     training.logger.close()
     freq = ", ".join(f"{n} {share:.2f}" for n, share in zip(action_names(engine.num_layers), report.action_frequency))
@@ -111,6 +122,7 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
         f"compute {report.compute_fraction:.3f} of FPI on every layer | actions: {freq} | "
         f"lambda {env.lam} | {report.num_samples} test samples | run dir {run_dir}"
     )
+    print(simple_baselines_table(baselines, agent_name=f"{run.algo} agent"))
     shares = ", ".join(f"{name.replace('_', ' ')} {seconds / max(train_seconds, 1e-9):.0%}" for name, seconds in breakdown.items())
     print(f"[{run.algo}] training: {agent.num_timesteps - start_step} steps in {train_seconds:.1f} s = {sps:.0f} steps/s | time: {shares}")
     return result

@@ -85,6 +85,9 @@ class GlobalSteps:
     def after_step(self, step: int) -> None:
         self.hooks.after_step(step * self.world_size)
 
+    def between_updates(self, step: int) -> None:
+        pass  # no imitation refresh: every replica would have to refit identically
+
 
 class Silent:
     """The hooks of ranks other than 0: they log nothing."""
@@ -103,6 +106,9 @@ class Silent:
     def after_step(self, step: int) -> None:
         pass
 
+    def between_updates(self, step: int) -> None:
+        pass
+
 
 def _agree(ok: bool, device: torch.device) -> bool:
     """True on every rank only if ``ok`` is true on every rank (so that all stop together)."""
@@ -112,7 +118,8 @@ def _agree(ok: bool, device: torch.device) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    settings = resolve(argv, ALGORITHMS, {"algo": "reinforce"}, description=__doc__.splitlines()[0])
+    settings = resolve(argv, ALGORITHMS, {"algo": "reinforce", "imitation_samples": 0, "imitation_every": 0},
+                       description=__doc__.splitlines()[0])
     run = settings.run
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise SystemExit("error: launch this script with torchrun, e.g. torchrun --standalone --nproc-per-node 2 agents/train_distributed.py")

@@ -2,7 +2,7 @@
 
 import gymnasium as gym
 
-from .config import EnvConfig, RewardConfig, action_names, default_max_steps
+from .config import TASK_DEFAULTS, EnvConfig, RewardConfig, action_names, default_max_steps, task_defaults
 from .engine import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, DynaLayEngine, ObservationLayout, StepOutput, build_engine
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
 from .evaluation import EvalReport, OraclePaths, OracleReport, evaluate_policy, oracle, oracle_paths, sequence_name, sequence_shares
@@ -40,6 +40,7 @@ __all__ = [
     "OracleReport",
     "RewardConfig",
     "StepOutput",
+    "TASK_DEFAULTS",
     "action_names",
     "build_engine",
     "default_max_steps",
@@ -48,4 +49,5 @@ __all__ = [
     "oracle_paths",
     "sequence_name",
     "sequence_shares",
+    "task_defaults",
 ]

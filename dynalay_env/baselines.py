@@ -5,7 +5,7 @@ Each rule is a policy on observations (it reads the columns it needs through the
 agent, on the same frozen main model:
 
 * confidence threshold: answer when the head's largest probability reaches tau, else iterate the
-  next layer in a fixed order (1, 2, ..., L; then answer);
+  next layer in a fixed order (1, 2, ..., L by default, or any other; then answer);
 * residual threshold: answer when every layer's fixed-point residual is below tau, else iterate the
   first layer (in that order) whose residual is not; it needs the ``residuals`` observation group,
   whose probe it pays for.
@@ -25,10 +25,10 @@ from main_models import DatasetSplits, FPINetwork
 
 from .config import RewardConfig, default_max_steps
 from .engine import ObservationLayout
-from .evaluation import evaluate_policy
+from .evaluation import EvalReport, evaluate_policy
 
 Policy = Callable[[Tensor], Tensor]
-DEFAULT_TAUS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+DEFAULT_TAUS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 DEFAULT_RESIDUAL_TAUS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001)
 
 
@@ -77,12 +77,17 @@ def sweep(
     observation: Sequence[str],
     reward: RewardConfig = RewardConfig(),
     device: str | torch.device = "cpu",
+    reference: EvalReport | None = None,
+    order: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Evaluate exit rule ``rule`` ("confidence" or "residual") at each tau on the test split."""
+    """Evaluate exit rule ``rule`` ("confidence" or "residual") at each tau on the test split
+    (``reference``: FPI on every layer's report on the same samples, see :func:`evaluate_policy`).
+    ``order``: the confidence rule's layer order (default 1..L); each point records it."""
     T = max_steps if max_steps is not None else default_max_steps(model.num_layers)
     layout = ObservationLayout(model.num_layers, model.summary_dim, tuple(observation))
+    order = list(order) if order is not None else list(range(1, model.num_layers + 1))
     if rule == "confidence":
-        make = lambda tau: confidence_threshold(layout, T, tau)  # noqa: E731
+        make = lambda tau: confidence_threshold(layout, T, tau, order)  # noqa: E731
         taus = DEFAULT_TAUS if taus is None else taus
     elif rule == "residual":
         make = lambda tau: residual_threshold(layout, tau)  # noqa: E731
@@ -92,8 +97,9 @@ def sweep(
     points = []
     for tau in taus:
         report = evaluate_policy(model, splits, make(tau), reward=reward, max_steps=T, observation=layout.groups, device=device,
-                                 timing_repeats=1)
-        points.append(asdict(CurvePoint(float(tau), report.accuracy, report.compute, report.compute_fraction)))
+                                 timing_repeats=0, reference=reference)
+        point = asdict(CurvePoint(float(tau), report.accuracy, report.compute, report.compute_fraction))
+        points.append({**point, "order": order} if rule == "confidence" else point)
     return points
 
 
@@ -117,3 +123,16 @@ def accuracy_at_compute(points: Sequence[dict], compute_fraction: float) -> floa
         if c0 <= compute_fraction <= c1:
             return a0 + (a1 - a0) * (compute_fraction - c0) / (c1 - c0)
     return envelope[-1][1]
+
+
+def rule_orders(num_layers: int, cheapest_accurate_path: Sequence[int] | None) -> list[list[int]]:
+    """The layer orders a tuned confidence rule is swept over: bottom-up (1..L) and, where it
+    differs, the order of the cheapest fixed path that is as accurate as FPI on every layer,
+    followed by the layers it leaves out. The rule so tries its best fixed path first and stops
+    as soon as it is confident."""
+    orders = [list(range(1, num_layers + 1))]
+    if cheapest_accurate_path:
+        tuned = list(cheapest_accurate_path) + [j for j in range(1, num_layers + 1) if j not in cheapest_accurate_path]
+        if tuned not in orders:
+            orders.append(tuned)
+    return orders

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from main_models import GRAD_MODES, SOLVERS
@@ -109,6 +109,30 @@ def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+TASK_SETTINGS = ("lam", "pretrain_epochs", "warmup_stop_prob", "train_alternatives")
+"""The settings whose right value depends on the task: left unset (None), they come from
+:data:`TASK_DEFAULTS`."""
+
+GENERAL_DEFAULTS: dict[str, Any] = {"lam": 0.005, "pretrain_epochs": 10, "warmup_stop_prob": 0.0, "train_alternatives": ()}
+"""The task settings of a dataset with no entry in :data:`TASK_DEFAULTS` (a user's .npz, CIFAR, ...)."""
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Decisions pay here: the warm-up's short random paths keep the plain path useful for the
+    # local questions, training the plain path alongside every update keeps it alive while the
+    # agent iterates elsewhere, and lambda 0.05 prices a row solve below the accuracy it buys.
+    # Four warm-up epochs, because co-training goes on improving every path the agent uses.
+    "grid-lookup": {"lam": 0.05, "pretrain_epochs": 4, "warmup_stop_prob": 0.3, "train_alternatives": ("plain",)},
+}
+"""Per dataset name: the task settings a run of it needs (benchmarks/README.md, "Introspection").
+``gym.make``, ``train.py`` and the evaluation read them through :class:`EnvConfig`; an explicit
+value always wins."""
+
+
+def task_defaults(dataset: str) -> dict[str, Any]:
+    """The task settings of ``dataset`` (a name, or a file path: its file name is looked up)."""
+    return {**GENERAL_DEFAULTS, **TASK_DEFAULTS.get(dataset, TASK_DEFAULTS.get(str(dataset).rsplit("/", 1)[-1], {}))}
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """How a DynaLay environment is built: data, main model, reward, budget and main-model training.
@@ -117,23 +141,26 @@ class EnvConfig:
     training scripts' environment flags are generated from these fields and their help.
     """
 
-    dataset: str = _setting("digits", "dataset name (see main_models.DATASETS) or a path to an .npz file")
+    dataset: str = _setting("grid-lookup", "dataset name (see main_models.DATASETS) or a path to an .npz file")
     data_dir: str | None = _setting(None, "where dataset files live (default $DYNALAY_DATA_DIR or ./data)")
     model: str | None = _setting(None, "main model: mlp, cnn or lstm (default: the one for the data)")
     alpha: float = _setting(RewardConfig.alpha, "Eq. 2 weight of a correct answer")
     beta: float = _setting(RewardConfig.beta, "Eq. 2 weight of compute cost x consecutive-layer count")
-    lam: float = _setting(RewardConfig.lam, "compute penalty weight lambda (training without lam_range; evaluation)")
+    lam: float | None = _setting(None, "compute penalty weight lambda (training without lam_range; evaluation); "
+                                       "default: the dataset's (dynalay_env.TASK_DEFAULTS; 0.005 elsewhere)")
     lam_range: tuple[float, float] | None = _setting(None, "'low,high': draw lambda per episode from this range while training")
     lam_dist: str = _setting("uniform", "how lambda is drawn from lam_range: uniform or log-uniform (low > 0)")
     max_steps: int | None = _setting(None, "step budget T per episode (default 2L)")
     cotrain: bool = _setting(True, "co-train the main model on the paths the agent chose")
     cotrain_every: int = _setting(64, "finished episodes per main-model update (K)")
     main_lr: float = _setting(1e-3, "Adam learning rate of the main model")
-    pretrain_epochs: int = _setting(10, "warm-up epochs of the main model on random paths before the agent starts (paper 4.4)")
-    warmup_stop_prob: float = _setting(0.0, "per-step stop probability of the warm-up path sampler (0: full-length random FPI paths)")
-    train_alternatives: tuple[str, ...] = _setting(
-        (), "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
-            "(main_models.ALTERNATIVE_PATHS)")
+    pretrain_epochs: int | None = _setting(None, "warm-up epochs of the main model on random paths before the agent starts "
+                                                  "(paper 4.4); default: the dataset's (10 elsewhere)")
+    warmup_stop_prob: float | None = _setting(None, "per-step stop probability of the warm-up path sampler (0: full-length random "
+                                                    "FPI paths); default: the dataset's (0 elsewhere)")
+    train_alternatives: tuple[str, ...] | None = _setting(
+        None, "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
+              "(main_models.ALTERNATIVE_PATHS); default: the dataset's (none elsewhere)")
     fpi_solver: str | None = _setting(None, "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
                                               "(Anderson acceleration, its own work charged too); default: the main model's own "
                                               "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py)")
@@ -154,11 +181,14 @@ class EnvConfig:
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise TypeError(f"dataset must be a dataset name or a path to an .npz file, got {self.dataset!r}")
+        for name, value in task_defaults(self.dataset).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         reward = self.reward  # validates the reward fields
         for name in ("alpha", "beta", "lam", "lam_range"):
             object.__setattr__(self, name, getattr(reward, name))
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise TypeError(f"dataset must be a dataset name or a path to an .npz file, got {self.dataset!r}")
         for name in ("data_dir", "model", "main_model", "save_main_model"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -187,7 +217,3 @@ class EnvConfig:
     @property
     def reward(self) -> RewardConfig:
         return RewardConfig(self.alpha, self.beta, self.lam, self.lam_range, self.lam_dist)
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))

@@ -152,9 +152,10 @@ def evaluate_policy(
     reward: RewardConfig = RewardConfig(),
     max_steps: int | None = None,
     observation: Sequence[str] = DEFAULT_OBSERVATION,
-    batch_size: int = 1024,
+    batch_size: int = 4096,
     device: str | torch.device = "cpu",
     timing_repeats: int = 3,
+    reference: "EvalReport | None" = None,
 ) -> EvalReport:
     """Evaluate ``policy`` (a callable on observations, or a fixed action path such as [1, 2, 3])
     on every test sample once, with the main model frozen, at ``reward.lam`` (a lambda range is
@@ -162,10 +163,13 @@ def evaluate_policy(
 
     ``seconds`` and ``fpi_all_seconds`` are the medians of ``timing_repeats`` timed rollouts of the
     policy and of FPI on every layer, interleaved so that drift in machine load hits both alike;
-    a single rollout of a small test split is noisy on a shared CPU. ``observation`` must be the
-    feature groups the policy was trained on (``engine.layout.groups``)."""
-    if timing_repeats < 1:
-        raise ValueError(f"timing_repeats must be >= 1, got {timing_repeats}")
+    a single rollout of a small test split is noisy on a shared CPU. ``timing_repeats=0`` times
+    nothing (both are NaN). ``reference``, a report of FPI on every layer on the same model and
+    samples, saves its rollout: its accuracy and compute are taken from there (a sweep of many
+    policies passes one). ``observation`` must be the feature groups the policy was trained on
+    (``engine.layout.groups``)."""
+    if timing_repeats < 0:
+        raise ValueError(f"timing_repeats must be >= 0, got {timing_repeats}")
     was_training = model.training
     reward = reward.fixed(reward.lam)
     engine = DynaLayEngine(
@@ -183,22 +187,30 @@ def evaluate_policy(
         n = engine.num_samples
         fpi_all = list(range(1, engine.num_layers + 1))
         seconds, result = _timed(engine, policy, n)
-        fpi_all_seconds, reference = _timed(engine, fpi_all, n)
-        times, fpi_all_times = [seconds], [fpi_all_seconds]
+        times = [seconds]
+        if reference is None:
+            fpi_all_seconds, ref = _timed(engine, fpi_all, n)
+            fpi_all_accuracy, fpi_all_compute = float(ref.correct.float().mean()), float(ref.compute.mean())
+            fpi_all_times = [fpi_all_seconds]
+        else:
+            fpi_all_accuracy, fpi_all_compute = reference.fpi_all_accuracy, reference.fpi_all_compute
+            fpi_all_times = [reference.fpi_all_seconds]
         for _ in range(timing_repeats - 1):
             times.append(_timed(engine, policy, n)[0])
-            fpi_all_times.append(_timed(engine, fpi_all, n)[0])
-        seconds, fpi_all_seconds = statistics.median(times), statistics.median(fpi_all_times)
+            if reference is None:
+                fpi_all_times.append(_timed(engine, fpi_all, n)[0])
+        nan = float("nan")
+        seconds = statistics.median(times) if timing_repeats else nan
+        fpi_all_seconds = statistics.median(fpi_all_times) if timing_repeats else nan
     finally:
         model.train(was_training)
-    fpi_all_compute = float(reference.compute.mean())
     mean_compute = float(result.compute.mean())
     counts = result.action_counts.double()
     return EvalReport(
         accuracy=float(result.correct.float().mean()),
         compute=mean_compute,
         compute_fraction=mean_compute / fpi_all_compute,
-        fpi_all_accuracy=float(reference.correct.float().mean()),
+        fpi_all_accuracy=fpi_all_accuracy,
         fpi_all_compute=fpi_all_compute,
         action_frequency=(counts / counts.sum()).tolist(),
         mean_episode_length=float(result.steps.float().mean()),
@@ -253,6 +265,7 @@ def oracle_paths(
     max_steps: int | None = None,
     min_confidence: float = 0.0,
     batch_size: int = 4096,
+    max_depth: int | None = None,
 ) -> OraclePaths:
     """For each sample of (x, y), the cheapest action sequence within the step budget that answers
     it - knowing the label. "Answers" means the head's argmax is the label and, with
@@ -262,6 +275,9 @@ def oracle_paths(
     Exact search, batched over samples and sequences: sequences are expanded one step at a time
     for every sample still in play, and a prefix is dropped as soon as its compute reaches the
     cheapest answer already found for its sample (compute only grows along a sequence).
+    ``max_depth`` searches only sequences of at most that many FPI steps (default: the whole
+    budget): a sample that no sequence answers keeps all L^k prefixes of depth k in play, so
+    the full search grows as L^T for such samples.
     """
     dev = y.device
     was_training = model.training
@@ -289,7 +305,7 @@ def oracle_paths(
             cost = torch.ones(sample.shape[0], device=dev)
             prefix = torch.zeros(sample.shape[0], T, dtype=torch.long, device=dev)
             state = state.rows(sample)
-            for depth in range(1, T + 1):
+            for depth in range(1, min(T, max_depth if max_depth is not None else T) + 1):
                 if sample.numel() == 0:
                     break
                 m = sample.numel()
@@ -367,6 +383,7 @@ def oracle(
     min_confidence: float = 0.0,
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
+    reference: EvalReport | None = None,
 ) -> OracleReport:
     """For each test sample, the cheapest action sequence within the step budget that answers
     correctly (or the plain path, the cheapest of all, when none does) - knowing the label (see
@@ -377,7 +394,8 @@ def oracle(
     y = splits.y_test.to(dev)
     found = oracle_paths(model, splits.x_test.to(dev), y, max_steps=T, min_confidence=min_confidence, batch_size=batch_size)
     length = (found.paths > 0).sum(dim=1)
-    reference = evaluate_policy(model, splits, list(range(1, L + 1)), max_steps=T, device=dev)
+    if reference is None:
+        reference = evaluate_policy(model, splits, list(range(1, L + 1)), max_steps=T, device=dev, timing_repeats=0)
     difficulty = splits.difficulty_test.to(dev) if splits.difficulty_test is not None else torch.full_like(y, -1)
     rollout = _Rollout(found.solved, found.cost, length, difficulty, torch.zeros(L + 1, dtype=torch.long, device=dev))
     return OracleReport(

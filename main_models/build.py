@@ -13,7 +13,7 @@ _SHAPES = {"flat": "float (N, features)", "image": "float (N, C, H, W)", "tokens
            "grid": "integer token grids (N, H, W)"}
 
 
-TRAINING_GRADS: dict[str, str] = {"mlp": "phantom", "cnn": "implicit", "lstm": "implicit", "grid-lstm": "implicit"}
+TRAINING_GRADS: dict[str, str] = {"mlp": "phantom", "cnn": "implicit", "lstm": "exact", "grid-lstm": "exact"}
 """The gradient through each fixed point that the environment's warm-up and co-training use by
 default, per main model. The phantom step halves an update's time on the mlp at the same final
 accuracy (benchmarks/README.md, "Training throughput"). The Jacobi LSTMs keep the implicit gradient:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-GradMode = Literal["implicit", "unrolled", "phantom"]
-GRAD_MODES: tuple[str, ...] = ("implicit", "unrolled", "phantom")
+GradMode = Literal["implicit", "unrolled", "phantom", "exact"]
+GRAD_MODES: tuple[str, ...] = ("implicit", "unrolled", "phantom", "exact")
 
 _EPS = 1e-12
 
@@ -331,6 +331,17 @@ class _AdjointVJP:
         return vjp + v
 
 
+def check_grad_mode(grad: str, block: nn.Module) -> None:
+    """Refuse an unknown gradient mode, or ``"exact"`` for a block with no direct fixed point."""
+    if grad not in GRAD_MODES:
+        raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+    if grad == "exact" and not callable(getattr(block, "exact_fixed_point", None)):
+        raise ValueError(
+            f"grad 'exact' needs a block with an exact_fixed_point(u) method and exact_steps (the Jacobi LSTM blocks have "
+            f"them); {type(block).__name__} has none: use implicit, phantom or unrolled"
+        )
+
+
 class FPILayer(nn.Module):
     """Model-agnostic FPI layer: wraps any block ``f(z, u)`` (state z, input u).
 
@@ -348,6 +359,11 @@ class FPILayer(nn.Module):
       * ``"phantom"``: ``phantom_steps`` damped steps ``z <- (1-tau) z + tau f(z, u)`` from the
         detached fixed point, differentiated by autograd (one step with tau=1 is the
         Jacobian-free gradient).
+      * ``"exact"``: for blocks whose fixed point has a cheaper direct form
+        (``exact_fixed_point(u)``: the Jacobi LSTMs' is the sequential LSTM scan), a solve that
+        needs a gradient computes that form with autograd instead of iterating. The gradient is the
+        implicit one at the exact fixed point; solves without autograd (the environment's
+        rollouts, whose compute is charged) still iterate with per-row exit.
 
     The block must treat rows independently, and should be contractive in z (e.g.
     :class:`ContractiveTanhBlock`); a non-contractive block stops at ``max_iter`` with the rows
@@ -371,8 +387,7 @@ class FPILayer(nn.Module):
         backward_tol_from_forward: bool = True,
     ) -> None:
         super().__init__()
-        if grad not in GRAD_MODES:
-            raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+        check_grad_mode(grad, block)
         if tol <= 0 or backward_tol <= 0:
             raise ValueError("tol and backward_tol must be positive")
         if max_iter < 1 or phantom_steps < 1:
@@ -412,11 +427,11 @@ class FPILayer(nn.Module):
         return self.block(z, u)
 
     def forward(self, u: Tensor, z0: Tensor | None = None) -> FPIResult:
+        if self.solves_exactly(u):
+            return self.exact_solve(u)
         if z0 is None:
             z0 = self.initial_state(u)
-        needs_graph = torch.is_grad_enabled() and (
-            u.requires_grad or any(p.requires_grad for p in self.parameters())
-        )
+        needs_graph = self.needs_graph(u)
         if needs_graph and self.grad == "unrolled":
             # The cache holds one graph-attached copy of parametrized weights (e.g. spectral norm)
             # for the whole unrolled solve instead of recomputing them each iteration.
@@ -429,6 +444,21 @@ class FPILayer(nn.Module):
             solved = solve_together([self.problem(u.detach(), z0.detach())])[0]
         return self.differentiate(u, solved)
 
+    def needs_graph(self, u: Tensor) -> bool:
+        return torch.is_grad_enabled() and (u.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def solves_exactly(self, u: Tensor) -> bool:
+        """True when this solve takes the block's direct form (``grad="exact"`` and autograd on)."""
+        return self.grad == "exact" and self.needs_graph(u)
+
+    def exact_solve(self, u: Tensor) -> FPIResult:
+        """The block's exact fixed point for input ``u``, with autograd. Its statistics describe the
+        direct form: each row's steps (the block's ``exact_steps``), zero residual, converged."""
+        z = self.block.exact_fixed_point(u)
+        rows = u.shape[0]
+        steps = torch.full((rows,), int(self.block.exact_steps), dtype=torch.long, device=u.device)
+        return FPIResult(z, steps, torch.zeros(rows, device=u.device, dtype=z.dtype), torch.ones(rows, dtype=torch.bool, device=u.device))
+
     @property
     def solves_without_graph(self) -> bool:
         """True when the forward solve runs without autograd whatever the mode (every gradient but
@@ -438,14 +468,13 @@ class FPILayer(nn.Module):
     def differentiate(self, u: Tensor, solved: FPIResult) -> FPIResult:
         """Attach this layer's gradient (``grad``: implicit or phantom) to a graph-free solve for
         input ``u``; the solve as it is when autograd is off or nothing here needs a gradient."""
-        needs_graph = torch.is_grad_enabled() and (
-            u.requires_grad or any(p.requires_grad for p in self.parameters())
-        )
-        if not needs_graph:
+        if not self.needs_graph(u):
             return solved
         if not self.solves_without_graph:
             raise ValueError("the unrolled gradient differentiates the solve itself: call the layer instead")
         z_star = solved.z
+        if self.grad == "exact":
+            return self.exact_solve(u)
         if self.grad == "phantom":
             z = z_star
             for _ in range(self.phantom_steps):

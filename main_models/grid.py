@@ -115,6 +115,14 @@ class AxisLSTMBlock(nn.Module):
         out = self.lstm(self._to_seq(z), self._to_seq(u))
         return self._from_seq(out, z.shape[0]).contiguous()
 
+    @property
+    def exact_steps(self) -> int:
+        return self.lstm.exact_steps
+
+    def exact_fixed_point(self, u: Tensor) -> Tensor:
+        """The fixed point directly: the LSTM scan along every row (or column) at once."""
+        return self._from_seq(self.lstm.exact_fixed_point(self._to_seq(u)), u.shape[0]).contiguous()
+
     def summarize(self, z: Tensor) -> Tensor:
         """Mean of h over all cells and h at the bottom-right cell (the head's), (B, 2 * hidden),
         in (-1, 1)."""

@@ -118,6 +118,33 @@ class JacobiLSTMBlock(nn.Module):
         h = mark * torch.sigmoid(o) * torch.tanh(c)
         return torch.cat([h, c, mark], dim=-1)
 
+    @property
+    def exact_steps(self) -> int:
+        """Steps of :meth:`exact_fixed_point`: one per position."""
+        return self.seq_len
+
+    def exact_fixed_point(self, u: Tensor) -> Tensor:
+        """The fixed point directly: the LSTM recurrence run once over time (the iteration reaches it
+        from any start, see the module docstring), with the input half of every gate computed for
+        all positions in one product. With autograd, this is backpropagation through time, which is
+        the implicit gradient at the fixed point, for 1/T of the iteration's work."""
+        H = self.hidden
+        weight_x, weight_h = self.gates.weight[:, : self.input_dim], self.gates.weight[:, self.input_dim :]
+        injected = torch.addmm(self.gates.bias, u[..., : self.input_dim].reshape(-1, self.input_dim), weight_x.t())
+        injected = injected.reshape(u.shape[0], u.shape[1], 4 * H)
+        marks = u[..., -1:].detach()
+        h = u.new_zeros(u.shape[0], H)
+        c = u.new_zeros(u.shape[0], H)
+        hs, cs = [], []
+        # unbind, not indexing: the backward of each index would write a zero tensor of the whole sequence
+        for injected_t, mark in zip(injected.unbind(1), marks.unbind(1)):
+            i, f, g, o = torch.addmm(injected_t, h, weight_h.t()).chunk(4, dim=-1)
+            c = mark * (torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g))
+            h = mark * torch.sigmoid(o) * torch.tanh(c)
+            hs.append(h)
+            cs.append(c)
+        return torch.cat([torch.stack(hs, dim=1), torch.stack(cs, dim=1), marks], dim=-1)
+
     def summarize(self, z: Tensor) -> Tensor:
         """Mean over time and last position of h, (B, 2H), in (-1, 1). The cell states are left
         out: they are unbounded. h is zero on padding, so its mean also reflects the length."""

@@ -109,10 +109,11 @@ class FPINetwork(nn.Module):
         """Change how every FPI layer solves and differentiates (the weights stay): the solver, its
         tolerance, its cap, Anderson's memory, the gradient mode. The cost model follows
         (:meth:`fpi_step_flops`)."""
-        from .fpi import GRAD_MODES, make_solver
+        from .fpi import check_grad_mode, make_solver
 
-        if grad is not None and grad not in GRAD_MODES:
-            raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+        if grad is not None:
+            for layer in self.layers:
+                check_grad_mode(grad, layer.block)
         if solver is not None:
             make_solver(solver)  # an unknown name is refused before any layer changes
         if tol is not None and not tol > 0:
@@ -224,13 +225,17 @@ class FPINetwork(nn.Module):
             # state, which no other solve of this step touches) and, unless the gradient is
             # unrolled, graph-free: they iterate together and share their convergence bookkeeping.
             # Each layer then attaches its gradient; the passes above them follow.
+            # A layer with a direct form of its fixed point takes it when a gradient is needed
+            # (grad="exact"), with no iteration at all.
             todo = [(j, rows) for j, rows in enumerate(chosen) if rows.numel()]
             inputs = [(state.u if j == 0 else z[j - 1])[rows] for j, rows in todo]
+            exact = [self.layers[j].solves_exactly(u) for (j, _), u in zip(todo, inputs)]
             with torch.no_grad(), parametrize.cached():
-                problems = [self.layers[j].problem(u.detach(), z[j][rows].detach()) for (j, rows), u in zip(todo, inputs)]
-                results = solve_together(problems)
-            for (j, rows), u, solved in zip(todo, inputs, results):
-                solved = self.layers[j].differentiate(u, solved)
+                problems = [self.layers[j].problem(u.detach(), z[j][rows].detach())
+                            for ((j, rows), u, direct) in zip(todo, inputs, exact) if not direct]
+                iterated = iter(solve_together(problems))
+            for (j, rows), u, direct in zip(todo, inputs, exact):
+                solved = self.layers[j].exact_solve(u) if direct else self.layers[j].differentiate(u, next(iterated))
                 z[j] = _scatter_rows(z[j], rows, solved.z)
                 iterations[rows] = solved.iterations
                 self.last_solves[j] = solved

@@ -20,7 +20,8 @@ from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.reinforce import EpisodeBuffer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_RUN = ["--total-timesteps", "512", "--num-envs", "8", "--pretrain-epochs", "1", "--cotrain-every", "16",
+TINY_RUN = ["--dataset", "digits", "--imitation-samples", "64", "--imitation-epochs", "2", "--total-timesteps", "512", "--num-envs", "8",
+            "--pretrain-epochs", "1", "--cotrain-every", "16",
             "--checkpoint-freq", "256", "--log-every", "128", "--no-progress", "--device", "cpu"]
 TINY_AGENT = {"ppo": ["--n-steps", "64", "--batch-size", "64"], "a2c": ["--n-steps", "4"],
               "dqn": ["--batch-size", "64", "--learning-starts", "64"], "reinforce": ["--n-steps", "4"]}
@@ -56,7 +57,7 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
     # where the training time went: every phase accounted for, adding up to the training time
     breakdown = evaluation["train_time_breakdown_seconds"]
     assert set(breakdown) == {"fpi_solves", "observations", "episode_resets", "env_bookkeeping", "cotrain_updates",
-                              "logging_eval_checkpoints", "agent"}
+                              "logging_eval_checkpoints", "imitation_refresh", "agent"}
     assert all(v >= 0 for v in breakdown.values()) and breakdown["fpi_solves"] > 0 and breakdown["cotrain_updates"] > 0
     assert sum(breakdown.values()) == pytest.approx(evaluation["train_seconds"], rel=0.05)
     assert evaluation["train_sps"] == pytest.approx(evaluation["timesteps"] / evaluation["train_seconds"], rel=1e-6)

@@ -16,7 +16,7 @@ import dynalay_env  # noqa: F401  (registers DynaLay-v0)
 from agents import evaluate, train
 from dynalay_env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, evaluate_policy
 
-QUICK = {"pretrain_epochs": 0, "cotrain": False}
+QUICK = {"dataset": "digits", "pretrain_epochs": 0, "cotrain": False}
 
 
 def _vector(mode, n=3, **settings):
@@ -181,7 +181,7 @@ def test_action_masks_on_every_face():
 
 def test_maskable_ppo_trains_on_the_sb3_face():
     sb3_contrib = pytest.importorskip("sb3_contrib")
-    env = DynaLaySB3VecEnv(8, pretrain_epochs=0)
+    env = DynaLaySB3VecEnv(8, dataset="digits", pretrain_epochs=0)
     model = sb3_contrib.MaskablePPO("MlpPolicy", env, n_steps=32, batch_size=64, seed=0)
     model.learn(512)
     assert model.num_timesteps >= 512 and env.engine.trainer.updates > 0
@@ -191,7 +191,7 @@ def test_maskable_ppo_trains_on_the_sb3_face():
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
 def test_a_loop_under_any_grad_mode_cotrains(mode):
     with mode():
-        env = gym.make("DynaLay-v0", pretrain_epochs=1, cotrain_every=8, progress=False)
+        env = gym.make("DynaLay-v0", dataset="digits", pretrain_epochs=1, cotrain_every=8, progress=False)
         before = [p.detach().clone() for p in env.unwrapped.engine.model.parameters()]
         env.reset(seed=0)
         for step in range(120):
@@ -207,13 +207,13 @@ def test_a_loop_under_any_grad_mode_cotrains(mode):
 
 # ---- a trained system is the agent and its main model ------------------------------------------------
 def test_the_saved_main_model_travels_with_the_agent(tmp_path):
-    train.main(["--algo", "ppo", "--total-timesteps", "1024", "--num-envs", "8", "--n-steps", "64", "--batch-size", "64",
+    train.main(["--dataset", "digits", "--imitation-samples", "64", "--algo", "ppo", "--total-timesteps", "1024", "--num-envs", "8", "--n-steps", "64", "--batch-size", "64",
                 "--pretrain-epochs", "2", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "r"])
     run = tmp_path / "r"
     recorded = json.loads((run / "eval.json").read_text())
     ours = evaluate.load_run(run, "cpu")
     # a client that rebuilds the env from the id gets the co-trained model back from main_model.pt
-    env = gym.make("DynaLay-v0", main_model=str(run / "main_model.pt"), cotrain=False, pretrain_epochs=0)
+    env = gym.make("DynaLay-v0", dataset="digits", main_model=str(run / "main_model.pt"), cotrain=False, pretrain_epochs=0)
     engine = env.unwrapped.engine
     for a, b in zip(engine.model.state_dict().values(), ours.engine.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -225,12 +225,12 @@ def test_the_saved_main_model_travels_with_the_agent(tmp_path):
     from stable_baselines3.common.evaluation import evaluate_policy as sb3_evaluate
 
     agent = PPO.load(run / "agent.zip", device="cpu")
-    face = DynaLaySB3VecEnv(4, main_model=str(run / "main_model.pt"), cotrain=False, pretrain_epochs=0)
+    face = DynaLaySB3VecEnv(4, dataset="digits", main_model=str(run / "main_model.pt"), cotrain=False, pretrain_epochs=0)
     with warnings_as_errors():
         mean_return, _ = sb3_evaluate(agent, face, n_eval_episodes=40)
     assert -1.0 < mean_return <= 0.5
     # a fresh main model (what clients got before) is a different network
-    fresh = gym.make("DynaLay-v0", cotrain=False, pretrain_epochs=0).unwrapped.engine
+    fresh = gym.make("DynaLay-v0", dataset="digits", cotrain=False, pretrain_epochs=0).unwrapped.engine
     assert not torch.equal(fresh.model.head.weight, engine.model.head.weight)
 
 

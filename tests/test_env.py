@@ -6,7 +6,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dynalay_env
-from dynalay_env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, EnvConfig, build_engine, evaluate_policy
+from dynalay_env import TASK_DEFAULTS, DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, EnvConfig, build_engine, evaluate_policy, task_defaults
 
 
 @pytest.fixture(scope="module")
@@ -16,22 +16,37 @@ def splits():
     return load_digits()
 
 
-def test_the_bare_id_is_warmed_up_and_passes_gymnasium_and_sb3_checkers():
-    env = gym.make("DynaLay-v0", progress=False)
+def test_the_bare_id_is_the_default_task_with_its_own_settings():
+    # the default task is the one where decisions pay, with the settings it needs; an explicit value wins
+    engine = gym.make("DynaLay-v0", pretrain_epochs=0).unwrapped.engine
+    assert engine.splits.name == "grid-lookup" == EnvConfig().dataset and engine.model_name == "grid-lstm"
+    assert engine.reward.lam == TASK_DEFAULTS["grid-lookup"]["lam"] == 0.05
+    assert engine.trainer.alternatives == ("plain",)
+    config = EnvConfig()
+    assert (config.pretrain_epochs, config.warmup_stop_prob, config.train_alternatives) == (4, 0.3, ("plain",))
+    assert EnvConfig(lam=0.2, train_alternatives=()).lam == 0.2 and EnvConfig(train_alternatives=()).train_alternatives == ()
+    # a dataset without its own entry gets the general defaults
+    digits = EnvConfig(dataset="digits")
+    assert (digits.lam, digits.pretrain_epochs, digits.warmup_stop_prob, digits.train_alternatives) == (0.005, 10, 0.0, ())
+    assert task_defaults("some/dir/grid-lookup")["lam"] == 0.05
+
+
+def test_a_bare_dataset_is_warmed_up_and_passes_gymnasium_and_sb3_checkers():
+    env = gym.make("DynaLay-v0", dataset="digits", progress=False)
     assert env.spec.nondeterministic and env.spec.reward_threshold == pytest.approx(0.45)
     # the defaults are train.py's: a warmed-up main model, so any trainer starts from useful paths
     engine = env.unwrapped.engine
-    assert engine.reward.lam == EnvConfig.lam == 0.005
+    assert engine.reward.lam == task_defaults("digits")["lam"]
     plain = evaluate_policy(engine.model, engine.splits, [])
     assert plain.accuracy > 0.9
     gym_check_env(env.unwrapped, skip_render_check=True)
-    sb3_check_env(DynaLayEnv(pretrain_epochs=0, lam_range=(0.0, 0.5)), warn=True)
+    sb3_check_env(DynaLayEnv(dataset="digits", pretrain_epochs=0, lam_range=(0.0, 0.5)), warn=True)
 
 
 def test_make_passes_kwargs_and_make_vec_returns_the_batched_engine():
-    env = gym.make("DynaLay-v0", pretrain_epochs=0, lam=0.25, max_steps=4)
+    env = gym.make("DynaLay-v0", dataset="digits", pretrain_epochs=0, lam=0.25, max_steps=4)
     assert env.unwrapped.engine.reward.lam == 0.25 and env.unwrapped.engine.max_steps == 4
-    venv = gym.make_vec("DynaLay-v0", pretrain_epochs=0, num_envs=5, vectorization_mode="vector_entry_point", lam=0.1)
+    venv = gym.make_vec("DynaLay-v0", dataset="digits", pretrain_epochs=0, num_envs=5, vectorization_mode="vector_entry_point", lam=0.1)
     assert isinstance(venv, DynaLayVectorEnv)
     assert venv.engine.num_envs == 5 and venv.engine.reward.lam == 0.1
     obs, _ = venv.reset(seed=3)
@@ -39,19 +54,19 @@ def test_make_passes_kwargs_and_make_vec_returns_the_batched_engine():
 
 
 def test_out_of_range_action_names_the_valid_range():
-    env = DynaLayEnv(pretrain_epochs=0)
+    env = DynaLayEnv(dataset="digits", pretrain_epochs=0)
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"valid actions are 0 \(NOP\) to 3"):
         env.step(4)
     with pytest.raises(ValueError, match="out of range"):
         env.step(-1)
-    venv = DynaLayVectorEnv(3, pretrain_epochs=0)
+    venv = DynaLayVectorEnv(3, dataset="digits", pretrain_epochs=0)
     venv.reset(seed=0)
     with pytest.raises(ValueError, match="valid actions"):
         venv.step(np.array([0, 9, 1]))
     with pytest.raises(ValueError, match="expected 3"):
         venv.step(np.array([0, 1]))
-    engine = build_engine(2, pretrain_epochs=0)
+    engine = build_engine(2, dataset="digits", pretrain_epochs=0)
     engine.reset()
     with pytest.raises(ValueError, match="valid actions"):
         engine.step(torch.tensor([0, 5]))
@@ -71,12 +86,12 @@ def test_out_of_range_action_names_the_valid_range():
 )
 def test_bad_construction_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DynaLayEnv(pretrain_epochs=0, **kwargs)
+        DynaLayEnv(dataset="digits", pretrain_epochs=0, **kwargs)
 
 
 def test_reward_follows_eq2_with_consecutive_penalty():
     alpha, beta, lam = 0.5, 0.3, 0.7
-    env = DynaLayEnv(pretrain_epochs=0, alpha=alpha, beta=beta, lam=lam, max_steps=6, cotrain=False)
+    env = DynaLayEnv(dataset="digits", pretrain_epochs=0, alpha=alpha, beta=beta, lam=lam, max_steps=6, cotrain=False)
     engine = env.engine
     net = engine.model
     full = net.straightforward_flops
@@ -110,7 +125,7 @@ def test_reward_follows_eq2_with_consecutive_penalty():
 
 
 def test_budget_ends_the_episode_with_the_answer():
-    env = DynaLayEnv(pretrain_epochs=0, max_steps=2, lam=0.0, cotrain=False)
+    env = DynaLayEnv(dataset="digits", pretrain_epochs=0, max_steps=2, lam=0.0, cotrain=False)
     env.reset(seed=0)
     _, r1, t1, _, _ = env.step(3)
     assert not t1 and r1 == 0.0  # lam = 0: compute is free
@@ -122,8 +137,8 @@ def test_budget_ends_the_episode_with_the_answer():
 
 def test_single_and_vector_faces_share_semantics():
     actions = [1, 0, 3, 2, 0, 0, 2, 2]
-    single = DynaLayEnv(pretrain_epochs=0, lam=0.3, cotrain=False, seed=7)
-    vector = DynaLayVectorEnv(1, pretrain_epochs=0, lam=0.3, cotrain=False, seed=7)
+    single = DynaLayEnv(dataset="digits", pretrain_epochs=0, lam=0.3, cotrain=False, seed=7)
+    vector = DynaLayVectorEnv(1, dataset="digits", pretrain_epochs=0, lam=0.3, cotrain=False, seed=7)
     obs_s, _ = single.reset(seed=11)
     obs_v, _ = vector.reset(seed=11)
     np.testing.assert_allclose(obs_s, obs_v[0])
@@ -143,7 +158,7 @@ def test_single_and_vector_faces_share_semantics():
 
 
 def test_vector_env_autoresets_in_the_same_step():
-    venv = DynaLayVectorEnv(4, pretrain_epochs=0, cotrain=False)
+    venv = DynaLayVectorEnv(4, dataset="digits", pretrain_epochs=0, cotrain=False)
     venv.reset(seed=0)
     obs, rew, term, trunc, info = venv.step(np.array([0, 1, 0, 2]))
     assert term.tolist() == [True, False, True, False]
@@ -156,7 +171,7 @@ def test_vector_env_autoresets_in_the_same_step():
 
 
 def test_sb3_vecenv_reports_terminal_observation_and_episode_keys():
-    env = DynaLaySB3VecEnv(3, pretrain_epochs=0, cotrain=False)
+    env = DynaLaySB3VecEnv(3, dataset="digits", pretrain_epochs=0, cotrain=False)
     env.seed(5)
     obs = env.reset()
     assert obs.shape == (3, env.observation_space.shape[0])
@@ -171,14 +186,14 @@ def test_sb3_vecenv_reports_terminal_observation_and_episode_keys():
 
 
 def test_returned_observations_are_copies():
-    venv = DynaLayVectorEnv(2, pretrain_epochs=0, cotrain=False)
+    venv = DynaLayVectorEnv(2, dataset="digits", pretrain_epochs=0, cotrain=False)
     obs, _ = venv.reset(seed=0)
     obs[:] = 123.0
     assert not np.allclose(venv.engine.obs.numpy(), 123.0)
 
 
 def test_cotraining_updates_only_the_main_model_every_k_episodes():
-    engine = build_engine(8, pretrain_epochs=0, cotrain_every=16, seed=0)
+    engine = build_engine(8, dataset="digits", pretrain_epochs=0, cotrain_every=16, seed=0)
     before = [p.detach().clone() for p in engine.model.parameters()]
     engine.reset()
     finished = 0
@@ -193,14 +208,14 @@ def test_cotraining_updates_only_the_main_model_every_k_episodes():
 
 
 def test_lambda_is_drawn_per_episode_from_the_range():
-    engine = build_engine(64, pretrain_epochs=0, lam_range=(0.1, 0.4), cotrain=False)
+    engine = build_engine(64, dataset="digits", pretrain_epochs=0, lam_range=(0.1, 0.4), cotrain=False)
     obs = engine.reset()
     lam = obs[:, engine.layout.lam]
     assert (lam >= 0.1).all() and (lam <= 0.4).all() and lam.std() > 0.03
 
 
 def test_eval_mode_shows_each_test_sample_once_with_a_frozen_model(splits):
-    engine = build_engine(100, pretrain_epochs=0, mode="eval", autoreset=False, dataset=splits)
+    engine = build_engine(100, dataset="digits", pretrain_epochs=0, mode="eval", autoreset=False, dataset=splits)
     assert engine.trainer is None and not engine.model.training
     seen = []
     for _ in range(4):
@@ -212,7 +227,7 @@ def test_eval_mode_shows_each_test_sample_once_with_a_frozen_model(splits):
 
 
 def test_idle_rows_get_no_compute():
-    engine = build_engine(4, pretrain_epochs=0, autoreset=False, cotrain=False)
+    engine = build_engine(4, dataset="digits", pretrain_epochs=0, autoreset=False, cotrain=False)
     engine.reset()
     engine.step(torch.tensor([0, 0, 1, 1]))
     assert engine.running.tolist() == [False, False, True, True]
@@ -223,7 +238,7 @@ def test_idle_rows_get_no_compute():
 
 
 def test_evaluate_policy_reports_compute_relative_to_fpi_everywhere(splits):
-    engine = build_engine(1, pretrain_epochs=0, dataset=splits, cotrain=False)
+    engine = build_engine(1, dataset="digits", pretrain_epochs=0, dataset=splits, cotrain=False)
     nop = evaluate_policy(engine.model, engine.splits, lambda obs: torch.zeros(obs.shape[0], dtype=torch.long))
     assert nop.compute == pytest.approx(1.0)
     assert nop.action_frequency == [1.0, 0.0, 0.0, 0.0]

@@ -26,7 +26,7 @@ from dynalay_env import DynaLayEnv, DynaLayVectorEnv, EnvConfig
 from main_models import load_npz
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--total-timesteps", "256", "--num-envs", "8", "--pretrain-epochs", "1", "--cotrain-every", "16", "--checkpoint-freq", "128",
+TINY = ["--dataset", "digits", "--imitation-samples", "64", "--imitation-epochs", "2", "--total-timesteps", "256", "--num-envs", "8", "--pretrain-epochs", "1", "--cotrain-every", "16", "--checkpoint-freq", "128",
         "--log-every", "128", "--no-progress", "--device", "cpu", "--n-steps", "4", "--algo", "reinforce"]
 
 
@@ -206,12 +206,12 @@ def test_a_yaml_list_where_a_number_belongs_is_refused_by_name(tmp_path):
 
 
 def test_every_face_refuses_float_actions_alike():
-    venv = DynaLayVectorEnv(4, pretrain_epochs=0, cotrain=False)
+    venv = DynaLayVectorEnv(4, dataset="digits", pretrain_epochs=0, cotrain=False)
     venv.reset(seed=0)
     for actions in (torch.tensor([0.0, 1.0, 2.0, 3.5]), torch.tensor([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 3.0])):
         with pytest.raises(ValueError, match="actions must be integers in"):
             venv.step(actions)
-    env = DynaLayEnv(pretrain_epochs=0, cotrain=False)
+    env = DynaLayEnv(dataset="digits", pretrain_epochs=0, cotrain=False)
     env.reset(seed=0)
     for action in (1.0, np.float32(2), True):
         with pytest.raises(ValueError, match="actions must be integers in"):

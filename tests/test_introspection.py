@@ -21,7 +21,7 @@ ALL = tuple(OBSERVATION_GROUPS)
 @pytest.fixture(scope="module")
 def warm():
     """A digits main model warmed up briefly, with the plain path trained alongside."""
-    return build_engine(1, pretrain_epochs=2, progress=False, seed=0, train_alternatives=("plain",), cotrain=False)
+    return build_engine(1, dataset="digits", pretrain_epochs=2, progress=False, seed=0, train_alternatives=("plain",), cotrain=False)
 
 
 def test_layout_places_each_group_and_refuses_unknown_ones():
@@ -37,7 +37,7 @@ def test_layout_places_each_group_and_refuses_unknown_ones():
 
 
 def test_margin_entropy_iterated_and_residuals_say_what_they_claim():
-    engine = build_engine(2, pretrain_epochs=0, cotrain=False, observation=ALL, lam=0.3)
+    engine = build_engine(2, dataset="digits", pretrain_epochs=0, cotrain=False, observation=ALL, lam=0.3)
     lay, net = engine.layout, engine.model
     obs = engine.reset()
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_margin_entropy_iterated_and_residuals_say_what_they_claim():
     assert obs[0, lay.iterated].tolist() == [0.0, 1.0, 0.0]
     assert obs[0, lay.residuals][1] < 5 * net.layers[1].tol
     # the probe is charged: one application of every layer on top of the step's own cost
-    without = build_engine(2, pretrain_epochs=0, cotrain=False, lam=0.3)
+    without = build_engine(2, dataset="digits", pretrain_epochs=0, cotrain=False, lam=0.3)
     without.reset()
     plain_cost = without.step(torch.tensor([2, 0])).step_cost[0]
     probe = net.residual_probe_flops / net.straightforward_flops

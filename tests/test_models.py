@@ -20,12 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import copy_state, load_script
 from dynalay_env import DynaLayEnv
 from main_models import (
+    TRAINING_GRADS,
     ContractiveConvBlock,
+    ContractiveTanhBlock,
     DatasetSplits,
     FPILayer,
     JacobiLSTMBlock,
     build_main_model,
     load_dataset,
+    load_digits,
 )
 from main_models.conv import conv_operator_norm
 from main_models.lstm import sequential_lstm
@@ -377,3 +380,50 @@ def test_fixed_paths_refuses_bad_flags(tmp_path, capsys):
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 2 and "layer numbers in 1..3" in proc.stderr
+
+
+def test_exact_gradient_is_the_implicit_gradient_at_the_scanned_fixed_point():
+    """grad="exact" takes the Jacobi LSTMs' direct form (the sequential scan) when a gradient is
+    needed: the same fixed point and gradient as implicit differentiation, for less work; solves
+    without autograd still iterate, so the charged compute is unchanged."""
+    torch.manual_seed(0)
+    T = 7
+    block = JacobiLSTMBlock(3, 6, T).double()
+    feats = torch.randn(3, T, 3, dtype=torch.float64, requires_grad=True)
+    u = _marked(feats, [7, 4, 1])
+    weight = torch.randn(3, T, 13, dtype=torch.float64)
+    grads = {}
+    for mode in ("implicit", "exact"):
+        layer = FPILayer(block, tol=1e-12, max_iter=T + 1, grad=mode, backward_tol=1e-12)
+        solved = layer(u)
+        (solved.z * weight).sum().backward()
+        grads[mode] = (solved.z.detach(), feats.grad.clone(), block.gates.weight.grad.clone())
+        feats.grad, block.gates.weight.grad = None, None
+    for a, b in zip(grads["implicit"], grads["exact"]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+    with torch.no_grad():  # no gradient needed: the layer iterates, with its per-row counts
+        iterated = FPILayer(block, tol=1e-12, max_iter=T + 1, grad="exact")(u)
+    assert iterated.iterations.tolist() != [T] * 3 and (iterated.iterations <= torch.tensor([7, 4, 1]) + 1).all()
+
+
+def test_exact_fixed_point_of_a_grid_axis_is_its_jacobi_limit():
+    from main_models.grid import AxisLSTMBlock
+
+    torch.manual_seed(1)
+    for axis in ("row", "col"):
+        block = AxisLSTMBlock(4, 5, (3, 4), axis).double()
+        u = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+        u[..., -1] = 1.0
+        z = block.initial_state(u)
+        for _ in range(5):
+            z = block(z, u)
+        torch.testing.assert_close(block.exact_fixed_point(u), z, atol=1e-12, rtol=0)
+
+
+def test_exact_gradient_is_refused_for_blocks_without_a_direct_form():
+    with pytest.raises(ValueError, match="grad 'exact' needs a block with an exact_fixed_point"):
+        FPILayer(ContractiveTanhBlock(4, 3), grad="exact")
+    net = build_main_model(load_digits())
+    with pytest.raises(ValueError, match="ContractiveTanhBlock has none"):
+        net.configure_solver(grad="exact")
+    assert TRAINING_GRADS["grid-lstm"] == TRAINING_GRADS["lstm"] == "exact"
