@@ -95,7 +95,7 @@ def run_seed(plan: TaskPlan, seed: int, out_dir: Path) -> dict:
             "lambda": out_dir / f"{plan.dataset}-lambda-s{seed}"}
     trained = _train(plan, seed, runs["fixed"], lam=plan.lam)
     main = evaluate_run(runs["fixed"], [plan.lam], device="cpu", figures=True, timing_repeats=1, baselines=True,
-                        ceiling_train_limit=plan.ceiling_train_limit, baseline_test_limit=plan.test_limit)
+                        ceiling_train_limit=plan.ceiling_train_limit, baseline_test_limit=plan.test_limit, residual_rule=True)
     _train(plan, seed, runs["second"], lam=plan.second_lam)
     second = evaluate_run(runs["second"], [plan.second_lam], device="cpu", figures=False, timing_repeats=1)["results"][0]
     _train(plan, seed, runs["lambda"], lam=plan.lam_range[0], lam_range=plan.lam_range)
@@ -139,8 +139,10 @@ def summarise(entries: list[dict]) -> dict[str, Any]:
                              for c in comp])
         t["ceiling_reaches_fpi_all_accuracy"] = [c["ceiling"]["report"]["accuracy"] >= c["fpi_all_accuracy"] - TOLERANCE for c in comp]
         t["confidence_accuracy_at_agent_compute"] = _ms([c["confidence_accuracy_at_agent_compute"] for c in comp])
-        t["confidence_curve"] = [{"tau": p["tau"], **{k: _ms([c["confidence_curve"][i][k] for c in comp]) for k in ("accuracy", "compute_fraction")}}
-                                 for i, p in enumerate(comp[0]["confidence_curve"])]
+        # the rule's bottom-up order is swept on every seed (its tuned order depends on the seed's model)
+        bottom_up = [[p for p in c["confidence_curve"] if p.get("order", [1]) == sorted(p.get("order", [1]))] for c in comp]
+        t["confidence_curve"] = [{"tau": p["tau"], **{k: _ms([b[i][k] for b in bottom_up]) for k in ("accuracy", "compute_fraction")}}
+                                 for i, p in enumerate(bottom_up[0])]
         t["residual_curve"] = [{"tau": p["tau"], **{k: _ms([c["residual_curve"][i][k] for c in comp]) for k in ("accuracy", "compute_fraction")}}
                                for i, p in enumerate(comp[0]["residual_curve"])]
         t["agent_level_compute"] = {lv: _ms([c["agent"]["per_difficulty"][lv]["compute"] for c in comp])

@@ -210,3 +210,44 @@ def test_distributed_quick():
     for r in out["rows"]:
         assert r["train_sps"] > 0 and r["cotrain_updates"] > 0 and r["replicas_equal"] is True
         assert r["timesteps"] >= 2048 and 0 <= r["accuracy"] <= 1
+
+
+def test_inference_time_quick(tmp_path):
+    from agents import train
+
+    train.main(["--dataset", "digits", "--total-timesteps", "256", "--num-envs", "8", "--pretrain-epochs", "1", "--imitation-samples", "64",
+                "--n-steps", "16", "--batch-size", "64", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "r"])
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference_time.py"), str(tmp_path / "r"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["benchmark"] == "inference_time" and out["batch"] == 256 and out["single_samples"] == 20
+    names = list(out["rows"])
+    assert names[:2] == ["agent", "fpi_all"] and names[2].startswith("fixed ") and names[3].startswith("confidence tau")
+    for row in out["rows"].values():
+        assert row["batched_seconds"] > 0 and row["single_seconds"] > 0 and 0 < row["compute_fraction"]
+        assert row["batched_time_vs_fpi_all"] == pytest.approx(row["batched_seconds"] / out["rows"]["fpi_all"]["batched_seconds"])
+    assert out["rows"]["fpi_all"]["compute_fraction"] == pytest.approx(1.0)
+    assert set(out["targets"]) == {"batched_agent_at_most_half_of_fpi_all", "batched_agent_below_cheapest_fixed_path"}
+
+
+def test_agent_vs_rule_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
+                           "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    (grid,), (lam,), (digits,) = out["grid_lookup"], out["lambda_agent"], out["digits"]
+    assert 0 <= grid["agent_accuracy"] <= 1 and grid["ceiling_compute"] > 0 and grid["fpi_all_accuracy"] > 0
+    if grid["gap_closed"] is not None:
+        rule, agent, ceiling = grid["rule_compute_at_fpi_all_accuracy"], grid["agent_compute"], grid["ceiling_compute"]
+        assert grid["gap_closed"] == pytest.approx((rule - agent) / (rule - ceiling))
+    assert [p["lam"] for p in lam["points"]] == [0.01, 0.1, 1.0] and lam["confidence_curve"]
+    assert lam["on_or_above_the_rule"] == (not lam["rule_points_above_the_agent"])
+    assert {"within_half_a_point_of_the_best_fixed_path", "compute_at_most_0.3"} <= set(digits)
+    assert Path(out["figures"][0]).is_file()
+    # a second call finds every run and comparison in place and only aggregates
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
+                            "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["grid_lookup"] == out["grid_lookup"]

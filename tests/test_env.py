@@ -81,12 +81,13 @@ def test_out_of_range_action_names_the_valid_range():
         ({"lam_range": (-1.0, 0.1)}, "lam_range"),
         ({"mode": "test"}, "mode must be"),
         ({"fpi_solver": "newton"}, "fpi_solver must be one of"),
-        ({"main_grad": "exact"}, "main_grad must be one of"),
+        ({"main_grad": "newton"}, "main_grad must be one of"),
+        ({"main_grad": "exact"}, "grad 'exact' needs a block with an exact_fixed_point"),  # the mlp has no direct form
     ],
 )
 def test_bad_construction_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DynaLayEnv(dataset="digits", pretrain_epochs=0, **kwargs)
+        DynaLayEnv(**{"dataset": "digits", "pretrain_epochs": 0, **kwargs})
 
 
 def test_reward_follows_eq2_with_consecutive_penalty():
@@ -215,7 +216,7 @@ def test_lambda_is_drawn_per_episode_from_the_range():
 
 
 def test_eval_mode_shows_each_test_sample_once_with_a_frozen_model(splits):
-    engine = build_engine(100, dataset="digits", pretrain_epochs=0, mode="eval", autoreset=False, dataset=splits)
+    engine = build_engine(100, pretrain_epochs=0, mode="eval", autoreset=False, dataset=splits)
     assert engine.trainer is None and not engine.model.training
     seen = []
     for _ in range(4):
@@ -238,7 +239,7 @@ def test_idle_rows_get_no_compute():
 
 
 def test_evaluate_policy_reports_compute_relative_to_fpi_everywhere(splits):
-    engine = build_engine(1, dataset="digits", pretrain_epochs=0, dataset=splits, cotrain=False)
+    engine = build_engine(1, pretrain_epochs=0, dataset=splits, cotrain=False)
     nop = evaluate_policy(engine.model, engine.splits, lambda obs: torch.zeros(obs.shape[0], dtype=torch.long))
     assert nop.compute == pytest.approx(1.0)
     assert nop.action_frequency == [1.0, 0.0, 0.0, 0.0]
