@@ -55,7 +55,10 @@ def demonstrations(
     (each episode's lambda drawn as ``reward`` draws it).
 
     The sequence is the cheapest that answers with the true class at ``min_confidence`` or more;
-    where none does, the cheapest that answers at all; where none does either, the plain path.
+    where none does, the cheapest that answers at all; where none does either, the plain path. An
+    episode whose lambda makes the sequence cost more than a right answer earns (``alpha <= beta *
+    lambda * (compute - 1)``, compute in plain passes) answers at once instead: so demonstrations
+    drawn across a lambda range teach a lambda-conditioned agent the trade-off.
     Sequences of up to ``max_depth`` FPI steps are searched (default L, the number of layers:
     every layer once; the search's cost grows as L^depth for samples that no sequence answers)."""
     # where no sequence reaches min_confidence, the cheapest correct one still beats answering wrong
@@ -63,6 +66,7 @@ def demonstrations(
     confident = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, max_depth=depth)
     correct = oracle_paths(model, x, y, max_steps=max_steps, max_depth=depth) if min_confidence > 0 else confident
     chosen = torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths)
+    cost = torch.where(confident.solved, confident.cost, correct.cost)
     paths = torch.cat([chosen, torch.zeros(chosen.shape[0], 1, dtype=torch.long, device=chosen.device)], dim=1)
     part = DatasetSplits("demonstrations", x, y, x, y, int(y.max()) + 1 if y.numel() else 1)
     engine = DynaLayEngine(min(batch_size, int(y.shape[0])), part, model, reward=reward, max_steps=max_steps,
@@ -70,7 +74,11 @@ def demonstrations(
     obs_parts, action_parts = [], []
 
     def follow(live: Tensor) -> Tensor:
-        actions = paths[engine.sample[live], engine.steps[live]]
+        sample = engine.sample[live]
+        # a sequence is worth its steps at this episode's lambda only if a right answer (alpha) pays
+        # for them (Eq. 2, consecutive-layer factor aside); else the demonstration answers at once
+        worth = reward.alpha > reward.beta * engine.lam_row[live] * (cost[sample] - 1)
+        actions = torch.where(worth, paths[sample, engine.steps[live]], 0)
         obs_parts.append(engine.obs[live].clone())
         action_parts.append(actions)
         return actions

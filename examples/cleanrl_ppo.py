@@ -12,6 +12,7 @@ trainer. It uses Gymnasium's next-step autoreset and ``RecordEpisodeStatistics``
 from __future__ import annotations
 
 import argparse
+import typing
 import time
 from dataclasses import dataclass, fields
 
@@ -43,10 +44,12 @@ class Args:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    pretrain_epochs: int = 10
-    """warm-up epochs of DynaLay's main model (the environment's own setting)"""
-    lam: float = 0.005
-    """DynaLay's compute penalty weight"""
+    dataset: str = "grid-lookup"
+    """DynaLay's task (the environment's default)"""
+    pretrain_epochs: int | None = None
+    """warm-up epochs of DynaLay's main model (default: the task's own)"""
+    lam: float | None = None
+    """DynaLay's compute penalty weight (default: the task's own)"""
     seed: int = 1
     threads: int = 1
     """torch CPU threads: more only oversubscribe the small tensors here"""
@@ -79,8 +82,10 @@ class Agent(nn.Module):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    hints = typing.get_type_hints(Args)
     for f in fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        kind = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]  # X | None -> X
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind[0], default=f.default)
     args = Args(**vars(parser.parse_args(argv)))
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     np.random.seed(args.seed)
 
     envs = gym.make_vec("DynaLay-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
-                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, pretrain_epochs=args.pretrain_epochs, lam=args.lam,
+                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, lam=args.lam,
                         seed=args.seed)
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     obs_dim = envs.single_observation_space.shape[0]

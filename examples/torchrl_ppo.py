@@ -30,14 +30,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=8192, help="environment steps to train for")
     parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--pretrain-epochs", type=int, default=10, help="warm-up epochs of DynaLay's main model")
+    parser.add_argument("--dataset", default="grid-lookup", help="DynaLay's task (the environment's default)")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="warm-up epochs of DynaLay's main model (default: the task's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
     venv = gym.make_vec("DynaLay-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
-                        autoreset_mode=gym.vector.AutoresetMode.DISABLED, pretrain_epochs=args.pretrain_epochs, seed=args.seed)
+                        autoreset_mode=gym.vector.AutoresetMode.DISABLED, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs,
+                        seed=args.seed)
     env = GymWrapper(venv, categorical_action_encoding=True)  # actions as indices, as a Categorical policy samples them
     obs_dim = env.observation_spec["observation"].shape[-1]
     num_actions = env.action_spec.space.n

@@ -113,3 +113,16 @@ def test_a_run_warm_starts_refreshes_and_prints_its_comparison(tmp_path, capsys)
     assert off["imitation"] is None and "charts/imitation_agreement" not in _scalars(tmp_path / "off")
     with pytest.raises(SystemExit, match="--imitation-samples and --imitation-every must be >= 0"):
         train.main(TINY_RUN + ["--imitation-samples", "-1", "--logdir", str(tmp_path), "--run-name", "bad"])
+
+
+def test_demonstrations_answer_at_once_where_lambda_makes_the_sequence_dearer_than_the_answer(warm):
+    from dynalay_env import RewardConfig
+
+    x, y = warm.splits.x_train[:200], warm.splits.y_train[:200]
+    free = demonstrations(warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups, reward=RewardConfig(lam=0.0))
+    dear = demonstrations(warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups, reward=RewardConfig(lam=100.0))
+    assert (free.actions > 0).any() and (dear.actions == 0).all() and dear.obs.shape[0] == 200  # one NOP per episode
+    # across a lambda range, the cheap end iterates and the dear end does not
+    mixed = demonstrations(warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups,
+                           reward=RewardConfig(lam_range=(0.0, 100.0)))
+    assert 0 < int((mixed.actions > 0).sum()) < int((free.actions > 0).sum())
