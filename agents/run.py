@@ -191,7 +191,7 @@ class TrainingRun:
         """The agent on the test split at the run's lambda, with the main model frozen."""
         engine = self.engine
         report = evaluate_policy(engine.model, engine.splits, self.agent.policy(), reward=engine.reward.fixed(self.settings.env.lam),
-                                 max_steps=engine.max_steps, observation=engine.layout.groups, device=engine.device)
+                                 max_steps=engine.max_steps, observation=engine.layout.groups, device=engine.device, timing_repeats=1)
         self.logger.log_eval(report, step)
         return report
 

@@ -123,7 +123,9 @@ def lambda_seed(run: Path, lams: Sequence[float], quick: bool) -> dict[str, Any]
         "run": str(run),
         "lams": list(lams),
         "points": [{"lam": r["lam"], "accuracy": r["accuracy"], "compute_fraction": r["compute_fraction"]} for r in sweep],
-        "compute_never_rises": all(b <= a + 1e-9 for a, b in zip(computes, computes[1:])),
+        # within half a percent of FPI on every layer: the test split's sampling noise at equal policy
+        "compute_never_rises": all(b <= a + 0.005 for a, b in zip(computes, computes[1:])),
+        "compute_span": max(computes) / min(computes),
         "rule_points_above_the_agent": below,
         "on_or_above_the_rule": not below,
         "confidence_curve": comparison["confidence_curve"],

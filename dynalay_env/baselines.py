@@ -24,8 +24,8 @@ from torch import Tensor
 from main_models import DatasetSplits, FPINetwork
 
 from .config import RewardConfig, default_max_steps
-from .engine import ObservationLayout
-from .evaluation import EvalReport, evaluate_policy
+from .engine import DynaLayEngine, ObservationLayout
+from .evaluation import EvalReport, drive, evaluate_policy
 
 Policy = Callable[[Tensor], Tensor]
 DEFAULT_TAUS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
@@ -94,12 +94,58 @@ def sweep(
         taus = DEFAULT_RESIDUAL_TAUS if taus is None else taus
     else:
         raise ValueError(f"rule must be 'confidence' or 'residual', got {rule!r}")
+    if rule == "confidence" and len(order) <= T:
+        return _confidence_sweep(model, splits, taus, order, T, reward, device, reference)
     points = []
     for tau in taus:
         report = evaluate_policy(model, splits, make(tau), reward=reward, max_steps=T, observation=layout.groups, device=device,
                                  timing_repeats=0, reference=reference)
         point = asdict(CurvePoint(float(tau), report.accuracy, report.compute, report.compute_fraction))
         points.append({**point, "order": order} if rule == "confidence" else point)
+    return points
+
+
+@torch.no_grad()
+def _confidence_sweep(model: FPINetwork, splits: DatasetSplits, taus: Sequence[float], order: list[int], max_steps: int,
+                      reward: RewardConfig, device: str | torch.device, reference: EvalReport | None) -> list[dict]:
+    """The confidence rule at every tau from one rollout: under the rule a sample follows ``order``
+    and answers at the first step whose confidence reaches tau (or after the last layer), so one
+    rollout along the whole order, recording each step's confidence, correctness and compute so
+    far, gives every tau's episodes exactly as the rule would run them. The rule reads only the
+    confidence and the step, so it is charged for nothing else."""
+    L = len(order)
+    engine = DynaLayEngine(int(splits.y_test.shape[0]), splits, model, reward=reward.fixed(reward.lam), max_steps=max_steps, mode="eval",
+                           autoreset=False, observation=("progress", "confidence"), device=device)
+    n = engine.num_samples
+    then = torch.tensor(order + [0], dtype=torch.long, device=engine.device)  # NOP after the last layer
+    confidence = torch.zeros(n, L + 1, device=engine.device)
+    correct = torch.zeros(n, L + 1, dtype=torch.bool, device=engine.device)
+    compute = torch.zeros(n, L + 1, device=engine.device)
+
+    def follow(live: Tensor) -> Tensor:
+        sample, t = engine.sample[live], engine.steps[live]
+        confidence[sample, t] = engine.confidence[live]
+        correct[sample, t] = engine.prediction[live] == engine.label[live]
+        compute[sample, t] = engine.ep_compute[live]
+        return then[t]
+
+    was_training = model.training
+    try:
+        for _ in drive(engine, n, follow):
+            pass
+    finally:
+        model.train(was_training)
+    if reference is None:
+        reference = evaluate_policy(model, splits, list(range(1, model.num_layers + 1)), reward=reward, max_steps=max_steps, device=device,
+                                    timing_repeats=0)
+    rows = torch.arange(n, device=engine.device)
+    points = []
+    for tau in taus:
+        reached = confidence[:, :L] >= tau
+        stop = torch.where(reached.any(dim=1), reached.float().argmax(dim=1), torch.full_like(rows, L))
+        mean_compute = float(compute[rows, stop].mean())
+        point = CurvePoint(float(tau), float(correct[rows, stop].float().mean()), mean_compute, mean_compute / reference.fpi_all_compute)
+        points.append({**asdict(point), "order": list(order)})
     return points
 
 

@@ -259,4 +259,4 @@ def test_save_main_model_writes_on_close(tmp_path):
     loaded = gym.make("DynaLay-v0", main_model=str(path), **QUICK).unwrapped.engine.model
     assert torch.equal(loaded.head.weight, env.unwrapped.engine.model.head.weight)
     with pytest.raises(ValueError, match="does not fit this environment's main model for 'parity'"):
-        gym.make("DynaLay-v0", dataset="parity", main_model=str(path), **QUICK)
+        gym.make("DynaLay-v0", main_model=str(path), **{**QUICK, "dataset": "parity"})

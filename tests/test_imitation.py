@@ -126,3 +126,22 @@ def test_demonstrations_answer_at_once_where_lambda_makes_the_sequence_dearer_th
     mixed = demonstrations(warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups,
                            reward=RewardConfig(lam_range=(0.0, 100.0)))
     assert 0 < int((mixed.actions > 0).sum()) < int((free.actions > 0).sum())
+
+
+def test_the_one_rollout_confidence_sweep_is_the_rule_run_tau_by_tau(warm):
+    from dynalay_env.baselines import confidence_threshold
+    from dynalay_env.engine import ObservationLayout
+
+    model, splits, T = warm.model, warm.splits, warm.max_steps
+    taus = [0.0, 0.5, 0.8, 0.95, 1.0]
+    ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=T, timing_repeats=0)
+    for order in ([1, 2, 3], [2, 3, 1]):
+        swept = sweep("confidence", model, splits, taus=taus, max_steps=T, observation=CONFIDENCE_RULE_OBSERVATION, reference=ref,
+                      order=order)
+        layout = ObservationLayout(model.num_layers, model.summary_dim, CONFIDENCE_RULE_OBSERVATION)
+        for tau, point in zip(taus, swept):
+            run = evaluate_policy(model, splits, confidence_threshold(layout, T, tau, order), max_steps=T,
+                                  observation=CONFIDENCE_RULE_OBSERVATION, timing_repeats=0, reference=ref)
+            assert point["accuracy"] == pytest.approx(run.accuracy, abs=1.5 / len(splits.y_test))
+            assert point["compute_fraction"] == pytest.approx(run.compute_fraction, rel=1e-4)
+            assert point["order"] == order and point["tau"] == tau
