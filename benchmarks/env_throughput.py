@@ -1,6 +1,7 @@
 """Environment steps per second: the batched engine against Gymnasium's SyncVectorEnv.
 
-Both setups are timed in the same process on the same data and main model, with random actions:
+Both setups are timed in the same process on the same data and main model (digits and its mlp, the
+setting of the figures recorded in benchmarks/README.md), with random actions:
 
 * batched: ``gym.make_vec("DynaLay-v0", num_envs=N, vectorization_mode="vector_entry_point")``;
 * sync:    ``gym.make_vec("DynaLay-v0", num_envs=N, vectorization_mode="sync")`` (N single-sample
@@ -52,7 +53,7 @@ def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min
     rows = []
     for device in devices:
         for n in sizes:
-            kwargs = dict(device=device, cotrain=cotrain, seed=0, pretrain_epochs=0, fpi_solver=fpi_solver)
+            kwargs = dict(dataset="digits", device=device, cotrain=cotrain, seed=0, pretrain_epochs=0, fpi_solver=fpi_solver)
             batched = gym.make_vec("DynaLay-v0", num_envs=n, vectorization_mode="vector_entry_point", **kwargs)
             batched_sps, batched_steps = _time_steps(batched, min_steps, min_seconds, seed=0)
             row = {"device": device, "num_envs": n, "batched_sps": batched_sps, "batched_vector_steps": batched_steps}

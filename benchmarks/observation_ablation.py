@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.quick:
-        engine = build_engine(1, pretrain_epochs=1, progress=False, cotrain=False, seed=0, train_alternatives=("plain",))
+        engine = build_engine(1, dataset="digits", pretrain_epochs=1, progress=False, cotrain=False, seed=0, train_alternatives=("plain",))
         source, lam, train_limit, epochs, seed = "quick digits model", engine.reward.lam, 200, 5, 0
     elif args.run_dir is not None:
         loaded = load_run(args.run_dir, "cpu")

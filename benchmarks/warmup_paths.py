@@ -26,7 +26,7 @@ def run(epochs: int, stop_probs: list[float], seed: int) -> dict:
     rows = []
     for p in stop_probs:
         start = time.perf_counter()
-        engine = build_engine(1, cotrain=False, seed=seed, pretrain_epochs=0)
+        engine = build_engine(1, dataset="digits", cotrain=False, seed=seed, pretrain_epochs=0)
         trainer = MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train)
         losses = trainer.warm_up(epochs, max_steps=engine.max_steps, stop_prob=p, seed=seed)
         seconds = time.perf_counter() - start
