@@ -182,14 +182,15 @@ def figure(seed: dict[str, Any], path: Path, title: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid = [grid_seed(_train(out_dir, f"grid-s{s}", s, [], args.quick), args.quick) for s in args.seeds]
-    lam_agents = [lambda_seed(_train(out_dir, f"grid-lambda-s{s}", s, LAMBDA_AGENT, args.quick), args.lams, args.quick)
+    task = ["--dataset", args.dataset] if args.dataset else []
+    grid = [grid_seed(_train(out_dir, f"grid-s{s}", s, task, args.quick), args.quick) for s in args.seeds]
+    lam_agents = [lambda_seed(_train(out_dir, f"grid-lambda-s{s}", s, task + LAMBDA_AGENT, args.quick), args.lams, args.quick)
                   for s in args.lambda_seeds]
     digits = [digits_seed(_train(out_dir, f"digits-s{s}", s, ["--dataset", "digits"], args.quick), args.quick) for s in args.digits_seeds]
     figures = []
     for seed, result in zip(args.lambda_seeds, lam_agents):
         path = out_dir / f"lambda_agent_vs_rule_s{seed}.png"
-        figure(result, path, f"grid-lookup, seed {seed}: one agent across λ against the confidence rule")
+        figure(result, path, f"{args.dataset or 'grid-lookup'}, seed {seed}: one agent across λ against the confidence rule")
         figures.append(str(path))
     keys = ("agent_accuracy", "agent_compute", "fpi_all_accuracy", "rule_compute_at_fpi_all_accuracy", "rule_compute_at_agent_accuracy",
             "ceiling_accuracy", "ceiling_compute", "gap_closed")
@@ -247,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lambda-seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the lambda-conditioned agent")
     parser.add_argument("--digits-seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the default job on digits")
     parser.add_argument("--lams", type=float, nargs="+", default=list(LAMS), help="lambdas the lambda-conditioned agent is evaluated at")
+    parser.add_argument("--dataset", default=None, help="the task of the seeds and the lambda-conditioned agent (default: the default "
+                                                         "task, grid-lookup); the smoke test uses digits")
     parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, not a measurement)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

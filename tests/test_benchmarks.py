@@ -233,8 +233,8 @@ def test_inference_time_quick(tmp_path):
 
 def test_agent_vs_rule_quick(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
-                           "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1"],
-                          capture_output=True, text=True, timeout=900)
+                           "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1",
+                           "--dataset", "digits"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     (grid,), (lam,), (digits,) = out["grid_lookup"], out["lambda_agent"], out["digits"]
@@ -248,6 +248,6 @@ def test_agent_vs_rule_quick(tmp_path):
     assert Path(out["figures"][0]).is_file()
     # a second call finds every run and comparison in place and only aggregates
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
-                            "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1"],
-                           capture_output=True, text=True, timeout=300)
+                            "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1",
+                            "--dataset", "digits"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["grid_lookup"] == out["grid_lookup"]

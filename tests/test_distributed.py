@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +24,6 @@ COTRAIN_EVERY = 8
 SHARDS = {"uneven": ([3, 17, 40, 41, 99], [5, 8, 200]), "one_rank_idle": ([3, 17, 40, 41, 99, 5, 8, 200], [])}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _model_and_data(seed: int = 0, dataset: str = "parity"):
     # parity's LSTM has no spectral norm: its power-iteration vectors would move differently on each
     # rank's share of the rows than on all of them, and blur the exact comparison
@@ -45,9 +38,10 @@ def _paths(rows: list[int]) -> torch.Tensor:
     return table[torch.tensor(rows, dtype=torch.long) % len(table)] if rows else torch.zeros(0, 3, dtype=torch.long)
 
 
-def _rank(rank: int, world: int, port: int, scenario: str, out: str) -> None:
+def _rank(rank: int, world: int, scenario: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous in the test's own directory: no port to pick, so none another process can take
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     try:
         # rank 1 starts from other weights: the trainer must broadcast rank 0's
         model, splits = _model_and_data(seed=rank)
@@ -80,13 +74,17 @@ def _rank(rank: int, world: int, port: int, scenario: str, out: str) -> None:
             (Path(out) / "result.json").write_text(json.dumps(result))
         else:
             (Path(out) / "result1.json").write_text(json.dumps(result))
+        # no rank tears its connections down while the other may still be reading from them (a peer
+        # closing mid-transfer aborts gloo's receiving thread: "terminate called without an active
+        # exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("scenario", list(SHARDS))
 def test_an_all_reduced_update_is_the_single_process_update_on_the_union_of_rows(scenario, tmp_path):
-    mp.spawn(_rank, args=(2, _free_port(), scenario, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, scenario, str(tmp_path)), nprocs=2, join=True)
     result = json.loads((tmp_path / "result.json").read_text())
     other = json.loads((tmp_path / "result1.json").read_text())
     assert result["equal_at_start"] and result["equal_after"] and other["equal_after"]
@@ -120,7 +118,8 @@ def test_torchrun_trains_with_two_ranks_end_to_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", "2", str(ROOT / "agents" / "train_distributed.py"),
-         "--total-timesteps", "1024", "--num-envs", "16", "--pretrain-epochs", "1", "--cotrain-every", "16", "--n-steps", "4",
+         "--dataset", "digits", "--total-timesteps", "1024", "--num-envs", "16", "--pretrain-epochs", "1", "--cotrain-every", "16",
+         "--n-steps", "4",
          "--no-progress", "--logdir", str(tmp_path), "--run-name", "ddp"],
         capture_output=True, text=True, timeout=600, env=env,
     )
