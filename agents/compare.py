@@ -1,6 +1,6 @@
 """An agent against everything that needs no learning, on the same frozen main model.
 
-Issue 9's yardsticks, each evaluated with the same engine, cost model and test split as the agent:
+The yardsticks an agent must beat, each evaluated with the same engine, cost model and test split as the agent:
 
 * every fixed path (each increasing sequence of layers, "NOP" to "L1,L2,L3");
 * the exit rules of :mod:`dynalay_env.baselines` swept over tau (confidence; residual);
@@ -10,7 +10,7 @@ Issue 9's yardsticks, each evaluated with the same engine, cost model and test s
 
 From these, :func:`compare_to_baselines` derives the *headroom* of the task on this model (the
 compute of the cheapest fixed path that reaches FPI-on-every-layer's accuracy minus 0.5 points,
-over the ceiling's compute) and checks the agent against issue 9's targets. The reference accuracy
+over the ceiling's compute) and checks the agent against the decision targets. The reference accuracy
 is FPI on every layer *of the same co-trained model* (Model 3's path), so that every number in the
 comparison comes from one network.
 """
@@ -46,7 +46,7 @@ def increasing_paths(num_layers: int) -> list[list[int]]:
 
 def decision_targets(accuracy: float, compute: float, *, fpi_all_accuracy: float, cheapest_fixed: float, ceiling_compute: float,
                      confidence_at_agent: float | None) -> dict[str, bool]:
-    """Issue 9's checks of an agent on a task where decisions should pay: FPI-on-every-layer's
+    """The checks of an agent on a task where decisions should pay: FPI-on-every-layer's
     accuracy (within :data:`TOLERANCE`) at <= 0.6x the cheapest fixed path as accurate and
     <= 1.25x the learnable ceiling, and above the confidence rule's curve at equal compute
     (vacuously true where the curve does not reach down to the agent's compute)."""

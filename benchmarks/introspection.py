@@ -1,4 +1,4 @@
-"""Does a per-input decision pay? Issue 9's benchmark: agents against every baseline that needs no
+"""Does a per-input decision pay? Agents against every baseline that needs no
 learning, on the same co-trained main model, and one lambda-conditioned agent across the trade-off.
 
 For each task and seed it trains, with train.py and one shared warm-up:
@@ -158,7 +158,7 @@ def summarise(entries: list[dict]) -> dict[str, Any]:
 
 
 def _targets(dataset: str, t: dict) -> dict[str, Any]:
-    """Issue 9's targets, on the means over seeds."""
+    """The decision targets, on the means over seeds."""
     acc, comp = t["agent"]["accuracy"]["mean"], t["agent"]["compute_fraction"]["mean"]
     targets: dict[str, Any] = {}
     if dataset == "grid-lookup":

@@ -141,7 +141,7 @@ def test_adaptive_vs_fixed_quick(tmp_path):
 
 
 def test_introspection_quick(tmp_path):
-    """Issue 9's benchmark end to end at smoke size: the agent beside every baseline, the lambda
+    """The introspection benchmark end to end at smoke size: the agent beside every baseline, the lambda
     sweep against the fixed-lambda agents, the figures, and a merge of two seeds."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--quick", "--tasks", "digits", "--seeds", "0", "--json",
