@@ -16,6 +16,8 @@ From files under ``data_dir`` (default ``$DYNALAY_DATA_DIR`` or ``./data``), in 
 * ``imdb``: the ``aclImdb`` directory, tokens -> LSTM;
 * ``wikitext2``: ``wiki.{train,test}.tokens``, next-token prediction, tokens -> LSTM;
 * a path ending in ``.npz``: a user's own arrays (see :func:`load_npz`).
+
+A user's own dataset gets a name with :func:`register_dataset` (examples/own_task.py).
 """
 
 from __future__ import annotations
@@ -40,14 +42,82 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
 }
 """Loaders by name; each is called as ``loader(data_dir, seed=seed, **options)``."""
 
-OFFLINE_DATASETS: tuple[str, ...] = ("digits", "digits-graded", "parity", "grid-lookup")
-"""Datasets that need no files (bundled with scikit-learn or generated)."""
+OFFLINE_DATASETS: list[str] = ["digits", "digits-graded", "parity", "grid-lookup"]
+"""Datasets that need no files (bundled with scikit-learn or generated); :func:`register_dataset`
+adds a user's (a list, updated in place, so that every importer sees them)."""
+_BUILT_IN: tuple[str, ...] = tuple(DATASETS)
+
+
+def _check_name(name: Any, what: str) -> str:
+    """Refuse a registry name that flags, run names or load_dataset would misread."""
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"a {what} name must be a non-empty string, got {type(name).__name__} {name!r}")
+    if name != name.strip() or any(c.isspace() or c in "/\\," for c in name):
+        raise ValueError(f"{what} name {name!r} must not contain whitespace, commas or path separators (it is used in flags and run names)")
+    return name
+
+
+def _check_callable(function: Any, what: str, call: str, hint: str, *args: Any, **kwargs: Any) -> None:
+    """Refuse at registration a callable that could not be called as ``call`` (``args``, ``kwargs``),
+    rather than at its first use deep inside an environment."""
+    if not callable(function):
+        raise TypeError(f"{what} must be callable as {call}, got {type(function).__name__} {function!r}")
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins have none: they are checked when called
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"{what} is called as {call}, which {getattr(function, '__name__', function)!r}{signature} cannot take "
+                        f"({err}); {hint}") from None
+
+
+def register_dataset(name: str, loader: Callable[..., DatasetSplits], *, offline: bool = True, replace: bool = False) -> None:
+    """Make ``name`` a dataset, so that ``load_dataset(name)``, ``gym.make("DynaLay-v0", dataset=name)``
+    and ``agents/train.py --dataset name`` load it.
+
+    ``loader`` is called as ``loader(data_dir, seed=seed, **options)`` (``data_dir`` may be ignored)
+    and must return a :class:`DatasetSplits`; the environment loads with ``seed=0``, so a generated
+    dataset is the same in every run. ``offline`` says it needs no files under ``data_dir`` (it is
+    listed with the offline datasets). A name already registered is refused unless
+    ``replace=True``; the built-in datasets cannot be replaced.
+    """
+    _check_name(name, "dataset")
+    if name.endswith(".npz"):
+        raise ValueError(f"dataset name {name!r} ends in .npz, which load_dataset reads as a path to a file; choose another name")
+    _check_callable(loader, f"dataset {name!r}'s loader", "loader(data_dir, seed=seed)",
+                    "give it a data_dir parameter (it may ignore it) and a seed keyword", None, seed=0)
+    if not isinstance(offline, bool):
+        raise TypeError(f"dataset {name!r}: offline must be True or False, got {offline!r}")
+    if name in _BUILT_IN:
+        raise ValueError(f"dataset {name!r} is built in and cannot be replaced; register yours under another name")
+    if name in DATASETS and not replace:
+        raise ValueError(f"dataset {name!r} is already registered; pass replace=True to replace it")
+    DATASETS[name] = loader
+    if name in OFFLINE_DATASETS:
+        OFFLINE_DATASETS.remove(name)
+    if offline:
+        OFFLINE_DATASETS.append(name)
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset added by :func:`register_dataset` (e.g. after a test)."""
+    if name in _BUILT_IN:
+        raise ValueError(f"dataset {name!r} is built in and cannot be unregistered")
+    if name not in DATASETS:
+        registered = [n for n in DATASETS if n not in _BUILT_IN]
+        raise ValueError(f"dataset {name!r} is not registered; registered datasets: {', '.join(registered) or 'none'}")
+    del DATASETS[name]
+    if name in OFFLINE_DATASETS:
+        OFFLINE_DATASETS.remove(name)
 
 
 def _available() -> str:
     offline = [n for n in DATASETS if n in OFFLINE_DATASETS]
     files = [n for n in DATASETS if n not in OFFLINE_DATASETS]
-    return f"{', '.join(offline)} (offline), {', '.join(files)} (files under data_dir), or a path ending in .npz"
+    return (f"{', '.join(offline)} (offline), {', '.join(files)} (files under data_dir), or a path ending in .npz "
+            f"(main_models.register_dataset adds a name)")
 
 
 def load_dataset(
@@ -81,4 +151,14 @@ def load_dataset(
         raise ValueError(f"dataset {name!r} takes no option(s) {unknown}; its options: {accepted or 'none'}")
     if "download" in params:
         options["download"] = download
-    return loader(first, seed=seed, **options)
+    splits = loader(first, seed=seed, **options)
+    if not isinstance(splits, DatasetSplits):
+        raise TypeError(
+            f"dataset {name!r}: its loader returned a {type(splits).__name__}, not a DatasetSplits; build one with "
+            f"DatasetSplits(name, x_train, y_train, x_test, y_test, num_classes) or DatasetSplits.from_arrays "
+            f"(main_models/data/splits.py), as examples/own_task.py does"
+        )
+    # DatasetSplits checks its input kind when built, but meta is a plain dict a loader may change after
+    if splits.meta.get("input_kind") not in INPUT_KINDS:
+        raise ValueError(f"dataset {name!r}: meta['input_kind'] must be one of {list(INPUT_KINDS)}, got {splits.meta.get('input_kind')!r}")
+    return splits
