@@ -67,7 +67,7 @@ def fixed_path_points(model: FPINetwork, splits: DatasetSplits, reference: EvalR
     points = {}
     for path in increasing_paths(model.num_layers):
         report = reference if path == every_layer else evaluate_policy(
-            model, splits, path, reward=reward, max_steps=max_steps, device=device, timing_repeats=0, reference=reference)
+            model, splits, path, reward=reward, max_steps=max_steps, device=device, reference=reference)
         points[sequence_name(path)] = {**_point(report), "path": path}
     return points
 
@@ -112,10 +112,8 @@ def compare_to_baselines(
     if test_limit is not None:
         splits = splits.head(None, test_limit)
     every_layer = list(range(1, model.num_layers + 1))
-    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, observation=observation, device=device,
-                          timing_repeats=0)
-    agent = evaluate_policy(model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device,
-                            timing_repeats=0, reference=ref)
+    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, observation=observation, device=device)
+    agent = evaluate_policy(model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device, reference=ref)
     fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
     confidence = tuned_confidence_curve(model, splits, fixed, ref, reward=reward, max_steps=max_steps, device=device)
     residual = sweep("residual", model, splits, max_steps=max_steps, observation=RESIDUAL_RULE_OBSERVATION, reward=reward, device=device,
@@ -190,7 +188,7 @@ def simple_baselines(
     accuracy, and the confidence rule's cheapest tau as accurate, on the same frozen model. No
     oracle or ceiling: ``evaluate.py RUN --baselines`` adds those."""
     every_layer = list(range(1, model.num_layers + 1))
-    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, device=device, timing_repeats=0)
+    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, device=device)
     goal = agent.accuracy - TOLERANCE
     fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
     reaching = {name: p for name, p in fixed.items() if p["accuracy"] >= goal}

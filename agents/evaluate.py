@@ -29,6 +29,7 @@ from agents.compare import compare_to_baselines, comparison_table
 from agents.metrics import decisions_figure, layer_selection_figure, tradeoff_figure
 from agents.settings import ResolvedSettings, settings_from_json
 from dynalay_env import DynaLayEngine, build_engine, evaluate_policy
+from dynalay_env.evaluation import time_policy
 from main_models import add_runtime_flags, resolve_device, set_threads
 
 
@@ -70,11 +71,15 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
     if any(lam < 0 for lam in lams):
         raise ValueError(f"lambda values must be >= 0, got {lams}")
     policy = loaded.agent.policy()
-    results = [
-        evaluate_policy(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
-                        observation=engine.layout.groups, device=engine.device, timing_repeats=timing_repeats).as_dict()
-        for lam in lams
-    ]
+    rollout = dict(max_steps=engine.max_steps, observation=engine.layout.groups, device=engine.device)
+    # FPI on every layer does not read lambda: one reference serves every lambda
+    reference = evaluate_policy(engine.model, engine.splits, list(range(1, engine.num_layers + 1)), **rollout)
+    results = []
+    for lam in lams:
+        reward = engine.reward.fixed(float(lam))
+        report = evaluate_policy(engine.model, engine.splits, policy, reward=reward, reference=reference, **rollout)
+        timing = time_policy(engine.model, engine.splits, policy, reward=reward, repeats=timing_repeats, **rollout)
+        results.append(report.timed(timing).as_dict())
     algo, timesteps = settings.run.algo, int(loaded.checkpoint["timesteps"])
     out = {
         "run_dir": str(run_dir),
@@ -116,27 +121,22 @@ def _write_figures(run_dir: Path, results: list[dict], algo: str, step: int) -> 
         old.unlink()
     writer = SummaryWriter(str(events))
     written = []
+
+    def save(fig, name: str, tag: str) -> None:
+        path = run_dir / f"{name}.png"
+        fig.savefig(path)
+        written.append(str(path))
+        writer.add_figure(tag, fig, step)
+        plt.close(fig)
+
     for result in results:
         one = _lam_label([result["lam"]])
-        fig = layer_selection_figure(result["action_frequency"], title=f"{algo}, lambda {result['lam']:g}")
-        path = run_dir / f"layer_selection_{one}.png"
-        fig.savefig(path)
-        written.append(str(path))
-        writer.add_figure(f"eval/layer_selection/{one}", fig, step)
-        plt.close(fig)
-        fig = decisions_figure({int(k): v for k, v in result["actions_per_step"].items()}, title=f"{algo}, lambda {result['lam']:g}")
-        path = run_dir / f"decisions_{one}.png"
-        fig.savefig(path)
-        written.append(str(path))
-        writer.add_figure(f"eval/decisions/{one}", fig, step)
-        plt.close(fig)
+        title = f"{algo}, lambda {result['lam']:g}"
+        save(layer_selection_figure(result["action_frequency"], title=title), f"layer_selection_{one}", f"eval/layer_selection/{one}")
+        save(decisions_figure({int(k): v for k, v in result["actions_per_step"].items()}, title=title), f"decisions_{one}",
+             f"eval/decisions/{one}")
     if len(results) > 1:
-        fig = tradeoff_figure(results, reference=results[0], title=f"{algo}: one agent across lambda")
-        path = run_dir / f"tradeoff_{label}.png"
-        fig.savefig(path)
-        written.append(str(path))
-        writer.add_figure("eval/tradeoff", fig, step)
-        plt.close(fig)
+        save(tradeoff_figure(results, reference=results[0], title=f"{algo}: one agent across lambda"), f"tradeoff_{label}", "eval/tradeoff")
     writer.close()
     return written
 
@@ -181,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="with --baselines: train samples the learnable ceiling imitates the oracle on")
     parser.add_argument("--baseline-test-limit", type=int,
                         help="with --baselines: compare on the first N test samples (default: all)")
-    parser.add_argument("--timing-repeats", type=int, default=1, help="timed rollouts per policy; wall times are their median "
-                        "(benchmarks/inference_time.py measures wall time properly)")
+    parser.add_argument("--timing-repeats", type=int, default=1, help="timed rollouts of the agent and of FPI on every layer; wall "
+                        "times are their median, 0 times nothing (benchmarks/inference_time.py measures wall time properly)")
     args = parser.parse_args(argv)
     try:
         set_threads(args.threads)

@@ -62,12 +62,10 @@ def demonstrations(
     Sequences of up to ``max_depth`` FPI steps are searched (default L, the number of layers:
     every layer once; the search's cost grows as L^depth for samples that no sequence answers)."""
     # where no sequence reaches min_confidence, the cheapest correct one still beats answering wrong
-    depth = model.num_layers if max_depth is None else max_depth
-    confident = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, max_depth=depth)
-    correct = oracle_paths(model, x, y, max_steps=max_steps, max_depth=depth) if min_confidence > 0 else confident
-    chosen = torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths)
-    cost = torch.where(confident.solved, confident.cost, correct.cost)
-    paths = torch.cat([chosen, torch.zeros(chosen.shape[0], 1, dtype=torch.long, device=chosen.device)], dim=1)
+    found = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, fallback=True,
+                         max_depth=model.num_layers if max_depth is None else max_depth)
+    cost = found.cost
+    paths = torch.cat([found.paths, torch.zeros(found.paths.shape[0], 1, dtype=torch.long, device=found.paths.device)], dim=1)
     part = DatasetSplits("demonstrations", x, y, x, y, int(y.max()) + 1 if y.numel() else 1)
     engine = DynaLayEngine(min(batch_size, int(y.shape[0])), part, model, reward=reward, max_steps=max_steps,
                            mode="eval", autoreset=False, observation=tuple(observation), device=y.device)
@@ -210,5 +208,5 @@ def learnable_ceiling(
             return net(obs.cpu()).argmax(1).to(device)
 
     report = evaluate_policy(model, splits, policy, reward=reward.fixed(reward.lam), max_steps=max_steps, observation=observation,
-                             device=device, timing_repeats=0, reference=reference)
+                             device=device, reference=reference)
     return Ceiling(report, int(demos.obs.shape[0]), agreement)

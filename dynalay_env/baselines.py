@@ -99,7 +99,7 @@ def sweep(
     points = []
     for tau in taus:
         report = evaluate_policy(model, splits, make(tau), reward=reward, max_steps=T, observation=layout.groups, device=device,
-                                 timing_repeats=0, reference=reference)
+                                 reference=reference)
         point = asdict(CurvePoint(float(tau), report.accuracy, report.compute, report.compute_fraction))
         points.append({**point, "order": order} if rule == "confidence" else point)
     return points
@@ -136,8 +136,7 @@ def _confidence_sweep(model: FPINetwork, splits: DatasetSplits, taus: Sequence[f
     finally:
         model.train(was_training)
     if reference is None:
-        reference = evaluate_policy(model, splits, list(range(1, model.num_layers + 1)), reward=reward, max_steps=max_steps, device=device,
-                                    timing_repeats=0)
+        reference = evaluate_policy(model, splits, list(range(1, model.num_layers + 1)), reward=reward, max_steps=max_steps, device=device)
     rows = torch.arange(n, device=engine.device)
     points = []
     for tau in taus:

@@ -1,20 +1,22 @@
-"""Evaluation on the test split: a frozen main model, a fixed lambda, each test sample once."""
+"""Evaluation on the test split (a frozen main model, a fixed lambda, each test sample once), the
+wall time of the same rollouts, measured apart, and the oracle: the limit of any layer-selection
+policy."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from main_models import DatasetSplits, FPINetwork, PathState, per_level
+from main_models import DatasetSplits, FPINetwork, PathState, evaluate_fixed_path, per_level, resolve_device
 
 from .config import RewardConfig, default_max_steps
-from .engine import DEFAULT_OBSERVATION, DynaLayEngine, StepOutput
+from .engine import DEFAULT_OBSERVATION, DynaLayEngine, ObservationLayout, StepOutput
 
 Policy = Callable[[Tensor], Tensor]
 """Maps observations (n, D) of the running rows to their actions (n,), on the engine's device."""
@@ -36,10 +38,11 @@ class EvalReport:
     lam: float
     per_difficulty: dict[int, dict[str, float]]
     """Where the dataset has known difficulty levels: accuracy, compute and count per level."""
-    seconds: float
-    """Wall time of the batched evaluation rollout (policy + main model; NOP rows get no work)."""
-    fpi_all_seconds: float
-    """Wall time of the same rollout for 'FPI on every layer'."""
+    seconds: float = float("nan")
+    """Wall time of the batched evaluation rollout (policy + main model; NOP rows get no work):
+    NaN unless the report was :meth:`timed` with :func:`time_policy`."""
+    fpi_all_seconds: float = float("nan")
+    """Wall time of the same rollout for 'FPI on every layer' (NaN unless timed)."""
     sequences_per_level: dict[int, dict[str, float]] = field(default_factory=dict)
     """Per difficulty level (-1 where the dataset has none): the share of each action sequence the
     policy chose, named like "NOP" or "L1,L3"."""
@@ -50,6 +53,19 @@ class EvalReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def timed(self, timing: PolicyTiming) -> EvalReport:
+        """This report with the wall times of ``timing``."""
+        return replace(self, seconds=timing.seconds, fpi_all_seconds=timing.fpi_all_seconds)
+
+
+@dataclass
+class PolicyTiming:
+    seconds: float
+    """Median wall time of the policy's evaluation rollout over the test split."""
+    fpi_all_seconds: float
+    """Median wall time of the same rollout for 'FPI on every layer', interleaved with the policy's."""
+    repeats: int
+
 
 @dataclass
 class _Rollout:
@@ -58,7 +74,7 @@ class _Rollout:
     steps: Tensor
     difficulty: Tensor
     action_counts: Tensor
-    paths: Tensor | None = None
+    paths: Tensor
 
 
 def drive(engine: DynaLayEngine, num_samples: int, choose: Callable[[Tensor], Tensor]) -> Iterator[StepOutput]:
@@ -83,20 +99,32 @@ def drive(engine: DynaLayEngine, num_samples: int, choose: Callable[[Tensor], Te
             yield engine.step(actions, validate=False)
 
 
-def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> _Rollout:
-    """Run each of the first ``num_samples`` eval samples once under ``policy`` or a fixed path."""
+def _fixed_steps(path: Sequence[int], num_layers: int, max_steps: int) -> list[int]:
+    """The FPI steps an episode following the fixed ``path`` takes: up to its first NOP, within the budget."""
+    steps = [int(a) for a in path]
+    if any(a < 0 or a > num_layers for a in steps):
+        raise ValueError(f"a fixed path holds actions in [0, {num_layers}], got {steps}")
+    return (steps[: steps.index(0)] if 0 in steps else steps)[:max_steps]
+
+
+def _eval_engine(model: FPINetwork, splits: DatasetSplits, *, reward: RewardConfig, max_steps: int | None, observation: Sequence[str],
+                 batch_size: int, device: str | torch.device) -> DynaLayEngine:
+    return DynaLayEngine(min(batch_size, int(splits.y_test.shape[0])), splits, model, reward=reward.fixed(reward.lam), max_steps=max_steps,
+                         mode="eval", autoreset=False, observation=tuple(observation), device=device)
+
+
+def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int]) -> _Rollout:
+    """Run every sample of an eval engine's split once under ``policy`` or a fixed path."""
     L = engine.num_layers
     if callable(policy):
         choose = lambda live: policy(engine.obs[live])  # noqa: E731
     else:
-        steps = [int(a) for a in policy]
-        if any(a < 0 or a > L for a in steps):
-            raise ValueError(f"a fixed path holds actions in [0, {L}], got {steps}")
+        steps = _fixed_steps(policy, L, engine.max_steps)
         fixed = torch.tensor(steps + [0] * (engine.max_steps + 1 - len(steps)), dtype=torch.long, device=engine.device)
         choose = lambda live: fixed[engine.steps[live]]  # noqa: E731
     columns: dict[str, list[Tensor]] = {k: [] for k in ("correct", "compute", "steps", "difficulty", "path")}
     action_counts = torch.zeros(L + 1, dtype=torch.long, device=engine.device)
-    for out in drive(engine, num_samples, choose):
+    for out in drive(engine, engine.num_samples, choose):
         action_counts += torch.bincount(out.taken, minlength=L + 1)
         for key, parts in columns.items():
             parts.append(out.finished[key])
@@ -104,18 +132,26 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples:
     return _Rollout(c["correct"], c["compute"], c["steps"], c["difficulty"], action_counts, c["path"])
 
 
-def _timed(engine: DynaLayEngine, policy: Policy | Sequence[int], num_samples: int) -> tuple[float, _Rollout]:
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
-    start = time.perf_counter()
-    result = _rollout(engine, policy, num_samples)
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
-    return time.perf_counter() - start, result
-
-
-def _per_difficulty(rollout: _Rollout) -> dict[int, dict[str, float]]:
-    return per_level(rollout.correct, rollout.compute, rollout.difficulty)
+def _fixed_path_rollout(model: FPINetwork, splits: DatasetSplits, path: Sequence[int], *, max_steps: int, observation: Sequence[str],
+                        batch_size: int, device: str | torch.device) -> _Rollout:
+    """What :func:`_rollout` of the fixed ``path`` records, from :func:`evaluate_fixed_path`: every
+    episode takes the same steps, so no engine needs to run them one by one."""
+    L = model.num_layers
+    steps = _fixed_steps(path, L, max_steps)
+    layout = ObservationLayout(L, model.summary_dim, tuple(observation))
+    # as the environment charges it: an observation with residuals pays for their probe every time
+    probe = model.residual_probe_flops / float(model.straightforward_flops) if "residuals" in layout.groups else 0.0
+    dev = resolve_device(device)
+    x, y = splits.x_test.to(dev), splits.y_test.to(dev)
+    n = int(y.shape[0])
+    if n == 0:
+        raise ValueError(f"dataset {splits.name!r} has no test samples")
+    ev = evaluate_fixed_path(model.to(dev), x, y, steps, batch_size=min(batch_size, n), observation_cost=probe)
+    counts = torch.bincount(torch.tensor(steps, dtype=torch.long), minlength=L + 1) * n
+    counts[0] += n if len(steps) < max_steps else 0  # an episode within its budget answers with a NOP
+    difficulty = splits.difficulty_test.cpu() if splits.difficulty_test is not None else torch.full((n,), -1, dtype=torch.long)
+    paths = torch.tensor(steps + [0] * (max_steps - len(steps)), dtype=torch.long).expand(n, max_steps)
+    return _Rollout(ev["correct"], ev["compute"], torch.full((n,), len(steps), dtype=torch.long), difficulty, counts, paths)
 
 
 def actions_per_step(paths: Tensor, steps: Tensor, difficulty: Tensor, max_steps: int, num_layers: int) -> dict[int, list[dict[str, float]]]:
@@ -154,59 +190,48 @@ def evaluate_policy(
     observation: Sequence[str] = DEFAULT_OBSERVATION,
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
-    timing_repeats: int = 3,
-    reference: "EvalReport | None" = None,
+    reference: EvalReport | None = None,
+    timing_repeats: int = 0,
 ) -> EvalReport:
     """Evaluate ``policy`` (a callable on observations, or a fixed action path such as [1, 2, 3])
     on every test sample once, with the main model frozen, at ``reward.lam`` (a lambda range is
-    ignored: evaluation is at one lambda).
+    ignored: evaluation is at one lambda). A callable runs in an eval engine, ``batch_size`` rows
+    at a time; a fixed path is evaluated by :func:`main_models.evaluate_fixed_path`, charged as
+    the engine would charge it.
 
-    ``seconds`` and ``fpi_all_seconds`` are the medians of ``timing_repeats`` timed rollouts of the
-    policy and of FPI on every layer, interleaved so that drift in machine load hits both alike;
-    a single rollout of a small test split is noisy on a shared CPU. ``timing_repeats=0`` times
-    nothing (both are NaN). ``reference``, a report of FPI on every layer on the same model and
-    samples, saves its rollout: its accuracy and compute are taken from there (a sweep of many
-    policies passes one). ``observation`` must be the feature groups the policy was trained on
-    (``engine.layout.groups``)."""
+    Nothing is timed (``seconds`` and ``fpi_all_seconds`` are NaN): :func:`time_policy` measures
+    wall time apart, and :meth:`EvalReport.timed` adds it. ``timing_repeats`` > 0 does both in one
+    call, for callers written before they were apart. ``reference``, a report of FPI on every layer
+    on the same model and samples, saves its evaluation: its accuracy and compute are taken from
+    there (a sweep of many policies passes one). ``observation`` must be the feature groups the
+    policy was trained on (``engine.layout.groups``)."""
     if timing_repeats < 0:
         raise ValueError(f"timing_repeats must be >= 0, got {timing_repeats}")
-    was_training = model.training
     reward = reward.fixed(reward.lam)
-    engine = DynaLayEngine(
-        min(batch_size, int(splits.y_test.shape[0])),
-        splits,
-        model,
-        reward=reward,
-        max_steps=max_steps,
-        mode="eval",
-        autoreset=False,
-        observation=tuple(observation),
-        device=device,
-    )
-    try:
-        n = engine.num_samples
-        fpi_all = list(range(1, engine.num_layers + 1))
-        seconds, result = _timed(engine, policy, n)
-        times = [seconds]
-        if reference is None:
-            fpi_all_seconds, ref = _timed(engine, fpi_all, n)
-            fpi_all_accuracy, fpi_all_compute = float(ref.correct.float().mean()), float(ref.compute.mean())
-            fpi_all_times = [fpi_all_seconds]
-        else:
-            fpi_all_accuracy, fpi_all_compute = reference.fpi_all_accuracy, reference.fpi_all_compute
-            fpi_all_times = [reference.fpi_all_seconds]
-        for _ in range(timing_repeats - 1):
-            times.append(_timed(engine, policy, n)[0])
-            if reference is None:
-                fpi_all_times.append(_timed(engine, fpi_all, n)[0])
-        nan = float("nan")
-        seconds = statistics.median(times) if timing_repeats else nan
-        fpi_all_seconds = statistics.median(fpi_all_times) if timing_repeats else nan
-    finally:
-        model.train(was_training)
+    T = int(max_steps) if max_steps is not None else default_max_steps(model.num_layers)
+    if T < 1:
+        raise ValueError(f"max_steps must be >= 1, got {T}")
+    every_layer = list(range(1, model.num_layers + 1))
+
+    def run(chosen: Policy | Sequence[int]) -> _Rollout:
+        if not callable(chosen):
+            return _fixed_path_rollout(model, splits, chosen, max_steps=T, observation=observation, batch_size=batch_size, device=device)
+        was_training = model.training
+        try:
+            return _rollout(_eval_engine(model, splits, reward=reward, max_steps=T, observation=observation, batch_size=batch_size,
+                                         device=device), chosen)
+        finally:
+            model.train(was_training)
+
+    result = run(policy)
+    if reference is None:
+        ref = run(every_layer)
+        fpi_all_accuracy, fpi_all_compute = float(ref.correct.float().mean()), float(ref.compute.mean())
+    else:
+        fpi_all_accuracy, fpi_all_compute = reference.fpi_all_accuracy, reference.fpi_all_compute
     mean_compute = float(result.compute.mean())
     counts = result.action_counts.double()
-    return EvalReport(
+    report = EvalReport(
         accuracy=float(result.correct.float().mean()),
         compute=mean_compute,
         compute_fraction=mean_compute / fpi_all_compute,
@@ -214,14 +239,81 @@ def evaluate_policy(
         fpi_all_compute=fpi_all_compute,
         action_frequency=(counts / counts.sum()).tolist(),
         mean_episode_length=float(result.steps.float().mean()),
-        num_samples=n,
+        num_samples=int(splits.y_test.shape[0]),
         lam=reward.lam,
-        per_difficulty=_per_difficulty(result),
-        seconds=seconds,
-        fpi_all_seconds=fpi_all_seconds,
+        per_difficulty=per_level(result.correct, result.compute, result.difficulty),
         sequences_per_level=sequence_shares(result.paths, result.difficulty),
-        actions_per_step=actions_per_step(result.paths, result.steps, result.difficulty, engine.max_steps, engine.num_layers),
+        actions_per_step=actions_per_step(result.paths, result.steps, result.difficulty, T, model.num_layers),
     )
+    if timing_repeats:
+        report = report.timed(time_policy(model, splits, policy, reward=reward, max_steps=T, observation=observation, batch_size=batch_size,
+                                          device=device, repeats=timing_repeats))
+    return report
+
+
+def time_policies(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    policies: Mapping[str, tuple[Policy | Sequence[int], Sequence[str]]],
+    *,
+    repeats: int = 3,
+    reward: RewardConfig = RewardConfig(),
+    max_steps: int | None = None,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """The median wall time of ``repeats`` evaluation rollouts over the test split of each of
+    ``policies`` (name -> the policy or fixed path, and the observation groups it reads), with the
+    main model frozen. Each rollout is what the environment runs for the policy: ``batch_size``
+    rows in flight, observation, policy and main-model steps (NOP rows get no work); building the
+    engine is not timed. The policies are interleaved, each once per round, so that drift in
+    machine load hits all alike; a single rollout of a small test split is noisy on a shared CPU.
+    ``repeats=0`` times nothing (every time is NaN)."""
+    if repeats < 0:
+        raise ValueError(f"timing repeats must be >= 0, got {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    if repeats == 0:
+        return {name: float("nan") for name in policies}
+    was_training = model.training
+    try:
+        engines: dict[tuple[str, ...], DynaLayEngine] = {}
+        for _, observation in policies.values():
+            if tuple(observation) not in engines:
+                engines[tuple(observation)] = _eval_engine(model, splits, reward=reward, max_steps=max_steps, observation=observation,
+                                                           batch_size=batch_size, device=device)
+        for _ in range(repeats):
+            for name, (policy, observation) in policies.items():
+                engine = engines[tuple(observation)]
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize(engine.device)
+                start = time.perf_counter()
+                _rollout(engine, policy)
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize(engine.device)
+                times[name].append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_policy(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    policy: Policy | Sequence[int],
+    *,
+    observation: Sequence[str] = DEFAULT_OBSERVATION,
+    repeats: int = 3,
+    reward: RewardConfig = RewardConfig(),
+    max_steps: int | None = None,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+) -> PolicyTiming:
+    """The wall time of ``policy``'s evaluation rollout and of FPI on every layer's, on engines
+    alike (the same ``observation``), as :func:`time_policies` measures it."""
+    every_layer = list(range(1, model.num_layers + 1))
+    times = time_policies(model, splits, {"policy": (policy, observation), "fpi_all": (every_layer, observation)}, repeats=repeats,
+                          reward=reward, max_steps=max_steps, batch_size=batch_size, device=device)
+    return PolicyTiming(times["policy"], times["fpi_all"], repeats)
 
 
 @dataclass
@@ -266,11 +358,14 @@ def oracle_paths(
     min_confidence: float = 0.0,
     batch_size: int = 4096,
     max_depth: int | None = None,
+    fallback: bool = False,
 ) -> OraclePaths:
     """For each sample of (x, y), the cheapest action sequence within the step budget that answers
     it - knowing the label. "Answers" means the head's argmax is the label and, with
     ``min_confidence``, that the label gets at least that probability: a plain pass that is right by
     chance on a coin-flip input is cheap for the oracle but no policy can learn it without the label.
+    With ``fallback``, a sample that no sequence answers at ``min_confidence`` gets the cheapest
+    sequence that answers at all (a second search), and counts as solved if there is one.
 
     Exact search, batched over samples and sequences: sequences are expanded one step at a time
     for every sample still in play, and a prefix is dropped as soon as its compute reaches the
@@ -279,6 +374,12 @@ def oracle_paths(
     budget): a sample that no sequence answers keeps all L^k prefixes of depth k in play, so
     the full search grows as L^T for such samples.
     """
+    if fallback and min_confidence > 0:
+        confident = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, batch_size=batch_size, max_depth=max_depth)
+        correct = oracle_paths(model, x, y, max_steps=max_steps, batch_size=batch_size, max_depth=max_depth)
+        return OraclePaths(torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths),
+                           torch.where(confident.solved, confident.cost, correct.cost), confident.solved | correct.solved,
+                           confident.evaluated + correct.evaluated)
     dev = y.device
     was_training = model.training
     model.eval()
@@ -388,22 +489,21 @@ def oracle(
     """For each test sample, the cheapest action sequence within the step budget that answers
     correctly (or the plain path, the cheapest of all, when none does) - knowing the label (see
     :func:`oracle_paths`)."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     L = model.num_layers
     T = max_steps if max_steps is not None else default_max_steps(L)
     y = splits.y_test.to(dev)
     found = oracle_paths(model, splits.x_test.to(dev), y, max_steps=T, min_confidence=min_confidence, batch_size=batch_size)
     length = (found.paths > 0).sum(dim=1)
     if reference is None:
-        reference = evaluate_policy(model, splits, list(range(1, L + 1)), max_steps=T, device=dev, timing_repeats=0)
+        reference = evaluate_policy(model, splits, list(range(1, L + 1)), max_steps=T, device=dev)
     difficulty = splits.difficulty_test.to(dev) if splits.difficulty_test is not None else torch.full_like(y, -1)
-    rollout = _Rollout(found.solved, found.cost, length, difficulty, torch.zeros(L + 1, dtype=torch.long, device=dev))
     return OracleReport(
         accuracy=float(found.solved.float().mean()),
         compute=float(found.cost.mean()),
         compute_fraction=float(found.cost.mean()) / reference.fpi_all_compute,
         mean_episode_length=float(length.float().mean()),
-        per_difficulty=_per_difficulty(rollout),
+        per_difficulty=per_level(found.solved, found.cost, difficulty),
         sequences_evaluated=found.evaluated,
         min_confidence=min_confidence,
         sequences_per_level=sequence_shares(found.paths, difficulty),

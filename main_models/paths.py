@@ -63,29 +63,40 @@ def per_level(correct: Tensor, compute: Tensor, difficulty: Tensor | None) -> di
 
 @torch.no_grad()
 def evaluate_fixed_path(
-    model: FPINetwork, x: Tensor, y: Tensor, path: Sequence[int], *, batch_size: int = 256
+    model: FPINetwork, x: Tensor, y: Tensor, path: Sequence[int], *, batch_size: int = 256, observation_cost: float = 0.0
 ) -> dict[str, Tensor]:
     """Per-sample correctness, compute (straightforward passes), FPI iterations and loss of the
-    fixed ``path`` on (x, y), with the model in eval mode."""
+    fixed ``path`` (actions 1..L) on (x, y), with the model in eval mode.
+
+    The one evaluator of a fixed path: training baselines, the environment's evaluation of a fixed
+    action sequence and the per-path curves all come here. Compute is counted as the environment
+    counts an episode's, to the bit: 1 for the plain pass, then each step's cost added in float32;
+    ``observation_cost`` (straightforward passes) is charged with the plain pass and with every
+    step, as the environment charges an observation that costs something (the residual probe)."""
     was_training = model.training
     model.eval()
     full = float(model.straightforward_flops)
+    steps = [int(a) for a in path]
     correct, compute, iterations, losses = [], [], [], []
     try:
         with parametrize.cached():
             for start in range(0, y.shape[0], batch_size):
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                paths = torch.tensor(list(path), dtype=torch.long, device=xb.device).expand(yb.shape[0], len(path))
+                paths = torch.tensor(steps, dtype=torch.long, device=xb.device).expand(yb.shape[0], len(steps))
                 logits, step_iters = model.run_paths(xb, paths, per_step=True)
+                cost = torch.full((yb.shape[0],), 1.0 + observation_cost, dtype=torch.float32, device=xb.device)
+                for t, action in enumerate(steps):
+                    if action > 0:
+                        cost += (model.fpi_step_flops(paths[:, t] - 1, step_iters[:, t]) / full + observation_cost).float()
                 correct.append(logits.argmax(dim=1) == yb)
-                compute.append(1.0 + model.path_flops(paths, step_iters) / full)
+                compute.append(cost)
                 iterations.append(step_iters.sum(dim=1))
                 losses.append(F.cross_entropy(logits, yb, reduction="none"))
     finally:
         model.train(was_training)
     return {
         "correct": torch.cat(correct).cpu(),
-        "compute": torch.cat(compute).float().cpu(),
+        "compute": torch.cat(compute).cpu(),
         "iterations": torch.cat(iterations).cpu(),
         "loss": torch.cat(losses).cpu(),
     }

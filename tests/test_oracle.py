@@ -2,7 +2,7 @@ import itertools
 
 import torch
 
-from dynalay_env import build_engine, oracle
+from dynalay_env import build_engine, oracle, oracle_paths
 from main_models import DatasetSplits
 
 
@@ -28,3 +28,20 @@ def test_oracle_matches_brute_force_enumeration():
     assert abs(report.compute - float(torch.where(solved, best, torch.ones(48)).mean())) < 1e-5
     assert set(report.per_difficulty) == {0, 1}
     assert 0 < report.compute_fraction < 1
+
+
+def test_the_fallback_oracle_answers_at_the_confidence_bar_else_at_all():
+    """Demonstrations use the oracle's fallback: the cheapest sequence that answers with the label
+    at min_confidence, else the cheapest that answers at all, else the plain path."""
+    engine = build_engine(1, dataset="digits", pretrain_epochs=1, progress=False, cotrain=False, seed=0)
+    model, s = engine.model, engine.splits
+    x, y = s.x_test[:60], s.y_test[:60]
+    confident = oracle_paths(model, x, y, max_steps=3, min_confidence=0.9)
+    correct = oracle_paths(model, x, y, max_steps=3)
+    both = oracle_paths(model, x, y, max_steps=3, min_confidence=0.9, fallback=True)
+    assert bool((~confident.solved & correct.solved).any())  # some samples need the fallback
+    assert torch.equal(both.solved, confident.solved | correct.solved)
+    assert torch.equal(both.cost, torch.where(confident.solved, confident.cost, correct.cost))
+    assert torch.equal(both.paths, torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths))
+    assert both.evaluated == confident.evaluated + correct.evaluated
+    assert torch.equal(oracle_paths(model, x, y, max_steps=3, fallback=True).paths, correct.paths)  # no bar: nothing to fall back from
