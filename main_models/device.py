@@ -30,10 +30,18 @@ def resolve_device(device: str | torch.device, name: str = "device") -> torch.de
     return dev
 
 
+def local_device(device: str | torch.device, local_rank: int, name: str = "device") -> torch.device:
+    """The device of one rank of a distributed run: ``device`` resolved as :func:`resolve_device`
+    resolves it, then, where that is cuda, the rank's own GPU ``cuda:<local_rank>`` (one GPU per
+    rank: an index given with ``cuda:N`` is replaced)."""
+    dev = resolve_device(device, name)
+    return torch.device("cuda", local_rank) if dev.type == "cuda" else dev
+
+
 def set_threads(threads: int) -> None:
     """Set torch's intra-op CPU threads (0 keeps torch's default). They cost more than they give
-    on these small tensors, and oversubscribe badly when anything else shares the cores
-    (measured: a warm-up epoch 9.5 s with 2 threads next to one busy process, 2.0 s with 1)."""
+    on these small tensors, and oversubscribe badly when anything else shares the cores (README.md,
+    "Threads" under "Using DynaLay from other libraries")."""
     if not isinstance(threads, int) or threads < 0:
         raise ValueError(f"--threads must be an integer >= 0, got {threads!r}")
     if threads:
