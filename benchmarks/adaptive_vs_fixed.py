@@ -13,7 +13,8 @@ Each agent is reported with test accuracy, compute as a fraction of FPI on every
 main model), batched inference wall time against FPI on every layer (same rollout code, NOP rows
 get no work), compute per difficulty level, its gap to Model 3 and to the oracle. Results are
 aggregated as mean +- std over seeds, written as JSON after every seed (a partial run keeps what
-it finished) and plotted as an accuracy-versus-compute Pareto figure.
+it finished, and the same command run again continues after the seeds the file holds) and
+plotted as an accuracy-versus-compute Pareto figure.
 
     python benchmarks/adaptive_vs_fixed.py                   # full: 2 datasets x 3 seeds
     python benchmarks/adaptive_vs_fixed.py --quick --json    # CPU smoke size
@@ -23,20 +24,17 @@ it finished) and plotted as an accuracy-versus-compute Pareto figure.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+import harness
 from agents import train
 from agents.evaluate import evaluate_run, load_run
 from dynalay_env import oracle
-from main_models import add_runtime_flags, fixed_path_oracle, run_baseline, set_threads, write_json
+from main_models import fixed_path_oracle, run_baseline, set_threads, write_json
 
 SETTINGS = ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")
 """The plan fields recorded with each seed; seeds are only averaged when these agree."""
@@ -67,10 +65,8 @@ class Plan:
 FULL = Plan(
     ["digits-graded", "parity"], [0, 1, 2], ["ppo", "a2c", "dqn", "reinforce"], 40_000, 20, 10, 0.005, "0,0.02",
     [0.0, 0.0025, 0.005, 0.01, 0.02],
-    # Parity: Model 1-3 reach 1.000 within 10 epochs, and the LSTM's solves make its epochs and
-    # its exact oracle dear on a CPU, hence fewer baseline epochs and an oracle on 400 samples. Its
-    # lambda is larger because an L1 solve there costs several plain passes: at 0.005 repeating a
-    # converged layer was nearly free and PPO never stopped (benchmarks/README.md).
+    # parity: fewer baseline epochs, the oracle on 400 samples and a larger lambda; why:
+    # benchmarks/README.md, "Against separately trained fixed-path networks (Model 0-3)"
     per_dataset={"parity": dict(baseline_epochs=10, oracle_limit=400, lam=0.05, lam_range="0,0.1",
                                 lam_grid=[0.0, 0.025, 0.05, 0.1])},
 )
@@ -111,6 +107,12 @@ def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
     if limit is not None:
         splits = splits.head(1, limit)
     return oracle(model, splits, max_steps=engine.max_steps).as_dict()
+
+
+def _job_key(plan: Plan, dataset: str, seed: int) -> dict:
+    """What one seed of ``dataset`` runs with (see :func:`harness.run_seeds`)."""
+    settings = asdict(plan.for_dataset(dataset))
+    return {"dataset": dataset, "seed": seed, **{k: v for k, v in settings.items() if k not in ("datasets", "seeds", "per_dataset")}}
 
 
 def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
@@ -167,29 +169,19 @@ def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
     return entry
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
-
-
 def aggregate(entries: list[dict]) -> dict:
     out: dict[str, Any] = {}
-    for dataset in sorted({e["dataset"] for e in entries}):
-        rows = [e for e in entries if e["dataset"] == dataset]
-        settings = [r.get("settings") for r in rows]
-        if any(s != settings[0] for s in settings):
-            raise SystemExit(f"error: the {dataset} seeds were run with different settings, refusing to average them: {settings}")
-        table: dict[str, Any] = {"settings": settings[0], "seeds": [r["seed"] for r in rows]}
+    for dataset, rows in harness.by_task(entries, "settings").items():
+        table: dict[str, Any] = {"settings": rows[0].get("settings"), "seeds": [r["seed"] for r in rows]}
         for name in BASELINES:
-            table[name] = {k: _mean_std([r["baselines"][name][k] for r in rows]) for k in ("accuracy", "compute_fraction", "compute")}
-        table["fixed_path_oracle"] = {k: _mean_std([r["fixed_path_oracle"][k] for r in rows]) for k in ("accuracy", "compute_fraction")}
+            table[name] = harness.stats([r["baselines"][name] for r in rows], ("accuracy", "compute_fraction", "compute"))
+        table["fixed_path_oracle"] = harness.stats([r["fixed_path_oracle"] for r in rows], ("accuracy", "compute_fraction"))
         m3_acc = table["model3"]["accuracy"]["mean"]
         for algo in rows[0]["agents"]:
-            agent = {k: _mean_std([r["agents"][algo][k] for r in rows]) for k in
-                     ("accuracy", "compute_fraction", "time_ratio", "gap_to_model3", "oracle_accuracy", "gap_to_oracle",
-                      "oracle_compute_fraction")}
+            agent = harness.stats([r["agents"][algo] for r in rows], ("accuracy", "compute_fraction", "time_ratio", "gap_to_model3",
+                                                                        "oracle_accuracy", "gap_to_oracle", "oracle_compute_fraction"))
             levels = sorted(rows[0]["agents"][algo]["level_compute"], key=int)
-            agent["level_compute"] = {lv: _mean_std([r["agents"][algo]["level_compute"][lv] for r in rows]) for lv in levels}
+            agent["level_compute"] = harness.stats([r["agents"][algo]["level_compute"] for r in rows], levels)
             hard_vs_easy = (agent["level_compute"][levels[-1]]["mean"] / agent["level_compute"][levels[0]]["mean"]) if levels else None
             agent["hard_over_easy_compute"] = hard_vs_easy
             agent["target"] = {
@@ -201,90 +193,69 @@ def aggregate(entries: list[dict]) -> dict:
             agent["target"]["all"] = all(agent["target"].values())
             table[f"agent_{algo}"] = agent
         lams = [p["lam"] for p in rows[0]["lambda_agent"]] if all(r["lambda_agent"] for r in rows) else []
-        table["lambda_agent"] = [
-            {"lam": lam, **{k: _mean_std([r["lambda_agent"][i][k] for r in rows]) for k in ("accuracy", "compute_fraction", "time_ratio")}}
-            for i, lam in enumerate(lams)
-        ]
+        table["lambda_agent"] = [{"lam": lam, **harness.stats([r["lambda_agent"][i] for r in rows], ("accuracy", "compute_fraction", "time_ratio"))}
+                                 for i, lam in enumerate(lams)]
         out[dataset] = table
     return out
 
 
 def pareto_figure(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(summary)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4), dpi=130, squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        t = summary[dataset]
-        xs = [t[m]["compute_fraction"]["mean"] for m in BASELINES]
-        ys = [t[m]["accuracy"]["mean"] for m in BASELINES]
-        ax.plot(xs, ys, "s--", color="#777777", label="Model 0-3 (fixed paths)")
-        for m, x, y in zip(BASELINES, xs, ys):
-            ax.annotate(m.replace("model", "M"), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        for key, value in t.items():
-            if key.startswith("agent_"):
-                ax.errorbar(value["compute_fraction"]["mean"], value["accuracy"]["mean"], xerr=value["compute_fraction"]["std"],
-                            yerr=value["accuracy"]["std"], fmt="o", capsize=2, label=key.replace("agent_", "").upper())
-        lam = t["lambda_agent"]
-        if lam:
-            ax.plot([p["compute_fraction"]["mean"] for p in lam], [p["accuracy"]["mean"] for p in lam], "^-", color="#8c564b", label="PPO, one agent across λ")
+    panels = {}
+    for dataset, t in summary.items():
+        series = [harness.Series([t[m]["compute_fraction"]["mean"] for m in BASELINES], [t[m]["accuracy"]["mean"] for m in BASELINES], "s--",
+                                 "Model 0-3 (fixed paths)", names=[m.replace("model", "M") for m in BASELINES], name_offset=(4, -10),
+                                 options={"color": "#777777"})]
+        series += [harness.Series([a["compute_fraction"]["mean"]], [a["accuracy"]["mean"]], "o", key.replace("agent_", "").upper(),
+                                  xerr=[a["compute_fraction"]["std"]], yerr=[a["accuracy"]["std"]])
+                   for key, a in t.items() if key.startswith("agent_")]
+        if t["lambda_agent"]:
+            series.append(harness.curve(t["lambda_agent"], "^-", "PPO, one agent across λ", color="#8c564b"))
         fo = t["fixed_path_oracle"]
-        ax.plot(fo["compute_fraction"]["mean"], fo["accuracy"]["mean"], "*", markersize=11, color="#d62728", label="oracle over Model 0-3")
-        ax.axvline(0.4, linestyle=":", color="black", alpha=0.6, label="target: compute ≤ 0.4")
-        ax.set_xlabel("compute (fraction of FPI on every layer)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        series += [harness.Series([fo["compute_fraction"]["mean"]], [fo["accuracy"]["mean"]], "*", "oracle over Model 0-3",
+                                  options={"markersize": 11, "color": "#d62728"}),
+                   harness.Series([0.4], label="target: compute ≤ 0.4")]
+        panels[dataset] = series
+    harness.pareto_figure(path, panels, size=(5.2, 4))
 
 
-def _print_table(result: dict) -> None:
+def _table(result: dict) -> list[str]:
+    pm = harness.pm
+    lines = []
     for dataset, t in result["summary"].items():
         n = t["model3"]["accuracy"]["n"]
-        print(f"\n{dataset}  (mean ± std over {n} seed(s); compute = fraction of FPI on every layer)")
-        print(f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)")
-        for m in BASELINES:
-            print(f"{m:>22} | {t[m]['accuracy']['mean']:.4f}±{t[m]['accuracy']['std']:.4f} | {t[m]['compute_fraction']['mean']:.3f}±{t[m]['compute_fraction']['std']:.3f} | {'':>12} |")
+        lines += [f"\n{dataset}  (mean ± std over {n} seed(s); compute = fraction of FPI on every layer)",
+                  f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)"]
+        lines += [f"{m:>22} | {pm(t[m]['accuracy'], 4):>15} | {pm(t[m]['compute_fraction']):>15} | {'':>12} |" for m in BASELINES]
         for key, a in t.items():
             if key.startswith("agent_"):
                 lv = " ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
-                print(f"{key:>22} | {a['accuracy']['mean']:.4f}±{a['accuracy']['std']:.4f} | {a['compute_fraction']['mean']:.3f}±{a['compute_fraction']['std']:.3f} | "
-                      f"{a['time_ratio']['mean']:12.3f} | {lv} | oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}")
-        for p in t["lambda_agent"]:
-            print(f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {p['accuracy']['mean']:.4f}±{p['accuracy']['std']:.4f} | {p['compute_fraction']['mean']:.3f}±{p['compute_fraction']['std']:.3f} | {p['time_ratio']['mean']:12.3f} |")
+                lines.append(f"{key:>22} | {pm(a['accuracy'], 4):>15} | {pm(a['compute_fraction']):>15} | {a['time_ratio']['mean']:12.3f} | {lv} | "
+                             f"oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}")
+        lines += [f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {pm(p['accuracy'], 4):>15} | {pm(p['compute_fraction']):>15} | "
+                  f"{p['time_ratio']['mean']:12.3f} |" for p in t["lambda_agent"]]
         fo = t["fixed_path_oracle"]
-        print(f"{'oracle over Model 0-3':>22} | {fo['accuracy']['mean']:.4f} | {fo['compute_fraction']['mean']:.3f} |")
-
-
-def _pm(stat: dict, digits: int) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+        lines.append(f"{'oracle over Model 0-3':>22} | {pm(fo['accuracy'], 4):>15} | {pm(fo['compute_fraction']):>15} |")
+    return lines
 
 
 def markdown_tables(summary: dict) -> str:
     """The summary as Markdown tables (mean ± std over seeds), ready for a results page."""
+    pm = harness.pm
     lines = []
+    names = {"model0": "Model 0 (plain)", "model1": "Model 1", "model2": "Model 2", "model3": "Model 3 (FPI everywhere)"}
     for dataset, t in summary.items():
-        lines += [f"#### {dataset} ({len(t.get('seeds', []))} seeds)", "",
-                  "| method | test accuracy | compute (fraction of Model 3) | wall / FPI-all | compute per level, easy → hard (plain passes) | hard / easy | accuracy gap to oracle | oracle's compute |",
-                  "|---|---|---|---|---|---|---|---|"]
-        names = {"model0": "Model 0 (plain)", "model1": "Model 1", "model2": "Model 2", "model3": "Model 3 (FPI everywhere)"}
-        for m, label in names.items():
-            lines.append(f"| {label} | {_pm(t[m]['accuracy'], 4)} | {_pm(t[m]['compute_fraction'], 3)} | | | | | |")
-        for key, a in t.items():
-            if key.startswith("agent_"):
-                levels = " / ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
-                lines.append(f"| {key[6:].upper()} | {_pm(a['accuracy'], 4)} | {_pm(a['compute_fraction'], 3)} | {_pm(a['time_ratio'], 3)} | "
-                             f"{levels} | {a['hard_over_easy_compute']:.2f} | {_pm(a['gap_to_oracle'], 4)} | {_pm(a['oracle_compute_fraction'], 3)} |")
-        for p in t["lambda_agent"]:
-            lines.append(f"| λ-conditioned PPO at λ = {p['lam']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'], 3)} | {_pm(p['time_ratio'], 3)} | | | | |")
+        rows = [[label, pm(t[m]["accuracy"], 4), pm(t[m]["compute_fraction"]), "", "", "", "", ""] for m, label in names.items()]
+        rows += [[key[6:].upper(), pm(a["accuracy"], 4), pm(a["compute_fraction"]), pm(a["time_ratio"]),
+                  " / ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values()), f"{a['hard_over_easy_compute']:.2f}",
+                  pm(a["gap_to_oracle"], 4), pm(a["oracle_compute_fraction"])] for key, a in t.items() if key.startswith("agent_")]
+        rows += [[f"λ-conditioned PPO at λ = {p['lam']:g}", pm(p["accuracy"], 4), pm(p["compute_fraction"]), pm(p["time_ratio"]), "", "", "", ""]
+                 for p in t["lambda_agent"]]
         fo = t["fixed_path_oracle"]
-        lines += [f"| oracle over Model 0-3 | {_pm(fo['accuracy'], 4)} | {_pm(fo['compute_fraction'], 3)} | | | | | |", ""]
+        rows.append(["oracle over Model 0-3", pm(fo["accuracy"], 4), pm(fo["compute_fraction"]), "", "", "", "", ""])
+        lines += [f"#### {dataset} ({len(t.get('seeds', []))} seeds)", "",
+                  *harness.markdown_table(["method", "test accuracy", "compute (fraction of Model 3)", "wall / FPI-all",
+                                           "compute per level, easy → hard (plain passes)", "hard / easy", "accuracy gap to oracle",
+                                           "oracle's compute"], rows), ""]
     return "\n".join(lines)
 
 
@@ -317,33 +288,8 @@ def retime(entries: list[dict], runs_dir: Path, repeats: int) -> None:
             print(f"retimed {run_dir}: " + ", ".join(f"{t['time_ratio']:.3f}" for t in targets), file=sys.stderr, flush=True)
 
 
-def merge(paths: list[Path]) -> list[dict]:
-    """Per-seed entries of several result files (e.g. seeds run as separate processes), refusing
-    files that are not this benchmark's output and duplicate (dataset, seed) pairs."""
-    entries: list[dict] = []
-    seen: dict[tuple[str, int], Path] = {}
-    for path in paths:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"error: cannot read {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("benchmark") != "adaptive_vs_fixed" or not isinstance(data.get("per_seed"), list):
-            raise SystemExit(f"error: {path} is not an adaptive_vs_fixed result (no 'per_seed' list)")
-        for entry in data["per_seed"]:
-            key = (entry["dataset"], int(entry["seed"]))
-            if key in seen:
-                raise SystemExit(f"error: {key[0]} seed {key[1]} appears in both {seen[key]} and {path}")
-            seen[key] = path
-            if "settings" not in entry and isinstance(data.get("plan"), dict):  # files written before settings were recorded per seed
-                entry = {**entry, "settings": {k: data["plan"].get(k) for k in SETTINGS}}
-            entries.append({**entry, "_source": str(path)})
-    return entries
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="one dataset, one seed, tiny budgets")
+    parser = harness.parser(__doc__, quick="one dataset, one seed, tiny budgets")
     parser.add_argument("--datasets", nargs="+", help="override the plan's datasets")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the plan's seeds")
     parser.add_argument("--budget", type=int, help="override the agents' environment-step budget")
@@ -361,24 +307,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="with --merge: re-measure each agent's wall time from its saved run (checks accuracy and compute reproduce)")
     parser.add_argument("--timing-repeats", type=int, default=5, help="with --retime: timed rollouts per policy (median)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
-    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.retime and not args.merge:
         raise SystemExit("error: --retime works on result files given with --merge")
-    if args.merge:
-        entries = merge(args.merge)
-        if args.retime:
-            for path in args.merge:
-                own = [e for e in entries if e.get("_source") == str(path)]
-                retime(own, Path(path).parent, args.timing_repeats)
-        for entry in entries:
-            entry.pop("_source", None)
-        result = {"benchmark": "adaptive_vs_fixed", "merged_from": [str(p) for p in args.merge],
-                  "retimed": bool(args.retime), "summary": aggregate(entries), "per_seed": entries}
-        _write(result, args.out_dir)
-    else:
+    jobs, extra = [], {"retimed": bool(args.retime)}
+    if not args.merge:
         plan = replace(QUICK if args.quick else FULL)
         overrides = {name: getattr(args, name) for name in
                      ("datasets", "seeds", "budget", "algos", "pretrain_epochs", "baseline_epochs", "oracle_limit", "lam", "lam_range")
@@ -386,22 +321,22 @@ def main(argv: list[str] | None = None) -> dict:
         plan = replace(plan, **overrides, lambda_agent=not args.no_lambda_agent,
                        # explicit flags beat the per-dataset defaults
                        per_dataset={d: {k: v for k, v in o.items() if k not in overrides} for d, o in plan.per_dataset.items()})
-        entries = []
-        start = time.perf_counter()
-        for dataset in plan.datasets:
-            for seed in plan.seeds:
-                entries.append(run_seed(plan, dataset, seed, args.out_dir))
-                result = {"benchmark": "adaptive_vs_fixed", "plan": {k: v for k, v in vars(plan).items()},
-                          "seconds": time.perf_counter() - start, "summary": aggregate(entries), "per_seed": entries}
-                _write(result, args.out_dir)
-    if args.json:
-        print(json.dumps(result))
-    elif args.markdown:
-        print(markdown_tables(result["summary"]))
-    else:
-        _print_table(result)
-        print(f"\nresults: {args.out_dir / 'adaptive_vs_fixed.json'}, figure: {args.out_dir / 'pareto.png'}")
-    return result
+        jobs = [harness.Job(_job_key(plan, d, seed), partial(run_seed, plan, d, seed, args.out_dir)) for d in plan.datasets for seed in plan.seeds]
+        extra = {"plan": dict(vars(plan))}
+
+    def retime_each(found: list[tuple[Path, dict]]) -> None:
+        for path in args.merge if args.retime else []:
+            retime([entry for source, entry in found if source == Path(path)], Path(path).parent, args.timing_repeats)
+
+    result = harness.collect("adaptive_vs_fixed", args.out_dir, aggregate, lambda r: _write(r, args.out_dir), merge=args.merge, jobs=jobs,
+                             extra=extra, before_merge=retime_each)
+
+    def text(r: dict) -> list[str]:
+        if args.markdown:
+            return [markdown_tables(r["summary"])]
+        return _table(r) + [f"\nresults: {args.out_dir / 'adaptive_vs_fixed.json'}, figure: {args.out_dir / 'pareto.png'}"]
+
+    return harness.show(result, args.json, text)
 
 
 if __name__ == "__main__":

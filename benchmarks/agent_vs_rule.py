@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import harness
 from dynalay_env.baselines import accuracy_at_compute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,13 +71,6 @@ def gap_closed(rule: float | None, agent: float, ceiling: float) -> float | None
     if rule is None or rule <= ceiling:
         return None
     return (rule - agent) / (rule - ceiling)
-
-
-def _mean_std(values: Sequence[float | None]) -> dict[str, float] | None:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    return {"mean": statistics.fmean(present), "std": statistics.stdev(present) if len(present) > 1 else 0.0, "n": len(present)}
 
 
 def grid_seed(run: Path, quick: bool) -> dict[str, Any]:
@@ -152,31 +145,18 @@ def digits_seed(run: Path, quick: bool) -> dict[str, Any]:
 
 
 def figure(seed: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for order in sorted({tuple(p["order"]) for p in seed["confidence_curve"]}):
-        pts = sorted((p["compute_fraction"], p["accuracy"]) for p in seed["confidence_curve"] if tuple(p["order"]) == order)
-        ax.plot(*zip(*pts), "s--", ms=4, label=f"confidence rule, order {','.join(f'L{j}' for j in order)}")
+    orders = sorted({tuple(p["order"]) for p in seed["confidence_curve"]})
+    series = [harness.curve([p for p in seed["confidence_curve"] if tuple(p["order"]) == order], "s--",
+                            f"confidence rule, order {','.join(f'L{j}' for j in order)}", ms=4) for order in orders]
     agent = sorted((p["compute_fraction"], p["accuracy"], p["lam"]) for p in seed["points"])
-    ax.plot([a[0] for a in agent], [a[1] for a in agent], "o-", color="black", label="λ-conditioned agent (one policy)")
-    for c, a, lam in agent:
-        ax.annotate(f"{lam:g}", (c, a), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    for name, p in seed["fixed_paths"].items():
-        ax.plot(p["compute_fraction"], p["accuracy"], "^", color="grey")
-        ax.annotate(name, (p["compute_fraction"], p["accuracy"]), textcoords="offset points", xytext=(3, 3), fontsize=7, color="grey")
-    ax.plot(seed["ceiling"]["compute_fraction"], seed["ceiling"]["accuracy"], "*", ms=12, color="tab:red", label="learnable ceiling")
-    ax.set_xscale("log")
-    ax.set_xlabel("compute (fraction of FPI on every layer, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fixed = seed["fixed_paths"]
+    series += [harness.Series([a[0] for a in agent], [a[1] for a in agent], "o-", "λ-conditioned agent (one policy)",
+                              names=[f"{a[2]:g}" for a in agent], name_offset=(4, -10), options={"color": "black"}),
+               harness.Series([p["compute_fraction"] for p in fixed.values()], [p["accuracy"] for p in fixed.values()], "^", names=list(fixed),
+                              name_offset=(3, 3), options={"color": "grey"}),
+               harness.Series([seed["ceiling"]["compute_fraction"]], [seed["ceiling"]["accuracy"]], "*", "learnable ceiling",
+                              options={"ms": 12, "color": "tab:red"})]
+    harness.pareto_figure(path, {title: series}, size=(6.4, 4.4), log_x=True, legend_loc="lower right")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,13 +178,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "agent_vs_rule",
         "seeds": list(args.seeds),
         "grid_lookup": grid,
-        "grid_lookup_summary": {k: _mean_std([g[k] for g in grid]) for k in keys},
+        "grid_lookup_summary": harness.stats(grid, keys),
         "half_the_gap_on_every_seed": bool(grid) and all(g["half_the_gap"] for g in grid),
         "at_the_ceiling_on_every_seed": bool(grid) and all(g["at_the_ceiling"] for g in grid),
         "lambda_agent": lam_agents,
         "lambda_agent_on_or_above_the_rule_on_every_seed": bool(lam_agents) and all(r["on_or_above_the_rule"] for r in lam_agents),
         "digits": digits,
-        "digits_summary": {k: _mean_std([d[k] for d in digits]) for k in ("agent_accuracy", "agent_compute", "best_fixed_accuracy")},
+        "digits_summary": harness.stats(digits, ("agent_accuracy", "agent_compute", "best_fixed_accuracy")),
         "digits_targets_on_every_seed": bool(digits) and all(
             d["within_half_a_point_of_the_best_fixed_path"] and d["compute_at_most_0.3"] for d in digits),
         "figures": figures,
@@ -212,24 +192,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(out: dict[str, Any]) -> str:
-    def f(v: Any, digits: int = 3) -> str:
-        return "-" if v is None else f"{v:.{digits}f}"
-
-    lines = ["| seed | agent accuracy | FPI-all accuracy | agent compute | rule compute at FPI-all accuracy | rule compute at the agent's accuracy "
-             "| ceiling (accuracy, compute) | gap closed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for seed, g in zip(out["seeds"], out["grid_lookup"]):
-        lines.append(f"| {seed} | {f(g['agent_accuracy'], 4)} | {f(g['fpi_all_accuracy'], 4)} | {f(g['agent_compute'])} | "
-                     f"{f(g['rule_compute_at_fpi_all_accuracy'])} | {f(g['rule_compute_at_agent_accuracy'])} | "
-                     f"{f(g['ceiling_accuracy'], 4)}, {f(g['ceiling_compute'])} | {f(g['gap_closed'], 2)} |")
-    s = out["grid_lookup_summary"]
-
-    def ms(k: str, digits: int = 3) -> str:
-        return "-" if s[k] is None else f"{s[k]['mean']:.{digits}f} ± {s[k]['std']:.{digits}f}"
-
-    lines.append(f"| mean ± std | {ms('agent_accuracy', 4)} | {ms('fpi_all_accuracy', 4)} | {ms('agent_compute')} | "
-                 f"{ms('rule_compute_at_fpi_all_accuracy')} | {ms('rule_compute_at_agent_accuracy')} | {ms('ceiling_accuracy', 4)}, "
-                 f"{ms('ceiling_compute')} | {ms('gap_closed', 2)} |")
+    f, pm, s = harness.fmt, harness.pm, out["grid_lookup_summary"]
+    rows = [[seed, f(g["agent_accuracy"], 4), f(g["fpi_all_accuracy"], 4), f(g["agent_compute"]), f(g["rule_compute_at_fpi_all_accuracy"]),
+             f(g["rule_compute_at_agent_accuracy"]), f"{f(g['ceiling_accuracy'], 4)}, {f(g['ceiling_compute'])}", f(g["gap_closed"], 2)]
+            for seed, g in zip(out["seeds"], out["grid_lookup"])]
+    rows.append(["mean ± std", pm(s["agent_accuracy"], 4), pm(s["fpi_all_accuracy"], 4), pm(s["agent_compute"]),
+                 pm(s["rule_compute_at_fpi_all_accuracy"]), pm(s["rule_compute_at_agent_accuracy"]),
+                 f"{pm(s['ceiling_accuracy'], 4)}, {pm(s['ceiling_compute'])}", pm(s["gap_closed"], 2)])
+    lines = harness.markdown_table(["seed", "agent accuracy", "FPI-all accuracy", "agent compute", "rule compute at FPI-all accuracy",
+                                    "rule compute at the agent's accuracy", "ceiling (accuracy, compute)", "gap closed"], rows)
     for r in out["lambda_agent"]:
         pts = ", ".join(f"λ {p['lam']:g}: {p['accuracy']:.4f} at {p['compute_fraction']:.3f}" for p in r["points"])
         lines.append(f"\nλ-agent {r['run']}: {pts}; on or above the rule: {r['on_or_above_the_rule']}"
@@ -253,9 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, not a measurement)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    out = run(args)
-    print(json.dumps(out) if args.json else markdown(out))
-    return out
+    return harness.show(run(args), args.json, lambda out: [markdown(out)])
 
 
 if __name__ == "__main__":

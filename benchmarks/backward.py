@@ -23,15 +23,14 @@ reproducible.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from main_models import ContractiveTanhBlock, FPILayer, add_runtime_flags, set_threads
+import harness
+from main_models import ContractiveTanhBlock, FPILayer, resolve_device, set_threads
 
 
 class SavedBytes:
@@ -179,18 +178,33 @@ def cotrain_gradients(repeats: int, warmup_epochs: int = 3) -> list[dict]:
              "cosine_to_unrolled": float(F.cosine_similarity(r["grad"], ref["grad"], dim=0))} for v, r in results.items()]
 
 
+def _table(result: dict) -> list[str]:
+    lines = [f"FPI layer, batch {result['batch']}, width {result['dim']}, {result['device']}, denormals flushed: {result['flush_denormal']}",
+             f"{'iters':>5} | {'mode':>16} | {'bwd ms':>8} | {'bwd/unrolled':>12} | {'fwd+bwd ms':>10} | {'fwd+bwd/unrolled':>16} | "
+             f"{'memory MiB':>10} | {'mem/unrolled':>12} | {'cos to unrolled':>15} | adjoint iters"]
+    lines += [f"{r['forward_iterations']:>5} | {r['mode']:>16} | {1000 * r['backward_seconds']:8.2f} | {r['backward_time_vs_unrolled']:12.2f} | "
+              f"{1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:16.2f} | {r['memory_bytes'] / 2**20:10.3f} | "
+              f"{r['memory_vs_unrolled']:12.3f} | {r['cosine_to_unrolled']:15.4f} | {r['adjoint_iterations'] or '-'}" for r in result["rows"]]
+    if "cotrain" in result:
+        lines += ["\none co-training update of the digits MLP (64 samples, random paths, forward tol 1e-3)",
+                  f"{'mode':>16} | {'fwd+bwd ms':>10} | {'vs unrolled':>11} | {'cos to unrolled':>15}"]
+        lines += [f"{r['mode']:>16} | {1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:11.2f} | {r['cosine_to_unrolled']:15.5f}"
+                  for r in result["cotrain"]]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="small batch, 10 and 30 iterations")
-    add_runtime_flags(parser)
+    parser = harness.parser(__doc__, quick="small batch, 10 and 30 iterations", device="auto")
     parser.add_argument("--keep-denormals", action="store_true",
-                        help="do not flush denormal floats on CPU (unrolled backward through 100 tanh iterations "
-                             "then runs ~17x slower on denormal arithmetic, measured 1505 ms vs 89 ms)")
+                        help="do not flush denormal floats on CPU (unrolled backward through 100 tanh iterations then runs many times "
+                             "slower on denormal arithmetic: benchmarks/README.md, \"Backward: implicit vs unrolled vs phantom\")")
     args = parser.parse_args(argv)
     flushed = torch.set_flush_denormal(not args.keep_denormals)
     set_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    try:
+        device = resolve_device(args.device, "--device")
+    except ValueError as err:
+        parser.error(str(err))
     if args.quick:
         result = run([10, 30], batch=32, dim=64, device=device, repeats=2)
     else:
@@ -198,24 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["flush_denormal"] = bool(flushed and not args.keep_denormals)
     if device.type == "cpu":
         result["cotrain"] = cotrain_gradients(repeats=2 if args.quick else 10, warmup_epochs=1 if args.quick else 3)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"FPI layer, batch {result['batch']}, width {result['dim']}, {result['device']}, denormals flushed: {result['flush_denormal']}")
-        print(f"{'iters':>5} | {'mode':>16} | {'bwd ms':>8} | {'bwd/unrolled':>12} | {'fwd+bwd ms':>10} | {'fwd+bwd/unrolled':>16} | "
-              f"{'memory MiB':>10} | {'mem/unrolled':>12} | {'cos to unrolled':>15} | adjoint iters")
-        for r in result["rows"]:
-            print(
-                f"{r['forward_iterations']:>5} | {r['mode']:>16} | {1000 * r['backward_seconds']:8.2f} | {r['backward_time_vs_unrolled']:12.2f} | "
-                f"{1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:16.2f} | {r['memory_bytes'] / 2**20:10.3f} | "
-                f"{r['memory_vs_unrolled']:12.3f} | {r['cosine_to_unrolled']:15.4f} | {r['adjoint_iterations'] or '-'}"
-            )
-        if "cotrain" in result:
-            print("\none co-training update of the digits MLP (64 samples, random paths, forward tol 1e-3)")
-            print(f"{'mode':>16} | {'fwd+bwd ms':>10} | {'vs unrolled':>11} | {'cos to unrolled':>15}")
-            for r in result["cotrain"]:
-                print(f"{r['mode']:>16} | {1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:11.2f} | {r['cosine_to_unrolled']:15.5f}")
-    return result
+    return harness.show(result, args.json, _table)
 
 
 if __name__ == "__main__":

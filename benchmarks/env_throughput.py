@@ -17,8 +17,6 @@ and back-propagate 64 paths). Runs on cpu and, when present, cuda.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 
@@ -27,7 +25,8 @@ import numpy as np
 import torch
 
 import dynalay_env  # noqa: F401  (registers DynaLay-v0)
-from main_models import add_runtime_flags, set_threads
+import harness
+from main_models import resolve_device, set_threads
 
 
 def _time_steps(env: gym.vector.VectorEnv, min_steps: int, min_seconds: float, seed: int) -> tuple[float, int]:
@@ -79,22 +78,30 @@ def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min
     }
 
 
+def _table(result: dict) -> list[str]:
+    lines = [f"env steps/s, random actions, co-training {'on' if result['cotrain'] else 'off'}, solver: {result['fpi_solver']}",
+             f"{'device':>6} | {'N':>5} | {'batched':>10} | {'sync':>10} | {'ratio':>7}"]
+    for r in result["rows"]:
+        sync = f"{r['sync_sps']:10.0f}" if r["sync_sps"] else f"{'-':>10}"
+        ratio = f"{r['speedup']:7.1f}" if r["speedup"] else f"{'-':>7}"
+        lines.append(f"{r['device']:>6} | {r['num_envs']:>5} | {r['batched_sps']:10.0f} | {sync} | {ratio}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="N = 1 and 64, short timing")
+    parser = harness.parser(__doc__, quick="N = 1 and 64, short timing")
     parser.add_argument("--cotrain", action="store_true", help="include the main model's co-training updates")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--device", default="all", help="cpu, cuda, cuda:N, auto or all (cpu and, when present, cuda)")
     parser.add_argument("--fpi-solver", choices=["picard", "anderson"], default=None, help="override the main model's solver")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="numbers of envs N to measure (default 1 64 256 1024)")
-    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.device != "all":
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda but no CUDA device is available")
-        devices = [args.device]
+        try:
+            devices = [str(resolve_device(args.device, "--device"))]
+        except ValueError as err:
+            parser.error(str(err))
     if args.sizes is not None and any(n < 1 for n in args.sizes):
         parser.error(f"--sizes must be >= 1, got {args.sizes}")
     if args.quick:
@@ -102,16 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result = run(args.sizes or [1, 64, 256, 1024], devices, args.cotrain, min_steps=50, min_seconds=3.0, sync_max=1024,
                      fpi_solver=args.fpi_solver)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"env steps/s, random actions, co-training {'on' if args.cotrain else 'off'}, solver: {result['fpi_solver']}")
-        print(f"{'device':>6} | {'N':>5} | {'batched':>10} | {'sync':>10} | {'ratio':>7}")
-        for r in result["rows"]:
-            sync = f"{r['sync_sps']:10.0f}" if r["sync_sps"] else f"{'-':>10}"
-            ratio = f"{r['speedup']:7.1f}" if r["speedup"] else f"{'-':>7}"
-            print(f"{r['device']:>6} | {r['num_envs']:>5} | {r['batched_sps']:10.0f} | {sync} | {ratio}")
-    return result
+    return harness.show(result, args.json, _table)
 
 
 if __name__ == "__main__":

@@ -12,28 +12,25 @@ split, the wall time of answering every test sample with
 
 batched (``--batch`` rows in flight, 256 by default) and one sample at a time (``--single``
 samples, batch 1). Each time is the median of ``--repeats`` rollouts, the policies interleaved
-so that drift in machine load hits all alike.
+so that drift in machine load hits all alike (:func:`dynalay_env.evaluation.time_policies`).
 
     python benchmarks/inference_time.py runs/<run> --json > benchmarks/results/inference_time.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
+import harness
 from agents.compare import CONFIDENCE_RULE_OBSERVATION, TOLERANCE, fixed_path_points, tuned_confidence_curve
 from agents.evaluate import load_run
-from dynalay_env import evaluate_policy
+from dynalay_env import ObservationLayout, evaluate_policy
 from dynalay_env.baselines import confidence_threshold
-from dynalay_env.engine import ObservationLayout
-from main_models import add_runtime_flags, set_threads
+from dynalay_env.evaluation import time_policies
+from main_models import set_threads
 
 
 def _policies(run_dir: Path, device: str) -> tuple[Any, dict[str, tuple[Any, Sequence[str]]], dict[str, Any]]:
@@ -43,7 +40,7 @@ def _policies(run_dir: Path, device: str) -> tuple[Any, dict[str, tuple[Any, Seq
     model, splits, T = engine.model, engine.splits, engine.max_steps
     reward = engine.reward.fixed(loaded.settings.env.lam)
     every_layer = list(range(1, model.num_layers + 1))
-    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=T, device=engine.device, timing_repeats=0)
+    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=T, device=engine.device)
     fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=T, device=engine.device)
     goal = ref.fpi_all_accuracy - TOLERANCE
     cheapest = min((p for p in fixed.values() if p["accuracy"] >= goal), key=lambda p: p["compute_fraction"])
@@ -58,37 +55,24 @@ def _policies(run_dir: Path, device: str) -> tuple[Any, dict[str, tuple[Any, Seq
         f"confidence tau {rule['tau']:g} ({','.join(f'L{j}' for j in rule['order'])})":
             (confidence_threshold(layout, T, rule["tau"], rule["order"]), CONFIDENCE_RULE_OBSERVATION),
     }
-    return engine, policies, {"reward": reward, "goal_accuracy": goal}
+    return engine, policies, {"reward": reward, "goal_accuracy": goal, "reference": ref}
 
 
 def measure(run_dir: Path, *, batch: int = 256, single: int = 200, repeats: int = 5, device: str = "cpu") -> dict[str, Any]:
     engine, policies, meta = _policies(run_dir, device)
     model, splits, T = engine.model, engine.splits, engine.max_steps
     one_by_one = splits.head(None, single)
+    rollout = dict(reward=meta["reward"], max_steps=T, device=engine.device)
+    reports = {name: evaluate_policy(model, splits, policy, observation=observation, batch_size=batch, reference=meta["reference"], **rollout)
+               for name, (policy, observation) in policies.items()}
+    batched = time_policies(model, splits, policies, repeats=repeats, batch_size=batch, **rollout)
+    single_s = time_policies(model, one_by_one, policies, repeats=repeats, batch_size=1, **rollout)
     rows: dict[str, dict[str, Any]] = {}
-
-    def timed(policy: Any, observation: Sequence[str], part: Any, batch_size: int) -> Any:
-        return evaluate_policy(model, part, policy, reward=meta["reward"], max_steps=T, observation=observation, device=engine.device,
-                               batch_size=batch_size, timing_repeats=1, reference=reference[id(part)])
-
-    reference = {id(splits): evaluate_policy(model, splits, list(range(1, model.num_layers + 1)), max_steps=T, device=engine.device,
-                                             timing_repeats=0),
-                 id(one_by_one): evaluate_policy(model, one_by_one, list(range(1, model.num_layers + 1)), max_steps=T,
-                                                 device=engine.device, timing_repeats=0)}
-    samples: dict[str, dict[str, list[float]]] = {name: {"batched": [], "single": []} for name in policies}
-    reports: dict[str, Any] = {}
-    for _ in range(repeats):  # interleaved: every policy once per round
-        for name, (policy, observation) in policies.items():
-            report = timed(policy, observation, splits, batch)
-            samples[name]["batched"].append(report.seconds)
-            reports[name] = report
-            samples[name]["single"].append(timed(policy, observation, one_by_one, 1).seconds)
     n, m = int(splits.y_test.shape[0]), int(one_by_one.y_test.shape[0])
-    for name, times in samples.items():
-        batched, single_s = statistics.median(times["batched"]), statistics.median(times["single"])
-        rows[name] = {"accuracy": reports[name].accuracy, "compute_fraction": reports[name].compute_fraction,
-                      "batched_seconds": batched, "batched_ms_per_sample": 1000 * batched / n,
-                      "single_seconds": single_s, "single_ms_per_sample": 1000 * single_s / m}
+    for name, report in reports.items():
+        rows[name] = {"accuracy": report.accuracy, "compute_fraction": report.compute_fraction,
+                      "batched_seconds": batched[name], "batched_ms_per_sample": 1000 * batched[name] / n,
+                      "single_seconds": single_s[name], "single_ms_per_sample": 1000 * single_s[name] / m}
     fpi_all = rows["fpi_all"]
     for row in rows.values():
         row["batched_time_vs_fpi_all"] = row["batched_seconds"] / fpi_all["batched_seconds"]
@@ -114,33 +98,27 @@ def measure(run_dir: Path, *, batch: int = 256, single: int = 200, repeats: int 
     }
 
 
-def markdown(out: dict[str, Any]) -> str:
-    lines = [f"| policy | accuracy | compute | batch {out['batch']}: ms/sample | vs FPI-all | batch 1: ms/sample | vs FPI-all |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in out["rows"].items():
-        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['compute_fraction']:.3f} | {r['batched_ms_per_sample']:.3f} | "
-                     f"{r['batched_time_vs_fpi_all']:.2f}x | {r['single_ms_per_sample']:.2f} | {r['single_time_vs_fpi_all']:.2f}x |")
-    return "\n".join(lines)
+def markdown(out: dict[str, Any]) -> list[str]:
+    return harness.markdown_table(
+        ["policy", "accuracy", "compute", f"batch {out['batch']}: ms/sample", "vs FPI-all", "batch 1: ms/sample", "vs FPI-all"],
+        [[name, f"{r['accuracy']:.4f}", f"{r['compute_fraction']:.3f}", f"{r['batched_ms_per_sample']:.3f}", f"{r['batched_time_vs_fpi_all']:.2f}x",
+          f"{r['single_ms_per_sample']:.2f}", f"{r['single_time_vs_fpi_all']:.2f}x"] for name, r in out["rows"].items()])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, quick="2 repeats, 20 single samples (a smoke test, not a measurement)", device="auto")
     parser.add_argument("run_dir", type=Path, help="a trained run directory (agents/train.py)")
     parser.add_argument("--batch", type=int, default=256, help="rows in flight for the batched measurement")
     parser.add_argument("--single", type=int, default=200, help="test samples answered one at a time (batch 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rollouts per policy and setting; the median is reported")
-    parser.add_argument("--quick", action="store_true", help="2 repeats, 20 single samples (a smoke test, not a measurement)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    add_runtime_flags(parser)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.single < 1 or args.repeats < 1:
         parser.error("--batch, --single and --repeats must be >= 1")
     set_threads(args.threads)
     if args.quick:
         args.repeats, args.single = 2, 20
-    out = measure(args.run_dir, batch=args.batch, single=args.single, repeats=args.repeats, device=args.device)
-    print(json.dumps(out) if args.json else markdown(out))
-    return out
+    return harness.show(measure(args.run_dir, batch=args.batch, single=args.single, repeats=args.repeats, device=args.device), args.json,
+                        markdown)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ For each task and seed it trains, with train.py and one shared warm-up:
   the task's grid (paper Fig. 5b).
 
 Writes ``introspection.json`` (every seed, then the mean +- std summary and the targets), after each
-seed, and the figures ``lambda_sweep.png`` and ``pareto_<task>.png`` into ``--out-dir``.
+seed, and the figures ``lambda_sweep.png`` and ``pareto_<task>.png`` into ``--out-dir``; the same
+command run again continues after the seeds the file holds.
 
     python benchmarks/introspection.py --tasks grid-lookup --seeds 0 1 2 --out-dir runs/introspection
     python benchmarks/introspection.py --quick                  # CPU smoke size (tests use it)
@@ -22,19 +23,19 @@ It prints the summary as Markdown tables (``--json``: the whole result as one li
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import harness
 from agents import train
 from agents.compare import TOLERANCE, decision_targets
 from agents.evaluate import evaluate_run
-from main_models import add_runtime_flags, set_threads, write_json
+from main_models import set_threads, write_json
 
 
 @dataclass
@@ -94,12 +95,13 @@ def run_seed(plan: TaskPlan, seed: int, out_dir: Path) -> dict:
     runs = {"fixed": out_dir / f"{plan.dataset}-lam{plan.lam:g}-s{seed}", "second": out_dir / f"{plan.dataset}-lam{plan.second_lam:g}-s{seed}",
             "lambda": out_dir / f"{plan.dataset}-lambda-s{seed}"}
     trained = _train(plan, seed, runs["fixed"], lam=plan.lam)
-    main = evaluate_run(runs["fixed"], [plan.lam], device="cpu", figures=True, timing_repeats=1, baselines=True,
+    # nothing here reads wall times: the evaluations time nothing
+    main = evaluate_run(runs["fixed"], [plan.lam], device="cpu", figures=True, timing_repeats=0, baselines=True,
                         ceiling_train_limit=plan.ceiling_train_limit, baseline_test_limit=plan.test_limit, residual_rule=True)
     _train(plan, seed, runs["second"], lam=plan.second_lam)
-    second = evaluate_run(runs["second"], [plan.second_lam], device="cpu", figures=False, timing_repeats=1)["results"][0]
+    second = evaluate_run(runs["second"], [plan.second_lam], device="cpu", figures=False, timing_repeats=0)["results"][0]
     _train(plan, seed, runs["lambda"], lam=plan.lam_range[0], lam_range=plan.lam_range)
-    sweep = evaluate_run(runs["lambda"], plan.lam_grid, device="cpu", figures=True, timing_repeats=1)["results"]
+    sweep = evaluate_run(runs["lambda"], plan.lam_grid, device="cpu", figures=True, timing_repeats=0)["results"]
     return {
         "dataset": plan.dataset, "seed": seed, "plan": asdict(plan), "train_seconds": trained["train_seconds"],
         "comparison": main["comparison"][0],
@@ -109,48 +111,36 @@ def run_seed(plan: TaskPlan, seed: int, out_dir: Path) -> dict:
     }
 
 
-def _ms(values: list[float]) -> dict[str, float]:
-    arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-    return {"mean": float(np.nanmean(arr)) if np.isfinite(arr).any() else None,
-            "std": float(np.nanstd(arr, ddof=1)) if np.isfinite(arr).sum() > 1 else 0.0, "n": int(np.isfinite(arr).sum())}
-
-
 def summarise(entries: list[dict]) -> dict[str, Any]:
     """Mean +- std over seeds per task, and the targets checked on the means."""
     out: dict[str, Any] = {}
-    for dataset in sorted({e["dataset"] for e in entries}):
-        rows = [e for e in entries if e["dataset"] == dataset]
-        plans = [r["plan"] for r in rows]
-        if any(p != plans[0] for p in plans):
-            raise SystemExit(f"error: the {dataset} seeds ran with different plans, refusing to average them")
-        plan = plans[0]
+    both = ("accuracy", "compute_fraction")
+    for dataset, rows in harness.by_task(entries, "plan").items():
         comp = [r["comparison"] for r in rows]
-        t: dict[str, Any] = {"seeds": [r["seed"] for r in rows], "plan": plan}
-        t["agent"] = {k: _ms([c["agent"][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
-        t["fpi_all_accuracy"] = _ms([c["fpi_all_accuracy"] for c in comp])
-        t["fixed_paths"] = {name: {k: _ms([c["fixed_paths"][name][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
-                            for name in comp[0]["fixed_paths"]}
-        t["cheapest_fixed_path"] = {"compute_fraction": _ms([c["cheapest_fixed_path_at_fpi_all_accuracy"]["compute_fraction"] for c in comp]),
-                                    "paths": [c["cheapest_fixed_path_at_fpi_all_accuracy"]["path"] for c in comp]}
-        t["ceiling"] = {k: _ms([c["ceiling"]["report"][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
-        t["oracle"] = {k: _ms([c["oracle"][k] for c in comp]) for k in ("accuracy", "compute_fraction")}
+        t: dict[str, Any] = {"seeds": [r["seed"] for r in rows], "plan": rows[0]["plan"]}
+        t["agent"] = harness.stats([c["agent"] for c in comp], both)
+        t["fpi_all_accuracy"] = harness.mean_std([c["fpi_all_accuracy"] for c in comp])
+        t["fixed_paths"] = {name: harness.stats([c["fixed_paths"][name] for c in comp], both) for name in comp[0]["fixed_paths"]}
+        cheapest = [c["cheapest_fixed_path_at_fpi_all_accuracy"] for c in comp]
+        t["cheapest_fixed_path"] = {"compute_fraction": harness.mean_std([c["compute_fraction"] for c in cheapest]),
+                                    "paths": [c["path"] for c in cheapest]}
+        t["ceiling"] = harness.stats([c["ceiling"]["report"] for c in comp], both)
+        t["oracle"] = harness.stats([c["oracle"] for c in comp], both)
         # from the parts, so that entries written when an out-of-reach ceiling gave None still count
-        t["headroom"] = _ms([c["cheapest_fixed_path_at_fpi_all_accuracy"]["compute_fraction"] / c["ceiling"]["report"]["compute_fraction"]
-                             for c in comp])
+        t["headroom"] = harness.mean_std([c["cheapest_fixed_path_at_fpi_all_accuracy"]["compute_fraction"]
+                                          / c["ceiling"]["report"]["compute_fraction"] for c in comp])
         t["ceiling_reaches_fpi_all_accuracy"] = [c["ceiling"]["report"]["accuracy"] >= c["fpi_all_accuracy"] - TOLERANCE for c in comp]
-        t["confidence_accuracy_at_agent_compute"] = _ms([c["confidence_accuracy_at_agent_compute"] for c in comp])
+        t["confidence_accuracy_at_agent_compute"] = harness.mean_std([c["confidence_accuracy_at_agent_compute"] for c in comp])
         # the rule's bottom-up order is swept on every seed (its tuned order depends on the seed's model)
         bottom_up = [[p for p in c["confidence_curve"] if p.get("order", [1]) == sorted(p.get("order", [1]))] for c in comp]
-        t["confidence_curve"] = [{"tau": p["tau"], **{k: _ms([b[i][k] for b in bottom_up]) for k in ("accuracy", "compute_fraction")}}
-                                 for i, p in enumerate(bottom_up[0])]
-        t["residual_curve"] = [{"tau": p["tau"], **{k: _ms([c["residual_curve"][i][k] for c in comp]) for k in ("accuracy", "compute_fraction")}}
+        t["confidence_curve"] = [{"tau": p["tau"], **harness.stats([b[i] for b in bottom_up], both)} for i, p in enumerate(bottom_up[0])]
+        t["residual_curve"] = [{"tau": p["tau"], **harness.stats([c["residual_curve"][i] for c in comp], both)}
                                for i, p in enumerate(comp[0]["residual_curve"])]
-        t["agent_level_compute"] = {lv: _ms([c["agent"]["per_difficulty"][lv]["compute"] for c in comp])
+        t["agent_level_compute"] = {lv: harness.mean_std([c["agent"]["per_difficulty"][lv]["compute"] for c in comp])
                                     for lv in comp[0]["agent"]["per_difficulty"]}
         t["per_seed_targets"] = [c["targets"] for c in comp]
-        t["fixed_lambda_agents"] = {lam: {k: _ms([r["fixed_lambda_agents"][lam][k] for r in rows]) for k in ("accuracy", "compute_fraction")}
-                                    for lam in rows[0]["fixed_lambda_agents"]}
-        t["lambda_agent"] = [{"lam": p["lam"], **{k: _ms([r["lambda_agent"][i][k] for r in rows]) for k in ("accuracy", "compute_fraction")}}
+        t["fixed_lambda_agents"] = {lam: harness.stats([r["fixed_lambda_agents"][lam] for r in rows], both) for lam in rows[0]["fixed_lambda_agents"]}
+        t["lambda_agent"] = [{"lam": p["lam"], **harness.stats([r["lambda_agent"][i] for r in rows], both)}
                              for i, p in enumerate(rows[0]["lambda_agent"])]
         t["targets"] = _targets(dataset, t)
         out[dataset] = t
@@ -187,104 +177,80 @@ def _targets(dataset: str, t: dict) -> dict[str, Any]:
     return targets
 
 
+def _seeds(t: dict) -> str:
+    n = len(t["seeds"])
+    return f"{n} seed{'s' if n > 1 else ''}"
+
+
 def lambda_sweep_figure(summary: dict, path: Path) -> None:
     """Paper Fig. 5b: the lambda-conditioned agent's compute and accuracy against lambda, one panel
     per task, with the agents trained at one lambda marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(summary)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), dpi=130, squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        t = summary[task]
-        lams = [p["lam"] for p in t["lambda_agent"]]
-        comp = np.array([p["compute_fraction"]["mean"] for p in t["lambda_agent"]])
-        comp_sd = np.array([p["compute_fraction"]["std"] for p in t["lambda_agent"]])
-        acc = np.array([p["accuracy"]["mean"] for p in t["lambda_agent"]])
-        ax.errorbar(lams, comp, yerr=comp_sd, fmt="o-", color="#1f77b4", capsize=2, label="compute, one agent across λ")
-        for lam, fixed in t["fixed_lambda_agents"].items():
-            ax.plot(float(lam), fixed["compute_fraction"]["mean"], "s", color="#ff7f0e", label=f"compute, agent trained at λ={lam}")
-        ax.set_xscale("log")
-        ax.set_xlabel("λ")
-        ax.set_ylabel("compute (fraction of FPI on every layer)")
-        ax.set_ylim(0, 1.05)
-        ax.grid(alpha=0.3)
-        twin = ax.twinx()
-        twin.plot(lams, acc, "^--", color="#2ca02c", label="accuracy, one agent across λ")
-        for lam, fixed in t["fixed_lambda_agents"].items():
-            twin.plot(float(lam), fixed["accuracy"]["mean"], "D", color="#d62728", markersize=5,
-                      label=f"accuracy, agent trained at λ={lam}")
-        twin.set_ylabel("test accuracy")
-        n = len(t["seeds"])
-        ax.set_title(f"{task} ({n} seed{'s' if n > 1 else ''})")
-        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-        ax.legend(handles, [h.get_label() for h in handles], fontsize=6.5, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with harness.figure(path, len(summary), size=(4.8, 3.6)) as axes:
+        for ax, (task, t) in zip(axes, summary.items()):
+            lams = [p["lam"] for p in t["lambda_agent"]]
+            comp = np.array([p["compute_fraction"]["mean"] for p in t["lambda_agent"]])
+            comp_sd = np.array([p["compute_fraction"]["std"] for p in t["lambda_agent"]])
+            acc = np.array([p["accuracy"]["mean"] for p in t["lambda_agent"]])
+            ax.errorbar(lams, comp, yerr=comp_sd, fmt="o-", color="#1f77b4", capsize=2, label="compute, one agent across λ")
+            for lam, fixed in t["fixed_lambda_agents"].items():
+                ax.plot(float(lam), fixed["compute_fraction"]["mean"], "s", color="#ff7f0e", label=f"compute, agent trained at λ={lam}")
+            ax.set_xscale("log")
+            ax.set_xlabel("λ")
+            ax.set_ylabel(harness.COMPUTE_LABEL)
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+            twin = ax.twinx()
+            twin.plot(lams, acc, "^--", color="#2ca02c", label="accuracy, one agent across λ")
+            for lam, fixed in t["fixed_lambda_agents"].items():
+                twin.plot(float(lam), fixed["accuracy"]["mean"], "D", color="#d62728", markersize=5,
+                          label=f"accuracy, agent trained at λ={lam}")
+            twin.set_ylabel("test accuracy")
+            ax.set_title(f"{task} ({_seeds(t)})")
+            handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+            ax.legend(handles, [h.get_label() for h in handles], fontsize=6.5, loc="upper right")
 
 
 def pareto_figure(task: str, t: dict, path: Path) -> None:
     """Accuracy against compute: the agent, every fixed path, both exit-rule curves, the learnable
     ceiling and the oracle (means over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 4.2), dpi=130)
-    for name, p in t["fixed_paths"].items():
-        ax.plot(p["compute_fraction"]["mean"], p["accuracy"]["mean"], "s", color="#777777")
-        ax.annotate(name, (p["compute_fraction"]["mean"], p["accuracy"]["mean"]), textcoords="offset points", xytext=(3, -9), fontsize=6)
-    for key, style, label in (("confidence_curve", "o-", "confidence threshold (τ sweep)"), ("residual_curve", "v-", "residual threshold (τ sweep)")):
-        pts = sorted((p["compute_fraction"]["mean"], p["accuracy"]["mean"]) for p in t[key])
-        ax.plot([c for c, _ in pts], [a for _, a in pts], style, markersize=3, alpha=0.7, label=label)
-    ax.plot(t["ceiling"]["compute_fraction"]["mean"], t["ceiling"]["accuracy"]["mean"], "D", color="#9467bd", label="learnable ceiling (imitation)")
-    ax.plot(t["oracle"]["compute_fraction"]["mean"], t["oracle"]["accuracy"]["mean"], "*", markersize=11, color="#d62728", label="oracle (knows the label)")
-    ax.errorbar(t["agent"]["compute_fraction"]["mean"], t["agent"]["accuracy"]["mean"], xerr=t["agent"]["compute_fraction"]["std"],
-                yerr=t["agent"]["accuracy"]["std"], fmt="o", color="black", capsize=2, label=f"PPO at λ={t['plan']['lam']:g}")
-    ax.set_xlabel("compute (fraction of FPI on every layer)")
-    ax.set_ylabel("test accuracy")
-    n = len(t["seeds"])
-    ax.set_title(f"{task}: agent against every baseline ({n} seed{'s' if n > 1 else ''})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _pm(stat: dict, digits: int = 3) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
+    fixed = t["fixed_paths"]
+    series = [harness.Series([p["compute_fraction"]["mean"] for p in fixed.values()], [p["accuracy"]["mean"] for p in fixed.values()], "s",
+                             names=list(fixed), options={"color": "#777777"}),
+              harness.curve(t["confidence_curve"], "o-", "confidence threshold (τ sweep)", markersize=3, alpha=0.7),
+              harness.curve(t["residual_curve"], "v-", "residual threshold (τ sweep)", markersize=3, alpha=0.7),
+              harness.Series([t["ceiling"]["compute_fraction"]["mean"]], [t["ceiling"]["accuracy"]["mean"]], "D",
+                             "learnable ceiling (imitation)", options={"color": "#9467bd"}),
+              harness.Series([t["oracle"]["compute_fraction"]["mean"]], [t["oracle"]["accuracy"]["mean"]], "*", "oracle (knows the label)",
+                             options={"markersize": 11, "color": "#d62728"}),
+              harness.Series([t["agent"]["compute_fraction"]["mean"]], [t["agent"]["accuracy"]["mean"]], "o", f"PPO at λ={t['plan']['lam']:g}",
+                             xerr=[t["agent"]["compute_fraction"]["std"]], yerr=[t["agent"]["accuracy"]["std"]], options={"color": "black"})]
+    harness.pareto_figure(path, {f"{task}: agent against every baseline ({_seeds(t)})": series}, legend_loc="lower right")
 
 
 def markdown(summary: dict) -> str:
+    pm = harness.pm
     lines = []
     for task, t in summary.items():
-        lines += [f"#### {task} (seeds {', '.join(map(str, t['seeds']))}; PPO at λ = {t['plan']['lam']:g})", "",
-                  "| method | test accuracy | compute (fraction of FPI on every layer) |", "|---|---|---|",
-                  f"| **PPO agent** | {_pm(t['agent']['accuracy'], 4)} | {_pm(t['agent']['compute_fraction'])} |"]
-        for name, p in sorted(t["fixed_paths"].items(), key=lambda kv: (0 if kv[0] == "NOP" else kv[0].count(",") + 1, kv[0])):
-            lines.append(f"| fixed path {name} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} |")
-        for p in t["confidence_curve"]:
-            if p["tau"] not in MARKDOWN_TAUS:
-                continue
-            lines.append(f"| confidence τ = {p['tau']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} |")
-        lines += [f"| learnable ceiling | {_pm(t['ceiling']['accuracy'], 4)} | {_pm(t['ceiling']['compute_fraction'])} |",
-                  f"| oracle (knows the label) | {_pm(t['oracle']['accuracy'], 4)} | {_pm(t['oracle']['compute_fraction'])} |", "",
-                  f"Headroom (cheapest fixed path within 0.5 points of FPI on every layer, over the ceiling's compute): {_pm(t['headroom'], 2)}; "
-                  f"cheapest paths per seed: {', '.join(t['cheapest_fixed_path']['paths'])}. "
-                  f"Confidence rule's accuracy at the agent's compute: {_pm(t['confidence_accuracy_at_agent_compute'], 4)}.", "",
-                  "| λ | one agent across λ: accuracy | its compute | agent trained at this λ: accuracy | its compute |", "|---|---|---|---|---|"]
+        rows = [["**PPO agent**", pm(t["agent"]["accuracy"], 4), pm(t["agent"]["compute_fraction"])]]
+        rows += [[f"fixed path {name}", pm(p["accuracy"], 4), pm(p["compute_fraction"])]
+                 for name, p in sorted(t["fixed_paths"].items(), key=lambda kv: (0 if kv[0] == "NOP" else kv[0].count(",") + 1, kv[0]))]
+        rows += [[f"confidence τ = {p['tau']:g}", pm(p["accuracy"], 4), pm(p["compute_fraction"])]
+                 for p in t["confidence_curve"] if p["tau"] in MARKDOWN_TAUS]
+        rows += [["learnable ceiling", pm(t["ceiling"]["accuracy"], 4), pm(t["ceiling"]["compute_fraction"])],
+                 ["oracle (knows the label)", pm(t["oracle"]["accuracy"], 4), pm(t["oracle"]["compute_fraction"])]]
+        sweep = []
         for p in t["lambda_agent"]:
             fixed = t["fixed_lambda_agents"].get(f"{p['lam']:g}")
-            extra = f"{_pm(fixed['accuracy'], 4)} | {_pm(fixed['compute_fraction'])}" if fixed else " | "
-            lines.append(f"| {p['lam']:g} | {_pm(p['accuracy'], 4)} | {_pm(p['compute_fraction'])} | {extra} |")
-        lines += ["", "Targets: " + "; ".join(f"{k}: {v if not isinstance(v, float) else round(v, 2)}" for k, v in t["targets"].items()), ""]
+            sweep.append([f"{p['lam']:g}", pm(p["accuracy"], 4), pm(p["compute_fraction"]),
+                          *([pm(fixed["accuracy"], 4), pm(fixed["compute_fraction"])] if fixed else ["", ""])])
+        lines += [f"#### {task} (seeds {', '.join(map(str, t['seeds']))}; PPO at λ = {t['plan']['lam']:g})", "",
+                  *harness.markdown_table(["method", "test accuracy", "compute (fraction of FPI on every layer)"], rows), "",
+                  f"Headroom (cheapest fixed path within 0.5 points of FPI on every layer, over the ceiling's compute): {pm(t['headroom'], 2)}; "
+                  f"cheapest paths per seed: {', '.join(t['cheapest_fixed_path']['paths'])}. "
+                  f"Confidence rule's accuracy at the agent's compute: {pm(t['confidence_accuracy_at_agent_compute'], 4)}.", "",
+                  *harness.markdown_table(["λ", "one agent across λ: accuracy", "its compute", "agent trained at this λ: accuracy", "its compute"],
+                                          sweep),
+                  "", "Targets: " + "; ".join(f"{k}: {v if not isinstance(v, float) else round(v, 2)}" for k, v in t["targets"].items()), ""]
     return "\n".join(lines)
 
 
@@ -295,62 +261,26 @@ def _write(result: dict, out_dir: Path) -> None:
         pareto_figure(task, t, out_dir / f"pareto_{task}.png")
 
 
-def _load(paths: list[Path]) -> list[dict]:
-    entries, seen = [], set()
-    for path in paths:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"error: cannot read {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("benchmark") != "introspection":
-            raise SystemExit(f"error: {path} is not an introspection result")
-        for entry in data["per_seed"]:
-            key = (entry["dataset"], entry["seed"])
-            if key in seen:
-                raise SystemExit(f"error: {key[0]} seed {key[1]} appears twice (again in {path})")
-            seen.add(key)
-            entries.append(entry)
-    return entries
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, quick="tiny budgets and 1 warm-up epoch (a smoke test, not a measurement)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["grid-lookup", "digits"], help="tasks to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, help="override every agent's environment-step budget")
-    parser.add_argument("--quick", action="store_true", help="tiny budgets and 1 warm-up epoch (a smoke test, not a measurement)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="summarise earlier result files instead of running")
-    parser.add_argument("--json", action="store_true", help="print the whole result as one JSON line")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/introspection"))
-    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    if args.merge:
-        entries = _load(args.merge)
-        result = {"benchmark": "introspection", "merged_from": [str(p) for p in args.merge], "summary": summarise(entries), "per_seed": entries}
-        _write(result, args.out_dir)
-    else:
-        entries = []
-        start = time.perf_counter()
-        for task in args.tasks:
-            plan = TASKS[task]
-            if args.quick:
-                plan = replace(plan, **QUICK)
-            if args.budget is not None:
-                plan = replace(plan, budget=args.budget)
-            for seed in args.seeds:
-                entries.append(run_seed(plan, seed, args.out_dir))
-                result = {"benchmark": "introspection", "seconds": time.perf_counter() - start, "summary": summarise(entries),
-                          "per_seed": entries}
-                _write(result, args.out_dir)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(markdown(result["summary"]))
-        print(f"results: {args.out_dir / 'introspection.json'}, figures: {args.out_dir / 'lambda_sweep.png'}, "
-              + ", ".join(str(args.out_dir / f"pareto_{task}.png") for task in result["summary"]))
-    return result
+    jobs = []
+    for task in [] if args.merge else args.tasks:
+        plan = replace(TASKS[task], **(QUICK if args.quick else {}))
+        if args.budget is not None:
+            plan = replace(plan, budget=args.budget)
+        jobs += [harness.Job({"seed": seed, **asdict(plan)}, partial(run_seed, plan, seed, args.out_dir)) for seed in args.seeds]
+    result = harness.collect("introspection", args.out_dir, summarise, lambda r: _write(r, args.out_dir), merge=args.merge, jobs=jobs)
+    return harness.show(result, args.json, lambda r: [
+        markdown(r["summary"]), f"results: {args.out_dir / 'introspection.json'}, figures: {args.out_dir / 'lambda_sweep.png'}, "
+        + ", ".join(str(args.out_dir / f"pareto_{task}.png") for task in r["summary"])])
 
 
 if __name__ == "__main__":

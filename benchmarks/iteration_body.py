@@ -12,14 +12,13 @@ not recompile).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from typing import Any, Callable
 
 import torch
 
-from main_models import add_runtime_flags, set_threads
+import harness
+from main_models import set_threads
 
 WIDTH = 64
 
@@ -63,25 +62,22 @@ def run(row_counts: list[int], calls: int) -> dict[str, Any]:
             "compile_error": compile_error, "rows": rows}
 
 
+def _table(result: dict[str, Any]) -> list[str]:
+    lines = [f"one plain-iteration body, width {WIDTH}, {result['torch_threads']} thread(s), {result['calls']} calls each",
+             f"{'rows':>5} | {'eager us':>9} | {'compiled us':>11} | {'compiled/eager':>14}"]
+    for r in result["rows"]:
+        compiled = f"{r['compiled_us']:11.1f} | {r['compiled_vs_eager']:14.2f}" if r["compiled_us"] is not None else f"{'-':>11} | {'-':>14}"
+        lines.append(f"{r['rows']:>5} | {r['eager_us']:9.1f} | {compiled}")
+    if result["compile_error"]:
+        lines.append(f"torch.compile failed here: {result['compile_error']}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="fewer calls, two row counts")
-    add_runtime_flags(parser, device=None)
+    parser = harness.parser(__doc__, quick="fewer calls, two row counts")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    result = run([8, 85] if args.quick else [8, 85, 256], calls=200 if args.quick else 5000)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"one plain-iteration body, width {WIDTH}, {result['torch_threads']} thread(s), {result['calls']} calls each")
-        print(f"{'rows':>5} | {'eager us':>9} | {'compiled us':>11} | {'compiled/eager':>14}")
-        for r in result["rows"]:
-            compiled = f"{r['compiled_us']:11.1f} | {r['compiled_vs_eager']:14.2f}" if r["compiled_us"] is not None else f"{'-':>11} | {'-':>14}"
-            print(f"{r['rows']:>5} | {r['eager_us']:9.1f} | {compiled}")
-        if result["compile_error"]:
-            print(f"torch.compile failed here: {result['compile_error']}")
-    return result
+    return harness.show(run([8, 85] if args.quick else [8, 85, 256], calls=200 if args.quick else 5000), args.json, _table)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ residuals.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
-
+import harness
 from agents.evaluate import load_run
 from agents.imitation import learnable_ceiling
 from dynalay_env import DEFAULT_OBSERVATION, RewardConfig, build_engine
-from main_models import DatasetSplits, FPINetwork, add_runtime_flags, set_threads, write_json
+from main_models import DatasetSplits, FPINetwork, set_threads, write_json
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default (activations, lam, progress, confidence)": DEFAULT_OBSERVATION,
@@ -51,14 +49,11 @@ def ablate(model: FPINetwork, splits: DatasetSplits, *, max_steps: int, lam: flo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, quick="a briefly warmed-up digits model instead of a run (smoke test)")
     parser.add_argument("run_dir", nargs="?", type=Path, help="a saved run (its co-trained main model and data)")
-    parser.add_argument("--quick", action="store_true", help="a briefly warmed-up digits model instead of a run (smoke test)")
     parser.add_argument("--train-limit", type=int, default=4000, help="train samples the oracle is imitated on")
     parser.add_argument("--epochs", type=int, default=30, help="imitation epochs")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
-    parser.add_argument("--json", action="store_true", help="print one JSON line")
-    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.quick:
@@ -77,14 +72,13 @@ def main(argv: list[str] | None = None) -> dict:
               "train_limit": train_limit, "rows": rows}
     if args.out is not None:
         write_json(args.out, result)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"learnable ceiling on {source} ({engine.splits.name}, lambda {lam:g}, {train_limit} train samples imitated)")
-        print(f"{'observation':>50} | accuracy | compute | agreement on train")
-        for r in rows:
-            print(f"{r['variant']:>50} | {r['accuracy']:.4f}   | {r['compute_fraction']:.3f}   | {r['train_action_accuracy']:.3f}")
-    return result
+    return harness.show(result, args.json, _table)
+
+
+def _table(result: dict) -> list[str]:
+    return [f"learnable ceiling on {result['source']} ({result['dataset']}, lambda {result['lam']:g}, {result['train_limit']} train samples imitated)",
+            f"{'observation':>50} | accuracy | compute | agreement on train",
+            *(f"{r['variant']:>50} | {r['accuracy']:.4f}   | {r['compute_fraction']:.3f}   | {r['train_action_accuracy']:.3f}" for r in result["rows"])]
 
 
 if __name__ == "__main__":

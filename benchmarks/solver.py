@@ -20,24 +20,14 @@ The same weights serve every solver, so the rows differ only in how each fixed p
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from typing import Any
 
 import torch
 
-from main_models import (
-    DatasetSplits,
-    FPINetwork,
-    MainModelTrainer,
-    add_runtime_flags,
-    build_main_model,
-    default_model,
-    load_dataset,
-    set_threads,
-)
+import harness
+from main_models import DatasetSplits, FPINetwork, MainModelTrainer, build_main_model, default_model, load_dataset, set_threads
 
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 SOLVERS: dict[str, dict[str, Any]] = {
@@ -141,14 +131,21 @@ def run(quick: bool, epochs: int, repeats: int, train_limit: int) -> dict[str, A
     }
 
 
+def _table(result: dict[str, Any]) -> list[str]:
+    lines = [f"{result['path']}, models warmed up for {result['warmup_epochs']} epochs on {result['warmup_train_limit']} samples; "
+             f"compute in {result['compute_unit']}",
+             f"{'model':>9} | {'tol':>6} | {'solver':>11} | {'evals/solve':>11} | {'max':>4} | {'converged':>9} | {'ms':>8} | "
+             f"{'accuracy':>8} | {'compute':>7}"]
+    lines += [f"{r['model']:>9} | {r['tol']:6.0e} | {r['solver']:>11} | {r['evaluations_per_solve']:11.2f} | {r['max_evaluations']:>4} | "
+              f"{r['converged_fraction']:9.3f} | {1000 * r['seconds']:8.1f} | {r['accuracy']:8.4f} | {r['compute']:7.3f}" for r in result["rows"]]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="mlp and lstm on small splits, 1 warm-up epoch")
+    parser = harness.parser(__doc__, quick="mlp and lstm on small splits, 1 warm-up epoch")
     parser.add_argument("--epochs", type=int, default=None, help="warm-up epochs of each model (default 10, 1 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per row, median reported (default 3, 1 with --quick)")
     parser.add_argument("--train-limit", type=int, default=2000, help="warm up each model on this many training samples")
-    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     for flag in ("epochs", "repeats", "train_limit"):
         value = getattr(args, flag)
@@ -157,17 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_threads(args.threads)
     epochs = args.epochs or (1 if args.quick else 10)
     repeats = args.repeats or (1 if args.quick else 3)
-    result = run(args.quick, epochs, repeats, args.train_limit)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['path']}, models warmed up for {epochs} epochs on {args.train_limit} samples; compute in {result['compute_unit']}")
-        print(f"{'model':>9} | {'tol':>6} | {'solver':>11} | {'evals/solve':>11} | {'max':>4} | {'converged':>9} | {'ms':>8} | "
-              f"{'accuracy':>8} | {'compute':>7}")
-        for r in result["rows"]:
-            print(f"{r['model']:>9} | {r['tol']:6.0e} | {r['solver']:>11} | {r['evaluations_per_solve']:11.2f} | {r['max_evaluations']:>4} | "
-                  f"{r['converged_fraction']:9.3f} | {1000 * r['seconds']:8.1f} | {r['accuracy']:8.4f} | {r['compute']:7.3f}")
-    return result
+    return harness.show(run(args.quick, epochs, repeats, args.train_limit), args.json, _table)
 
 
 if __name__ == "__main__":

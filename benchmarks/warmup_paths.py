@@ -11,13 +11,11 @@ L1+L2, and every layer (Model 3).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
-
+import harness
 from dynalay_env import build_engine, evaluate_policy
-from main_models import MainModelTrainer, add_runtime_flags, set_threads
+from main_models import MainModelTrainer, set_threads
 
 PATHS = {"plain": [], "fpi_L1": [1], "fpi_L1_L2": [1, 2], "fpi_all": [1, 2, 3]}
 
@@ -39,24 +37,22 @@ def run(epochs: int, stop_probs: list[float], seed: int) -> dict:
     return {"epochs": epochs, "seed": seed, "dataset": "digits", "rows": rows}
 
 
+def _table(result: dict) -> list[str]:
+    lines = [f"warm-up {result['epochs']} epochs on digits, seed {result['seed']}; test accuracy (compute in plain passes)",
+             f"{'stop p':>7} | " + " | ".join(f"{n:>16}" for n in PATHS) + " | seconds"]
+    for r in result["rows"]:
+        cells = " | ".join(f"{r[f'{n}_accuracy']:.3f} ({r[f'{n}_compute']:4.1f})".rjust(16) for n in PATHS)
+        lines.append(f"{r['stop_prob']:>7} | {cells} | {r['warmup_seconds']}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="2 epochs, p in 0 and 1")
+    parser = harness.parser(__doc__, quick="2 epochs, p in 0 and 1")
     parser.add_argument("--seed", type=int, default=0)
-    add_runtime_flags(parser, device=None)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     result = run(2, [0.0, 1.0], args.seed) if args.quick else run(20, [0.0, 0.3, 0.6, 1.0], args.seed)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"warm-up {result['epochs']} epochs on digits, seed {result['seed']}; test accuracy (compute in plain passes)")
-        print(f"{'stop p':>7} | " + " | ".join(f"{n:>16}" for n in PATHS) + " | seconds")
-        for r in result["rows"]:
-            cells = " | ".join(f"{r[f'{n}_accuracy']:.3f} ({r[f'{n}_compute']:4.1f})".rjust(16) for n in PATHS)
-            print(f"{r['stop_prob']:>7} | {cells} | {r['warmup_seconds']}")
-    return result
+    return harness.show(result, args.json, _table)
 
 
 if __name__ == "__main__":

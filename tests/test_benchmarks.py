@@ -1,6 +1,6 @@
-"""Each benchmark script runs with --quick and prints JSON with its documented keys.
-
-Marked slow: deselect with ``-m "not slow"``. The tests check structure, never timings."""
+"""Each benchmark script runs with --quick and prints JSON with its documented keys (marked slow:
+deselect with ``-m "not slow"``; they check structure, never timings), and the harness the
+scripts share does what they rely on."""
 
 import json
 import subprocess
@@ -8,9 +8,79 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from conftest import load_script
+from main_models.device import local_device
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return load_script("benchmarks/harness.py")
+
+
+def test_mean_std_leaves_out_what_a_seed_does_not_have(harness):
+    assert harness.mean_std([0.5, None, 0.7, float("nan")]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.2 / 2**0.5), "n": 2}
+    assert harness.mean_std([0.25]) == {"mean": 0.25, "std": 0.0, "n": 1}
+    assert harness.mean_std([None, None]) == {"mean": None, "std": 0.0, "n": 0}
+    assert harness.stats([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": None}], ("a", "b")) == {
+        "a": {"mean": 2.0, "std": pytest.approx(2**0.5), "n": 2}, "b": {"mean": 2.0, "std": 0.0, "n": 1}}
+    assert [harness.pm({"mean": 0.5, "std": 0.1, "n": 2}, 2), harness.pm({"mean": 0.5, "std": 0.0, "n": 1}), harness.pm({"mean": None})] \
+        == ["0.50 ± 0.10", "0.500", "n/a"]
+    assert harness.fmt(None) == "n/a" and harness.fmt(1 / 3, 2) == "0.33"
+    assert harness.markdown_table(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]
+    with pytest.raises(SystemExit, match="ran with different plan"):
+        harness.by_task([{"dataset": "d", "seed": 0, "plan": 1}, {"dataset": "d", "seed": 1, "plan": 2}], "plan")
+
+
+def test_per_seed_runs_resume_from_their_result_file(harness, tmp_path):
+    ran, written = [], []
+
+    def job(seed: int, setting: float):
+        def run() -> dict:
+            ran.append((seed, setting))
+            return {"dataset": "d", "seed": seed, "value": seed + setting, "plan": ("p",)}
+        return harness.Job({"dataset": "d", "seed": seed, "setting": setting}, run)
+
+    def write(result: dict) -> None:
+        written.append(len(result["per_seed"]))
+        (tmp_path / "b.json").write_text(json.dumps(result))
+
+    summarise = lambda entries: harness.by_task(entries, "plan")  # noqa: E731
+    first = harness.collect("b", tmp_path, summarise, write, jobs=[job(0, 0.5), job(1, 0.5)])
+    assert ran == [(0, 0.5), (1, 0.5)] and written == [1, 2] and first["seconds"] >= 0
+    assert first["per_seed"][0] == {"dataset": "d", "seed": 0, "value": 0.5, "plan": ["p"], "job": {"dataset": "d", "seed": 0, "setting": 0.5}}
+    # the same command again runs nothing; a seed with another setting runs
+    again = harness.collect("b", tmp_path, summarise, write, jobs=[job(0, 0.5), job(1, 0.25)])
+    assert ran[2:] == [(1, 0.25)] and again["per_seed"][0] == first["per_seed"][0]
+    merged = harness.collect("b", tmp_path / "m", summarise, lambda r: None, merge=[tmp_path / "b.json"], extra={"note": 1})
+    assert merged["merged_from"] == [str(tmp_path / "b.json")] and merged["note"] == 1 and len(merged["per_seed"]) == 2
+    with pytest.raises(SystemExit, match="seed 0 appears in both"):
+        harness.load_results([tmp_path / "b.json", tmp_path / "b.json"], "b")
+    with pytest.raises(SystemExit, match="is not a c result"):
+        harness.load_results([tmp_path / "b.json"], "c")
+
+
+def test_pareto_figure_draws_points_curves_error_bars_and_a_line(harness, tmp_path):
+    series = [harness.Series([0.2, 0.5], [0.8, 0.9], "s", names=["NOP", "L1"]),
+              harness.curve([{"compute_fraction": {"mean": 0.6}, "accuracy": {"mean": 0.95}}, {"compute_fraction": 0.3, "accuracy": 0.85}], "o-", "rule"),
+              harness.Series([0.4], [0.9], "o", "agent", xerr=[0.01], yerr=[0.02]), harness.Series([0.4], label="target")]
+    assert series[1].x == [0.3, 0.6] and series[1].y == [0.85, 0.95]
+    harness.pareto_figure(tmp_path / "p.png", {"a": series, "b": series[:1]}, log_x=True)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_local_device_gives_each_rank_its_own_gpu():
+    assert local_device("cpu", 3) == torch.device("cpu")
+    assert local_device("auto", 1) == (torch.device("cuda", 1) if torch.cuda.is_available() else torch.device("cpu"))
+    with pytest.raises(ValueError, match="--device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"):
+        local_device("tpu", 0, "--device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            local_device("cuda", 0, "--device")
 
 
 def _run(name: str) -> dict:
@@ -19,6 +89,7 @@ def _run(name: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@slow
 def test_env_throughput_quick():
     out = _run("env_throughput")
     assert out["benchmark"] == "env_throughput" and out["cotrain"] is False
@@ -29,6 +100,7 @@ def test_env_throughput_quick():
         assert row["speedup"] == pytest.approx(row["batched_sps"] / row["sync_sps"])
 
 
+@slow
 def test_backward_quick():
     out = _run("backward")
     assert out["benchmark"] == "backward"
@@ -47,6 +119,7 @@ def test_backward_quick():
     assert cotrain["implicit"]["cosine_to_unrolled"] > 0.999  # where implicit is the layer's default
 
 
+@slow
 def test_solver_quick():
     out = _run("solver")
     assert out["benchmark"] == "solver"
@@ -64,6 +137,7 @@ def test_solver_quick():
             assert r["evaluations_per_solve"] >= looser["evaluations_per_solve"]
 
 
+@slow
 def test_warmup_paths_quick():
     out = _run("warmup_paths")
     assert out["epochs"] == 2 and [r["stop_prob"] for r in out["rows"]] == [0.0, 1.0]
@@ -74,6 +148,7 @@ def test_warmup_paths_quick():
         assert row["fpi_all_compute"] > row["fpi_L1_compute"] > 1.0
 
 
+@slow
 def test_adaptive_vs_fixed_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--quick", "--json", "--out-dir", str(tmp_path)],
@@ -140,6 +215,7 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert proc.returncode != 0 and "seed 1 appears in both" in proc.stderr
 
 
+@slow
 def test_introspection_quick(tmp_path):
     """The introspection benchmark end to end at smoke size: the agent beside every baseline, the lambda
     sweep against the fixed-lambda agents, the figures, and a merge of two seeds."""
@@ -183,6 +259,7 @@ def test_introspection_quick(tmp_path):
     assert proc.returncode != 0 and "appears twice" in proc.stderr
 
 
+@slow
 def test_observation_ablation_quick():
     out = _run("observation_ablation")
     assert out["benchmark"] == "observation_ablation" and out["dataset"] == "digits"
@@ -193,6 +270,7 @@ def test_observation_ablation_quick():
         assert 0 <= r["accuracy"] <= 1 and r["compute_fraction"] > 0 and r["demonstrations"] >= 200
 
 
+@slow
 def test_iteration_body_quick():
     out = _run("iteration_body")
     assert out["benchmark"] == "iteration_body" and [r["rows"] for r in out["rows"]] == [8, 85]
@@ -204,6 +282,7 @@ def test_iteration_body_quick():
             assert r["compiled_us"] is None
 
 
+@slow
 def test_distributed_quick():
     out = _run("distributed")
     assert out["benchmark"] == "distributed" and [r["ranks"] for r in out["rows"]] == [1, 2]
@@ -212,6 +291,7 @@ def test_distributed_quick():
         assert r["timesteps"] >= 2048 and 0 <= r["accuracy"] <= 1
 
 
+@slow
 def test_inference_time_quick(tmp_path):
     from agents import train
 
@@ -231,6 +311,7 @@ def test_inference_time_quick(tmp_path):
     assert set(out["targets"]) == {"batched_agent_at_most_half_of_fpi_all", "batched_agent_below_cheapest_fixed_path"}
 
 
+@slow
 def test_agent_vs_rule_quick(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
                            "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1",
