@@ -3,19 +3,17 @@ evaluation and checkpoints, and the main model's warm-up (with its cache)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, evaluate_policy
-from main_models import EpochProgress, MainModelTrainer, evaluate_fixed_path
+from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, cache_directory, evaluate_policy, export_main_model, make_trainer, prepare_main_model
+from main_models import EpochProgress, evaluate_fixed_path
 
 from .algorithms import Agent
-from .checkpoint import CheckpointError, load_warmup, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .imitation import imitation_warm_start
 from .metrics import RunLogger
 from .settings import ResolvedSettings
@@ -198,7 +196,7 @@ class TrainingRun:
     def checkpoint(self) -> Path:
         """checkpoint.pt (everything a resume needs), and beside it the two models as other clients
         load them: main_model.pt (``gym.make("DynaLay-v0", main_model=...)``) and the agent's export."""
-        self.engine.export_main_model(self.run_dir / "main_model.pt")
+        export_main_model(self.engine, self.run_dir / "main_model.pt")
         self.agent.export(self.run_dir)
         return save_checkpoint(
             self.run_dir,
@@ -215,13 +213,11 @@ class TrainingRun:
 
 
 def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, resume: Mapping[str, Any] | None = None) -> None:
-    """Pretrain the main model on random paths, checkpointing after every epoch so that a killed
-    warm-up resumes where it stopped (``resume``: a warm-up checkpoint); or load the result of an
-    identical earlier warm-up from ``--warmup-cache``, restoring the RNG states it ended with, so
-    that what follows is the same as if this run had warmed up itself."""
+    """The main model's warm-up (:func:`dynalay_env.prepare_main_model`: trained, or loaded from the
+    warm-up cache), checkpointing after every epoch so that a killed warm-up resumes where it stopped
+    (``resume``: a warm-up checkpoint)."""
     run, env = settings.run, settings.env
-    trainer = engine.trainer or MainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train, lr=env.main_lr,
-                                                 alternatives=env.train_alternatives, max_steps=engine.max_steps, seed=run.seed)
+    trainer = engine.trainer or make_trainer(env, engine.model, engine.splits, max_steps=engine.max_steps)
 
     def after_epoch(progress: EpochProgress) -> None:
         save_checkpoint(run_dir, {
@@ -233,34 +229,17 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
             print(f"warm-up epoch {progress.epochs_done}/{env.pretrain_epochs}: loss {progress.losses[-1]:.4f} "
                   f"({progress.seconds:.1f} s)", flush=True)
 
-    def pretrain(start: EpochProgress | None = None) -> None:
-        trainer.warm_up(env.pretrain_epochs, max_steps=engine.max_steps, stop_prob=env.warmup_stop_prob, seed=run.seed,
-                        progress=run.progress, resume=start, on_epoch=after_epoch)
-
-    key = {"dataset": env.dataset, "data_dir": env.data_dir, "model": env.model, "seed": run.seed, "pretrain_epochs": env.pretrain_epochs,
-           "warmup_stop_prob": env.warmup_stop_prob, "main_lr": env.main_lr, "max_steps": engine.max_steps, "device": str(engine.device),
-           "train_alternatives": list(env.train_alternatives), "fpi_solver": env.fpi_solver, "main_grad": env.main_grad}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_dir = Path(run.warmup_cache) if run.warmup_cache else None
-    path = cache_dir / f"warmup-{Path(env.dataset).name}-s{run.seed}-e{env.pretrain_epochs}-{digest}.pt" if cache_dir else None
+    start = None
     if resume is not None:
         engine.load_state_dict(resume["engine"])
         set_rng_state(resume["rng"])
         w = resume["warmup"]
         print(f"resumed the warm-up of {run_dir} after epoch {w['epochs_done']} of {env.pretrain_epochs}", flush=True)
-        pretrain(EpochProgress(int(w["epochs_done"]), w["generator"], list(w["losses"])))
-    elif path is not None and path.is_file():
-        try:
-            cached = load_warmup(path)
-            if cached["key"] != key:
-                raise CheckpointError(f"warm-up cache {path} holds {cached['key']}, not {key}")
-            engine.load_state_dict(cached["engine"])
-        except (CheckpointError, ValueError) as err:
-            raise SystemExit(f"error: {err} (delete the file to warm up again)") from None
-        set_rng_state(cached["rng"])
-        print(f"warm-up loaded from {path}", flush=True)
-        return
-    else:
-        pretrain()
-    if path is not None:  # a finished warm-up, resumed or not, serves later runs with the same key
-        save_checkpoint(cache_dir, {"key": key, "engine": engine.state_dict(), "rng": rng_state()}, name=path.name)
+        start = EpochProgress(int(w["epochs_done"]), w["generator"], list(w["losses"]))
+    try:
+        source = prepare_main_model(trainer, env, engine.splits, max_steps=engine.max_steps, progress=run.progress, resume=start,
+                                    on_epoch=after_epoch)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if source == "cached":
+        print(f"warm-up loaded from the cache in {cache_directory(env.warmup_cache)}", flush=True)

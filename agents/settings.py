@@ -44,8 +44,6 @@ class RunSettings:
     imitation_every: int = _setting(8192, "refit the policy to the oracle's sequences on the current co-trained main model every "
                                           "this many steps, between the algorithm's updates (0: only before RL); the oracle's "
                                           "sequences change as co-training changes the model")
-    warmup_cache: str | None = _setting(None, "directory of warmed-up main models keyed by dataset, model, seed, epochs and budget: "
-                                              "a run finding its key there skips the warm-up and continues exactly as if it had run it")
     eval_freq: int = _setting(0, "evaluate on the test split every this many steps (0: only at the end)")
     checkpoint_freq: int = _setting(10_000, "write checkpoint.pt every this many steps (0: only at the end)")
     log_every: int = _setting(2048, "log training charts every this many steps")

@@ -14,14 +14,13 @@ checkpoint.pt (agent, main model, both optimizers, co-training state; written at
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from dynalay_env import action_names, build_engine
+from dynalay_env import action_names, make_engine
 from main_models import resolve_device, set_threads, write_json
 
 from agents.algorithms import ALGORITHMS, make_agent
@@ -66,7 +65,7 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
 
     # 3. the environment's engine (main model and its trainer) and the agent on the face it speaks
     try:
-        engine = build_engine(run.num_envs, device=device, **{**asdict(replace(env, pretrain_epochs=0))})
+        engine = make_engine(env, run.num_envs, device=device, warm_up=False)
         agent = make_agent(run.algo, settings.agent, engine, reward_weight=run.reward_weight, seed=run.seed, device=device,
                            total_timesteps=run.total_timesteps)
     except (ValueError, TypeError, FileNotFoundError) as err:

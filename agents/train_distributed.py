@@ -14,20 +14,20 @@ the episodes, drawn with its own seed) and its own replica of the main model.
 * **Agent:** replicated. Every rank acts on its own episodes with the same policy; they update
   together (when every rank has ``--n-steps`` steps of finished episodes) on gradients averaged
   over the ranks, so the replicas stay equal. Each rank's batch weighs the same.
-* **Warm-up:** replicated, not sharded: every rank runs the same epochs on the same data.
+* **Warm-up:** replicated, not sharded: every rank runs the same epochs on the same data, or loads
+  the identical warm-up from the warm-up cache (ranks on one machine share one warm-up).
 * Rank 0 alone writes the run directory (TensorBoard with global step counts, config.json,
   eval.json, main_model.pt, agent.pt), shows the progress bar and evaluates on the test split.
 
 Not supported here yet, and refused: ``--resume`` (a checkpoint would have to hold every rank's
-engine and sampler) and ``--warmup-cache``; the periodic checkpoint.pt of agents/train.py is not
-written.
+engine and sampler); the periodic checkpoint.pt of agents/train.py is not written.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dynalay_env import EpisodeRecord, build_engine
-from main_models import DistributedMainModelTrainer, replicas_equal, set_threads, write_json
+from dynalay_env import EpisodeRecord, export_main_model, make_engine, make_trainer, prepare_main_model
+from main_models import DistributedMainModelTrainer, local_device, replicas_equal, set_threads, write_json
 
 from agents.algorithms import ALGORITHMS
 from agents.reinforce import ReinforceLearner
@@ -125,19 +125,15 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         raise SystemExit("error: launch this script with torchrun, e.g. torchrun --standalone --nproc-per-node 2 agents/train_distributed.py")
     if settings.resume is not None:
         raise SystemExit("error: --resume is not supported for distributed runs yet (use agents/train.py for resumable runs)")
-    if run.warmup_cache:
-        raise SystemExit("error: --warmup-cache is not supported for distributed runs yet")
     try:
         set_threads(run.threads)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    cuda = run.device.startswith("cuda") or (run.device == "auto" and torch.cuda.is_available())
-    if run.device not in ("auto", "cpu") and not run.device.startswith("cuda"):
-        raise SystemExit(f"error: --device must be 'cpu', 'cuda' or 'auto', got {run.device!r}")
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    try:
+        device = local_device(run.device, int(os.environ.get("LOCAL_RANK", 0)), "--device")
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -158,12 +154,11 @@ def _train(settings: Any, device: torch.device) -> dict | None:
     # the main model: every rank builds it from the same seed; the trainer broadcasts rank 0's anyway
     torch.manual_seed(run.seed)
     try:
-        engine = build_engine(run.num_envs // world, device=device, **asdict(replace(env, pretrain_epochs=0, cotrain=False)))
+        engine = make_engine(env, run.num_envs // world, device=device, warm_up=False, trainer_type=DistributedMainModelTrainer)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    trainer = DistributedMainModelTrainer(engine.model, engine.splits.x_train, engine.splits.y_train, lr=env.main_lr,
-                                          cotrain_every=env.cotrain_every, alternatives=env.train_alternatives,
-                                          max_steps=engine.max_steps, seed=run.seed)
+    trainer = engine.trainer or make_trainer(env, engine.model, engine.splits, max_steps=engine.max_steps,
+                                             trainer_type=DistributedMainModelTrainer)
 
     # rank 0 claims the run directory; if it cannot, every rank stops
     run_dir = Path(run.logdir) / (run.run_name or f"ddp-reinforce-{Path(env.dataset).name}-s{run.seed}-{int(time.time())}")
@@ -180,9 +175,11 @@ def _train(settings: Any, device: torch.device) -> dict | None:
     if env.pretrain_epochs:
         if rank == 0:
             print(f"warm-up: {env.pretrain_epochs} epochs, replicated on {world} ranks", flush=True)
-        trainer.warm_up(env.pretrain_epochs, max_steps=engine.max_steps, stop_prob=env.warmup_stop_prob, seed=run.seed,
-                        progress=run.progress and rank == 0)
-    engine.trainer = trainer if env.cotrain else None
+        try:
+            prepare_main_model(trainer, env, engine.splits, max_steps=engine.max_steps, progress=rank == 0,
+                               replicas=lambda ok: _agree(ok, device), store=rank == 0)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     engine.seed(run.seed + 7919 * rank)  # each rank its own episodes
 
     agent = ReinforceLearner(settings.agent, engine, reward_weight=run.reward_weight, seed=run.seed, device=device,
@@ -201,7 +198,7 @@ def _train(settings: Any, device: torch.device) -> dict | None:
         return None
 
     training.log(steps, detail=True)
-    engine.export_main_model(run_dir / "main_model.pt")
+    export_main_model(engine, run_dir / "main_model.pt")
     agent.export(run_dir)
     report = training.evaluate(steps)
     breakdown = training.time_breakdown(train_seconds, engine_before)

@@ -3,7 +3,8 @@
 import gymnasium as gym
 
 from .config import TASK_DEFAULTS, EnvConfig, RewardConfig, action_names, default_max_steps, task_defaults
-from .engine import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, DynaLayEngine, ObservationLayout, StepOutput, build_engine
+from .engine import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, DynaLayEngine, ObservationLayout, StepOutput
+from .make import build_engine, cache_directory, export_main_model, load_main_model, make_engine, make_trainer, new_main_model, prepare_main_model
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
 from .evaluation import EvalReport, OraclePaths, OracleReport, evaluate_policy, oracle, oracle_paths, sequence_name, sequence_shares
 from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord
@@ -43,6 +44,13 @@ __all__ = [
     "TASK_DEFAULTS",
     "action_names",
     "build_engine",
+    "cache_directory",
+    "export_main_model",
+    "load_main_model",
+    "make_engine",
+    "make_trainer",
+    "new_main_model",
+    "prepare_main_model",
     "default_max_steps",
     "evaluate_policy",
     "oracle",

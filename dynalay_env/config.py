@@ -143,7 +143,8 @@ class EnvConfig:
 
     dataset: str = _setting("grid-lookup", "dataset name (see main_models.DATASETS) or a path to an .npz file")
     data_dir: str | None = _setting(None, "where dataset files live (default $DYNALAY_DATA_DIR or ./data)")
-    model: str | None = _setting(None, "main model: mlp, cnn or lstm (default: the one for the data)")
+    model: str | None = _setting(None, "main model: a name of main_models.MAIN_MODELS (mlp, cnn, lstm, grid-lstm) or one added "
+                                       "with main_models.register_model (default: the one for the data)")
     alpha: float = _setting(RewardConfig.alpha, "Eq. 2 weight of a correct answer")
     beta: float = _setting(RewardConfig.beta, "Eq. 2 weight of compute cost x consecutive-layer count")
     lam: float | None = _setting(None, "compute penalty weight lambda (training without lam_range; evaluation); "
@@ -174,6 +175,9 @@ class EnvConfig:
     save_main_model: str | None = _setting(None, "write the main model to this path when the environment is closed "
                                                   "(for clients that rebuild the env from its id, e.g. RL Zoo)")
     progress: bool = _setting(True, "show a progress bar while the main model warms up")
+    warmup_cache: str | None = _setting(None, "where warmed-up main models are cached, keyed by everything that decides the "
+                                              "warm-up: default the user's cache directory ($DYNALAY_CACHE_DIR, else "
+                                              "~/.cache/dynalay); a directory; or 'off' (also DYNALAY_WARMUP_CACHE=0)")
     observation: tuple[str, ...] = _setting(
         ("activations", "lam", "progress", "confidence"),
         "the observation's feature groups (dynalay_env.OBSERVATION_GROUPS): activations, lam, progress, confidence, margin, "
@@ -189,7 +193,9 @@ class EnvConfig:
         reward = self.reward  # validates the reward fields
         for name in ("alpha", "beta", "lam", "lam_range"):
             object.__setattr__(self, name, getattr(reward, name))
-        for name in ("data_dir", "model", "main_model", "save_main_model"):
+        if isinstance(self.warmup_cache, bool):  # gym.make(..., warmup_cache=False) reads naturally
+            object.__setattr__(self, "warmup_cache", None if self.warmup_cache else "off")
+        for name in ("data_dir", "model", "main_model", "save_main_model", "warmup_cache"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string or None, got {type(value).__name__} {value!r}")

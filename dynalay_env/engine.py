@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -28,30 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from main_models import (
-    DatasetSplits,
-    FPINetwork,
-    TRAINING_GRADS,
-    MainModelTrainer,
-    PathState,
-    build_main_model,
-    default_model,
-    load_dataset,
-    load_tensors,
-    resolve_device,
-    save_tensors,
-)
+from main_models import DatasetSplits, FPINetwork, MainModelTrainer, PathState, default_model, resolve_device
 
-from .config import EnvConfig, RewardConfig, default_max_steps
+from .config import RewardConfig, default_max_steps
 from .record import EpisodeRecord
 
 MODES = ("train", "eval")
-MAIN_MODEL_KIND = "dynalay-main-model"
-MAIN_MODEL_VERSION = 1
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _outside_inference_mode(method: _F) -> _F:
+def outside_inference_mode(method: _F) -> _F:
     """Run ``method`` with inference mode off, so that every tensor the engine keeps is a normal
     tensor whatever mode its caller steps it in (an inference tensor can never be updated in place
     outside inference mode, nor take part in co-training)."""
@@ -203,6 +188,7 @@ class DynaLayEngine:
             compute) until ``reset`` is called for them.
         seed: seeds the episode sampler.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        model_name: the main model's registry name (default: the one for the data).
     """
 
     def __init__(
@@ -219,6 +205,7 @@ class DynaLayEngine:
         observation: tuple[str, ...] = DEFAULT_OBSERVATION,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        model_name: str | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -277,9 +264,8 @@ class DynaLayEngine:
         self._running = torch.zeros(n, dtype=torch.bool, device=dev)
         self.obs = torch.zeros(n, self.layout.size, device=dev)
         self.state: PathState | None = None
-        self.model_name = default_model(self.splits)
-        """The main model's registry name (build_engine sets the one it built)."""
-        self.save_main_model_on_close: str | None = None
+        self.model_name = model_name or default_model(self.splits)
+        """The main model's registry name (main_models.MAIN_MODELS)."""
         self.seconds: dict[str, float] = dict.fromkeys(STEP_PHASES, 0.0)
         """Host wall time spent in each phase of :meth:`reset` and :meth:`step` so far (see
         :data:`STEP_PHASES`). On cuda it counts launches, not kernels, except where a host read
@@ -306,7 +292,7 @@ class DynaLayEngine:
         """End every episode in flight without an answer, reward or record: all rows go idle."""
         self._running.zero_()
 
-    @_outside_inference_mode
+    @outside_inference_mode
     def reset(self, rows: Tensor | None = None) -> Tensor:
         """Start new episodes in ``rows`` (all rows when ``None``) and return the observations."""
         if rows is None:
@@ -371,7 +357,7 @@ class DynaLayEngine:
                 f"{self.num_layers} (FPI on layer i)"
             )
 
-    @_outside_inference_mode
+    @outside_inference_mode
     def step(self, actions: Tensor, *, validate: bool = True, active: Tensor | None = None) -> StepOutput:
         """Advance every running row by one action. Idle rows (finished, not reset) do nothing, and
         so do rows outside ``active`` (a bool (N,) mask) when it is given: their actions are ignored."""
@@ -520,19 +506,6 @@ class DynaLayEngine:
             self.trainer.load_state_dict(state["trainer"])
         self.generator.set_state(state["generator"])
 
-    def export_main_model(self, path: str | Path) -> Path:
-        """Write the main model's weights, with what it is, to ``path`` (weights-only, atomic), for
-        ``gym.make("DynaLay-v0", main_model=path)``."""
-        return save_tensors(path, {
-            "kind": MAIN_MODEL_KIND, "version": MAIN_MODEL_VERSION, "dataset": self.splits.name, "model": self.model_name,
-            "num_layers": self.num_layers, "max_steps": self.max_steps, "weights": self.model.state_dict(),
-        })
-
-    def close(self) -> None:
-        """Write the main model where ``save_main_model`` asked for it, if it did."""
-        if self.save_main_model_on_close:
-            self.export_main_model(self.save_main_model_on_close)
-
     # ---- observation space bounds ------------------------------------------------------------
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         lay = self.layout
@@ -544,82 +517,3 @@ class DynaLayEngine:
             high[lay.lam] = max(self.reward.lam_high, 0.0)
             high[lay.lam_log] = max(float(lam_log_position(self.reward.lam_high)), 1.0)
         return low, high
-
-
-@_outside_inference_mode
-def build_engine(
-    num_envs: int = 1,
-    *,
-    mode: str = "train",
-    autoreset: bool = True,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    **settings: Any,
-) -> DynaLayEngine:
-    """An engine built from the flat settings of :class:`EnvConfig` (what ``gym.make`` passes).
-    ``progress=False`` silences the warm-up's bar whatever the settings say.
-
-    ``dataset`` may also be a loaded :class:`DatasetSplits` and ``model`` an existing main model to
-    share (e.g. a trained one to evaluate). In train mode the engine gets a
-    :class:`MainModelTrainer` that co-trains the main model (unless ``cotrain=False``) and runs the
-    ``pretrain_epochs`` warm-up first.
-    """
-    dataset = settings.pop("dataset", EnvConfig.dataset)
-    model = settings.pop("model", None)
-    splits = dataset if isinstance(dataset, DatasetSplits) else None
-    network = model if isinstance(model, FPINetwork) else None
-    config = EnvConfig(dataset=splits.name if splits is not None else dataset, model=None if network is not None else model, **settings)
-    dev = resolve_device(device)
-    if splits is None:
-        splits = load_dataset(config.dataset, config.data_dir, seed=0)
-    splits = splits.to(dev)
-    if network is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            network = build_main_model(splits, model=config.model)
-    network = network.to(dev)
-    network.configure_solver(config.fpi_solver, grad=config.main_grad or TRAINING_GRADS[config.model or default_model(splits)])
-    if config.main_model is not None:
-        load_main_model(config.main_model, network, splits)
-    max_steps = config.max_steps if config.max_steps is not None else default_max_steps(network.num_layers)
-    trainer = None
-    if mode == "train" and (config.cotrain or config.pretrain_epochs):
-        trainer = MainModelTrainer(network, splits.x_train, splits.y_train, lr=config.main_lr, cotrain_every=config.cotrain_every,
-                                   alternatives=config.train_alternatives, max_steps=max_steps, seed=config.seed)
-        if config.pretrain_epochs and config.main_model is None:
-            trainer.warm_up(config.pretrain_epochs, max_steps=max_steps, stop_prob=config.warmup_stop_prob, seed=config.seed,
-                            progress=config.progress and progress)
-    engine = DynaLayEngine(
-        num_envs,
-        splits,
-        network,
-        reward=config.reward,
-        max_steps=max_steps,
-        mode=mode,
-        trainer=trainer if config.cotrain else None,
-        autoreset=autoreset,
-        observation=config.observation,
-        seed=config.seed,
-        device=dev,
-    )
-    engine.model_name = config.model or default_model(splits)
-    engine.save_main_model_on_close = config.save_main_model
-    return engine
-
-
-def load_main_model(path: str | Path, model: FPINetwork, splits: DatasetSplits) -> None:
-    """Load the weights of a main-model file written by :meth:`DynaLayEngine.export_main_model`
-    into ``model``, refusing (before running any of it) a file that is unsafe, of another kind, or
-    whose weights do not fit this model."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"main_model {path} does not exist")
-    payload = load_tensors(path, "main model")
-    if payload.get("kind") != MAIN_MODEL_KIND or payload.get("version") != MAIN_MODEL_VERSION:
-        raise ValueError(f"main_model {path} is not a DynaLay main-model file of version {MAIN_MODEL_VERSION}")
-    try:
-        model.load_state_dict(payload["weights"])
-    except RuntimeError as err:
-        raise ValueError(
-            f"main_model {path} ({payload['model']} with {payload['num_layers']} layers, trained on {payload['dataset']!r}) does not "
-            f"fit this environment's main model for {splits.name!r}: {str(err).splitlines()[0]}"
-        ) from None

@@ -23,13 +23,18 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from .engine import DynaLayEngine, StepOutput, build_engine
+from .config import EnvConfig
+from .engine import DynaLayEngine, StepOutput
+from .make import export_main_model, make_engine
 
 
-def _engine(engine: DynaLayEngine | None, num_envs: int, autoreset: bool, settings: dict[str, Any]) -> DynaLayEngine:
-    """The given engine, checked to fit the face, or a new one built from ``settings``."""
+def _engine(engine: DynaLayEngine | None, num_envs: int, autoreset: bool, settings: dict[str, Any]) -> tuple[DynaLayEngine, str | None]:
+    """The given engine, checked to fit the face, or a new one built from ``settings``; and where to
+    write the main model when the face is closed (``save_main_model``)."""
     if engine is None:
-        return build_engine(num_envs, autoreset=autoreset, **settings)
+        build = {k: settings.pop(k) for k in ("device", "mode") if k in settings}
+        config = EnvConfig(**settings)
+        return make_engine(config, num_envs, autoreset=autoreset, **build), config.save_main_model
     if settings:
         raise TypeError(f"pass either an engine or settings to build one, not both (got {sorted(settings)})")
     if engine.num_envs != num_envs or engine.autoreset != autoreset:
@@ -37,7 +42,12 @@ def _engine(engine: DynaLayEngine | None, num_envs: int, autoreset: bool, settin
             f"this face needs an engine with num_envs={num_envs} and autoreset={autoreset}, "
             f"got num_envs={engine.num_envs} and autoreset={engine.autoreset}"
         )
-    return engine
+    return engine, None
+
+
+def _close(engine: DynaLayEngine, save_main_model: str | None) -> None:
+    if save_main_model:
+        export_main_model(engine, save_main_model)
 
 
 def _spaces(engine: DynaLayEngine) -> tuple[spaces.Box, spaces.Discrete]:
@@ -91,7 +101,7 @@ class DynaLayEnv(gym.Env):
                 "num_envs is not a setting of the single-sample env: for N episodes at once use "
                 "gym.make_vec('DynaLay-v0', num_envs=N, vectorization_mode='vector_entry_point')"
             )
-        self.engine = _engine(engine, 1, False, settings)
+        self.engine, self._save_main_model = _engine(engine, 1, False, settings)
         self.observation_space, self.action_space = _spaces(self.engine)
         self.render_mode = None
         self._needs_reset = True
@@ -133,7 +143,7 @@ class DynaLayEnv(gym.Env):
         return _np(self.engine.action_masks()[0])
 
     def close(self) -> None:
-        self.engine.close()
+        _close(self.engine, self._save_main_model)
 
 
 class DynaLayVectorEnv(VectorEnv):
@@ -174,7 +184,7 @@ class DynaLayVectorEnv(VectorEnv):
             raise ValueError(f"autoreset_mode must be one of {[m.value for m in AutoresetMode]}, got {autoreset_mode!r}") from None
         self.torch_arrays = torch_arrays
         n = engine.num_envs if engine is not None else num_envs
-        self.engine = _engine(engine, n, mode == AutoresetMode.SAME_STEP, settings)
+        self.engine, self._save_main_model = _engine(engine, n, mode == AutoresetMode.SAME_STEP, settings)
         self.num_envs = self.engine.num_envs
         self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.single_observation_space, self.single_action_space = _spaces(self.engine)
@@ -271,7 +281,7 @@ class DynaLayVectorEnv(VectorEnv):
         return out.obs.clone(), out.reward, done, out.truncated, infos
 
     def close_extras(self, **kwargs: Any) -> None:
-        self.engine.close()
+        _close(self.engine, self._save_main_model)
 
 
 class DynaLaySB3VecEnv(VecEnv):
@@ -285,9 +295,9 @@ class DynaLaySB3VecEnv(VecEnv):
 
     def __init__(self, engine: DynaLayEngine | int = 1, **settings: Any) -> None:
         if isinstance(engine, DynaLayEngine):
-            self.engine = _engine(engine, engine.num_envs, True, settings)
+            self.engine, self._save_main_model = _engine(engine, engine.num_envs, True, settings)
         else:
-            self.engine = _engine(None, engine, True, settings)
+            self.engine, self._save_main_model = _engine(None, engine, True, settings)
         obs_space, act_space = _spaces(self.engine)
         self.render_mode = None
         super().__init__(self.engine.num_envs, obs_space, act_space)
@@ -325,7 +335,7 @@ class DynaLaySB3VecEnv(VecEnv):
         return _np(self.engine.action_masks())
 
     def close(self) -> None:
-        self.engine.close()
+        _close(self.engine, self._save_main_model)
 
     def _indices_count(self, indices: VecEnvIndices) -> int:
         return len(list(self._get_indices(indices)))

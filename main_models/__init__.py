@@ -28,7 +28,7 @@ from .data import (
     split_indices,
     unregister_dataset,
 )
-from .device import add_runtime_flags, resolve_device, set_threads
+from .device import add_runtime_flags, local_device, resolve_device, set_threads
 from .grid import AxisLSTMBlock, build_grid_lstm_fpi_network
 from .fpi import GRAD_MODES, SOLVERS, Anderson, ContractiveTanhBlock, FPILayer, FPIResult, Picard, SolverSettings, fixed_point_solve, make_solver, solve_together, FixedPointProblem
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
@@ -43,7 +43,7 @@ __all__ = [
     "unregister_model", "ContractiveConvBlock", "ConvOperatorNorm", "build_conv_fpi_network", "DATASETS", "INPUT_KINDS",
     "OFFLINE_DATASETS", "DatasetSplits", "infer_input_kind", "load_cifar10", "load_cifar100", "load_dataset",
     "load_digits", "load_digits_graded", "load_grid_lookup", "load_imdb", "load_npz", "load_parity", "load_wikitext2",
-    "register_dataset", "split_indices", "unregister_dataset", "add_runtime_flags", "resolve_device", "set_threads",
+    "register_dataset", "split_indices", "unregister_dataset", "add_runtime_flags", "local_device", "resolve_device", "set_threads",
     "AxisLSTMBlock", "build_grid_lstm_fpi_network", "GRAD_MODES", "SOLVERS", "Anderson", "ContractiveTanhBlock",
     "FPILayer", "FPIResult", "Picard", "SolverSettings", "fixed_point_solve", "make_solver", "solve_together",
     "FixedPointProblem", "CausalConvEmbedding", "JacobiLSTMBlock", "LastStepHead", "build_lstm_fpi_network",
