@@ -47,6 +47,20 @@ class FPINetwork(nn.Module):
     point from its current state (FPI).
     """
 
+    @property
+    def pure_parametrizations(self) -> bool:
+        """Whether every parametrized weight is a pure function of its parameters, so that one update
+        may compute it once and reuse it in every solve (the cnn's operator-norm bound). A
+        parametrization with buffers may advance them at each use (spectral_norm's power iteration
+        does, in training mode), and computing it once would change what it trains to."""
+        from torch.nn.utils import parametrize
+
+        return all(
+            not any(True for _ in p.buffers())
+            for m in self.modules() if parametrize.is_parametrized(m)
+            for plist in m.parametrizations.values() for p in plist
+        )
+
     def __init__(
         self,
         stem: nn.Module,
