@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from agents.imitation import demonstrations, learnable_ceiling
-from dynalay_env import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, ObservationLayout, RewardConfig, build_engine, oracle_paths
+from dynalay_env import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, EnvConfig, ObservationLayout, RewardConfig, build_engine, evaluate_policy, make_engine, oracle_paths
+from dynalay_env import evaluation
 from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, confidence_threshold, residual_threshold, sweep
-from dynalay_env.evaluation import sequence_name
-from main_models import DatasetSplits, MainModelTrainer
+from dynalay_env.evaluation import sequence_name, time_policies, time_policy
+from main_models import DatasetSplits, MainModelTrainer, evaluate_fixed_path
 
 ALL = tuple(OBSERVATION_GROUPS)
 
@@ -91,6 +92,60 @@ def test_oracle_paths_are_the_cheapest_that_answer_and_respect_min_confidence(wa
     assert int(found.solved.sum()) >= int(confident.solved.sum())
 
 
+@pytest.mark.parametrize("observation", [DEFAULT_OBSERVATION, ALL])
+def test_a_fixed_path_is_charged_as_an_agent_that_follows_it(warm, observation):
+    """Fixed paths are evaluated by the one fixed-path evaluator (no engine); an agent that takes
+    the same steps in the engine gets the same report, compute to the bit (the residual probe of
+    an observation that has it included), and a NOP in a path or a path past the budget ends it
+    as the engine ends an episode."""
+    model, splits, T = warm.model, warm.splits.head(None, 150), warm.max_steps
+    lay = ObservationLayout(model.num_layers, model.summary_dim, observation)
+    for path, taken in (([], []), ([2, 3], [2, 3]), ([1, 2, 3], [1, 2, 3]), ([3, 0, 1], [3]), ([1] * (T + 3), [1] * T)):
+        fixed = torch.tensor(taken + [0] * (T + 1 - len(taken)))
+        follow = lambda obs: fixed[torch.round(obs[:, lay.step_fraction] * T).long()]  # noqa: E731
+        by_path = evaluate_policy(model, splits, path, max_steps=T, observation=observation).as_dict()
+        by_agent = evaluate_policy(model, splits, follow, max_steps=T, observation=observation).as_dict()
+        for report in (by_path, by_agent):
+            report.pop("seconds"), report.pop("fpi_all_seconds")  # NaN: nothing timed
+        assert by_path == by_agent, path
+    probe = model.residual_probe_flops / model.straightforward_flops if "residuals" in observation else 0.0
+    direct = evaluate_fixed_path(model, splits.x_test, splits.y_test, [2, 3], observation_cost=probe)
+    assert float(direct["compute"].mean()) == evaluate_policy(model, splits, [2, 3], max_steps=T, observation=observation).compute
+    with pytest.raises(ValueError, match=r"actions in \[0, 3\]"):
+        evaluate_policy(model, splits, [4], max_steps=T)
+
+
+def test_evaluation_times_nothing_and_timing_is_measured_apart(warm, monkeypatch):
+    model, splits, T = warm.model, warm.splits.head(None, 100), warm.max_steps
+    plain = lambda obs: torch.zeros(obs.shape[0], dtype=torch.long)  # noqa: E731
+    rollouts = []
+    real = evaluation._rollout
+    monkeypatch.setattr(evaluation, "_rollout", lambda engine, policy: rollouts.append(policy) or real(engine, policy))
+    report = evaluate_policy(model, splits, plain, max_steps=T)
+    assert rollouts == [plain] and report.seconds != report.seconds and report.fpi_all_seconds != report.fpi_all_seconds
+    rollouts.clear()
+    was_training = model.training
+    model.train()
+    timing = time_policy(model, splits, plain, max_steps=T, repeats=3)
+    # the policy and FPI on every layer, interleaved round by round; the model's mode is left as it was
+    assert rollouts == [plain, [1, 2, 3]] * 3 and model.training
+    assert timing.repeats == 3 and timing.seconds > 0 and timing.fpi_all_seconds > 0
+    timed = report.timed(timing)
+    assert (timed.seconds, timed.fpi_all_seconds, timed.accuracy) == (timing.seconds, timing.fpi_all_seconds, report.accuracy)
+    rollouts.clear()
+    times = time_policies(model, splits, {"a": (plain, DEFAULT_OBSERVATION), "b": ([2], ALL), "c": ([1], ALL)}, repeats=2, max_steps=T)
+    assert list(times) == ["a", "b", "c"] and all(t > 0 for t in times.values()) and rollouts == [plain, [2], [1]] * 2
+    rollouts.clear()
+    assert all(t != t for t in time_policies(model, splits, {"a": (plain, DEFAULT_OBSERVATION)}, repeats=0).values()) and rollouts == []
+    with pytest.raises(ValueError, match=">= 0"):
+        time_policy(model, splits, plain, repeats=-1)
+    # callers that still ask evaluate_policy for wall times get time_policy's
+    rollouts.clear()
+    both = evaluate_policy(model, splits, plain, max_steps=T, timing_repeats=1)
+    assert rollouts == [plain, plain, [1, 2, 3]] and both.seconds > 0 and both.fpi_all_seconds > 0
+    model.train(was_training)
+
+
 def test_exit_rules_act_on_what_they_observe():
     lay = ObservationLayout(3, 48, ALL)
     obs = torch.zeros(4, lay.size)
@@ -120,7 +175,7 @@ def test_imitating_the_oracle_learns_what_the_observation_reveals():
     x = torch.randn(n, 4, generator=gen)
     y = (x[:, 0] > 0).long()
     splits = DatasetSplits("toy", x[:500], y[:500], x[500:], y[500:], 2)
-    engine = build_engine(1, dataset=splits, pretrain_epochs=0, cotrain=False, seed=0, observation=DEFAULT_OBSERVATION)
+    engine = make_engine(EnvConfig(splits.name, pretrain_epochs=0, cotrain=False, seed=0, observation=DEFAULT_OBSERVATION), data=splits)
     trainer = MainModelTrainer(engine.model, splits.x_train, splits.y_train, alternatives=("plain",), max_steps=engine.max_steps)
     trainer.warm_up(15, max_steps=engine.max_steps)
     demos = demonstrations(engine.model, splits.x_train[:50], splits.y_train[:50], max_steps=engine.max_steps,
