@@ -13,15 +13,17 @@ belongs to the main model and is optimized inside the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynalay_env import EPISODE_KEYS, DynaLayEngine, DynaLayVectorEnv, EpisodeRecord
+from dynalay_env.config import setting
 from main_models import save_tensors
 
 from .checkpoint import CheckpointError
@@ -29,21 +31,17 @@ from .hooks import Hooks
 from .nets import AgentNet, mlp
 
 
-def _arg(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class ReinforceSettings:
-    learning_rate: float = _arg(1e-3, "Adam learning rate of the policy and its baseline")
-    n_steps: int = _arg(16, "update once this many vector steps have finished episodes (each adds its complete episodes)")
-    gamma: float = _arg(1.0, "RL discount of the Monte-Carlo returns (episodes last at most T steps)")
-    ent_coef: float = _arg(0.01, "entropy bonus")
-    value_coef: float = _arg(0.5, "baseline loss weight")
-    max_grad_norm: float = _arg(0.5, "gradient clipping norm")
-    exploration_initial_eps: float = _arg(0.2, "initial epsilon of epsilon-greedy exploration")
-    exploration_final_eps: float = _arg(0.02, "final epsilon")
-    exploration_fraction: float = _arg(0.3, "share of training over which epsilon decays")
+    learning_rate: float = setting(1e-3, "Adam learning rate of the policy and its baseline")
+    n_steps: int = setting(16, "update once this many vector steps have finished episodes (each adds its complete episodes)")
+    gamma: float = setting(1.0, "RL discount of the Monte-Carlo returns (episodes last at most T steps)")
+    ent_coef: float = setting(0.01, "entropy bonus")
+    value_coef: float = setting(0.5, "baseline loss weight")
+    max_grad_norm: float = setting(0.5, "gradient clipping norm")
+    exploration_initial_eps: float = setting(0.2, "initial epsilon of epsilon-greedy exploration")
+    exploration_final_eps: float = setting(0.02, "final epsilon")
+    exploration_fraction: float = setting(0.3, "share of training over which epsilon decays")
 
 
 class ReinforceAgent(nn.Module):
@@ -161,7 +159,7 @@ class ReinforceLearner:
 
     def __init__(
         self, settings: ReinforceSettings, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device,
-        total_timesteps: int, replicas: "Replicas | None" = None,
+        total_timesteps: int, replicas: Replicas | None = None,
     ) -> None:
         self.settings = settings
         self.env = DynaLayVectorEnv(engine=engine, torch_arrays=True)

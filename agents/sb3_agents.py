@@ -9,15 +9,17 @@ DynaLay's benchmarks use, stated once. The policy network is AgentNet's architec
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from dynalay_env import DynaLayEngine, DynaLaySB3VecEnv
+from dynalay_env.config import setting
 from main_models import atomic_write_bytes
 
 from .checkpoint import CheckpointError
@@ -25,52 +27,48 @@ from .hooks import Hooks
 from .nets import sb3_policy_kwargs
 
 
-def _arg(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class OnPolicySettings:
     """What PPO and A2C share; each sets its own rollout length."""
 
-    learning_rate: float | None = _arg(None, "optimizer learning rate (Adam for PPO, RMSprop for A2C)")
-    gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
-    gae_lambda: float | None = _arg(None, "GAE lambda")
-    ent_coef: float | None = _arg(0.01, "entropy bonus")
-    vf_coef: float | None = _arg(None, "value loss weight")
-    max_grad_norm: float | None = _arg(None, "gradient clipping norm")
-    normalize_advantage: bool | None = _arg(None, "normalise advantages")
+    learning_rate: float | None = setting(None, "optimizer learning rate (Adam for PPO, RMSprop for A2C)")
+    gamma: float | None = setting(1.0, "RL discount (episodes last at most T steps)")
+    gae_lambda: float | None = setting(None, "GAE lambda")
+    ent_coef: float | None = setting(0.01, "entropy bonus")
+    vf_coef: float | None = setting(None, "value loss weight")
+    max_grad_norm: float | None = setting(None, "gradient clipping norm")
+    normalize_advantage: bool | None = setting(None, "normalise advantages")
 
 
 @dataclass
 class PPOSettings(OnPolicySettings):
-    n_steps: int | None = _arg(128, "rollout length per env between updates")
-    batch_size: int | None = _arg(256, "minibatch size")
-    n_epochs: int | None = _arg(4, "epochs over each rollout")
-    clip_range: float | None = _arg(None, "PPO clipping parameter")
-    target_kl: float | None = _arg(None, "stop an update early past this KL divergence")
+    n_steps: int | None = setting(128, "rollout length per env between updates")
+    batch_size: int | None = setting(256, "minibatch size")
+    n_epochs: int | None = setting(4, "epochs over each rollout")
+    clip_range: float | None = setting(None, "PPO clipping parameter")
+    target_kl: float | None = setting(None, "stop an update early past this KL divergence")
 
 
 @dataclass
 class A2CSettings(OnPolicySettings):
-    n_steps: int | None = _arg(8, "rollout length per env between updates")
+    n_steps: int | None = setting(8, "rollout length per env between updates")
 
 
 @dataclass
 class DQNSettings:
-    learning_rate: float | None = _arg(None, "Adam learning rate")
-    buffer_size: int | None = _arg(50_000, "replay buffer size (transitions)")
-    learning_starts: int | None = _arg(1_000, "environment steps before learning starts")
-    batch_size: int | None = _arg(256, "minibatch size")
-    tau: float | None = _arg(None, "soft target update coefficient (1: hard update)")
-    gamma: float | None = _arg(1.0, "RL discount (episodes last at most T steps)")
-    train_freq: int | None = _arg(1, "update every this many vector steps")
-    gradient_steps: int | None = _arg(4, "gradient steps per update (4 for the 16 episodes in flight by default)")
-    target_update_interval: int | None = _arg(1_000, "environment steps between target network updates")
-    exploration_fraction: float | None = _arg(0.3, "share of training over which epsilon decays")
-    exploration_initial_eps: float | None = _arg(1.0, "initial epsilon")
-    exploration_final_eps: float | None = _arg(0.02, "final epsilon")
-    max_grad_norm: float | None = _arg(None, "gradient clipping norm")
+    learning_rate: float | None = setting(None, "Adam learning rate")
+    buffer_size: int | None = setting(50_000, "replay buffer size (transitions)")
+    learning_starts: int | None = setting(1_000, "environment steps before learning starts")
+    batch_size: int | None = setting(256, "minibatch size")
+    tau: float | None = setting(None, "soft target update coefficient (1: hard update)")
+    gamma: float | None = setting(1.0, "RL discount (episodes last at most T steps)")
+    train_freq: int | None = setting(1, "update every this many vector steps")
+    gradient_steps: int | None = setting(4, "gradient steps per update (4 for the 16 episodes in flight by default)")
+    target_update_interval: int | None = setting(1_000, "environment steps between target network updates")
+    exploration_fraction: float | None = setting(0.3, "share of training over which epsilon decays")
+    exploration_initial_eps: float | None = setting(1.0, "initial epsilon")
+    exploration_final_eps: float | None = setting(0.02, "final epsilon")
+    max_grad_norm: float | None = setting(None, "gradient clipping norm")
 
 
 class RewardWeight(VecEnvWrapper):
@@ -125,12 +123,12 @@ class SB3Agent:
         from stable_baselines3.common.callbacks import BaseCallback
 
         class Callback(BaseCallback):
-            def _on_step(inner) -> bool:  # noqa: N805
+            def _on_step(inner) -> bool:
                 hooks.on_infos(inner.locals.get("infos", ()))
                 hooks.after_step(self.num_timesteps)
                 return True
 
-            def _on_rollout_start(inner) -> None:  # noqa: N805
+            def _on_rollout_start(inner) -> None:
                 hooks.between_updates(self.num_timesteps)
 
         self.model.learn(steps, callback=Callback(), reset_num_timesteps=False, progress_bar=hooks.progress)

@@ -8,6 +8,13 @@ A run has three groups of settings, each a dataclass whose fields are the flags:
   the algorithm; ``None`` means the library's default.
 
 Precedence: defaults < the saved config.json of ``--resume`` < ``--config`` YAML < explicit flags.
+:func:`resolve` peeks at ``--resume``/``--config``/``--algo`` (they decide which flags exist and their
+defaults), layers the files over the defaults, then parses every flag once with argparse.
+
+Why argparse and not a dataclass-CLI library: tyro and jsonargparse (both in the registry) would turn
+these dataclasses into flags too, but would change the help, the error messages that users and tests
+rely on, and the defaults < config.json < YAML < flags layering with its unknown-key hints; keeping
+argparse keeps all of that identical at no new dependency.
 """
 
 from __future__ import annotations
@@ -17,42 +24,40 @@ import json
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from dynalay_env import EnvConfig
-
-
-def _setting(default: Any, help: str, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": help, **metadata})
+from dynalay_env.config import setting
 
 
 @dataclass
 class RunSettings:
-    algo: str = _setting("ppo", "learning algorithm", choices=("ppo", "a2c", "dqn", "reinforce"))
-    total_timesteps: int = _setting(24_576, "environment steps to train for")
-    num_envs: int = _setting(16, "episodes in flight in the batched engine")
-    seed: int = _setting(1, "seed of the main model, the episode sampler and the agent")
-    device: str = _setting("auto", "cpu, cuda, cuda:N or auto")
-    threads: int = _setting(1, "torch CPU threads (0: torch's default); the small models here run fastest on 1")
-    reward_weight: float = _setting(0.2, "the paper's gamma: weight of the reward in the agent's loss (Eq. 3)")
-    imitation_samples: int = _setting(2000, "imitation warm-start: before RL, fit the agent's policy to the oracle's cheapest "
-                                            "confident action sequences for this many train samples, on the warmed-up main model "
-                                            "(0: RL from a random policy)")
-    imitation_epochs: int = _setting(30, "epochs of the imitation warm-start's fit")
-    imitation_every: int = _setting(8192, "refit the policy to the oracle's sequences on the current co-trained main model every "
-                                          "this many steps, between the algorithm's updates (0: only before RL); the oracle's "
-                                          "sequences change as co-training changes the model")
-    eval_freq: int = _setting(0, "evaluate on the test split every this many steps (0: only at the end)")
-    checkpoint_freq: int = _setting(10_000, "write checkpoint.pt every this many steps (0: only at the end)")
-    log_every: int = _setting(2048, "log training charts every this many steps")
-    detail_every: int = _setting(10240, "evaluate every fixed path on the test split (paths/accuracy/*) and render the decisions "
-                                        "figure (charts/decisions) every this many steps, and at the end: each costs far more "
-                                        "than the scalar charts written every --log-every steps")
-    run_name: str | None = _setting(None, "run directory name under --logdir (default <algo>-<dataset>-s<seed>-<time>)")
-    logdir: str = _setting("runs", "parent directory of run directories")
-    progress: bool = _setting(True, "show progress bars")
+    algo: str = setting("ppo", "learning algorithm", choices=("ppo", "a2c", "dqn", "reinforce"))
+    total_timesteps: int = setting(24_576, "environment steps to train for")
+    num_envs: int = setting(16, "episodes in flight in the batched engine")
+    seed: int = setting(1, "seed of the main model, the episode sampler and the agent")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    threads: int = setting(1, "torch CPU threads (0: torch's default); the small models here run fastest on 1")
+    reward_weight: float = setting(0.2, "the paper's gamma: weight of the reward in the agent's loss (Eq. 3)")
+    imitation_samples: int = setting(2000, "imitation warm-start: before RL, fit the agent's policy to the oracle's cheapest "
+                                           "confident action sequences for this many train samples, on the warmed-up main model "
+                                           "(0: RL from a random policy)")
+    imitation_epochs: int = setting(30, "epochs of the imitation warm-start's fit")
+    imitation_every: int = setting(8192, "refit the policy to the oracle's sequences on the current co-trained main model every "
+                                         "this many steps, between the algorithm's updates (0: only before RL); the oracle's "
+                                         "sequences change as co-training changes the model")
+    eval_freq: int = setting(0, "evaluate on the test split every this many steps (0: only at the end)")
+    checkpoint_freq: int = setting(10_000, "write checkpoint.pt every this many steps (0: only at the end)")
+    log_every: int = setting(2048, "log training charts every this many steps")
+    detail_every: int = setting(10240, "evaluate every fixed path on the test split (paths/accuracy/*) and render the decisions "
+                                       "figure (charts/decisions) every this many steps, and at the end: each costs far more "
+                                       "than the scalar charts written every --log-every steps")
+    run_name: str | None = setting(None, "run directory name under --logdir (default <algo>-<dataset>-s<seed>-<time>)")
+    logdir: str = setting("runs", "parent directory of run directories")
+    progress: bool = setting(True, "show progress bars")
 
 
 GROUPS = ("run", "env", "agent")
@@ -108,8 +113,8 @@ def _converter(cls: type, name: str) -> Callable[[str], Any]:
     if _is_name_list(kind):
         base: Callable[[str], Any] = parse_names
     elif typing.get_origin(kind) is tuple:
-        flag = "--" + name.replace("_", "-")
-        base = lambda text: parse_pair(text, flag)  # noqa: E731
+        def base(text: str) -> tuple[float, float]:
+            return parse_pair(text, "--" + name.replace("_", "-"))
     else:
         base = {int: int, float: float, str: str}[kind]
 
@@ -136,10 +141,6 @@ def _add_group(parser: argparse.ArgumentParser, title: str, cls: type, defaults:
             choices = f.metadata.get("choices")
             group.add_argument(flag, default=defaults[f.name], type=_converter(cls, f.name), choices=choices, help=help_text,
                                metavar=None if choices else f.name.upper())
-
-
-def _defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in fields(cls)}
 
 
 def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
@@ -220,63 +221,65 @@ def resolve(
     (``train_ppo.py`` forces ``algo``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     forced = dict(forced or {})
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--resume", type=Path)
-    pre.add_argument("--config")
-    pre.add_argument("--algo", choices=list(algorithms))
-    known, _ = pre.parse_known_args(argv)
-    layered: dict[str, Any] = {}
-    if known.resume:
-        layered.update(_read_saved(known.resume))
-    if known.config:
-        layered.update(_read_yaml(known.config))
+    # --resume, --config and --algo decide which flags exist and what they default to, so they are peeked at first
+    peek = argparse.ArgumentParser(add_help=False)
+    _add_control(peek)
+    peek.add_argument("--algo", choices=list(algorithms))
+    known, _ = peek.parse_known_args(argv)
+    layered = {**(_read_saved(known.resume) if known.resume else {}), **(_read_yaml(known.config) if known.config else {})}
     if forced.get("algo") and known.algo and known.algo != forced["algo"]:
         raise SystemExit(f"error: this script trains {forced['algo']}; for --algo {known.algo} use agents/train.py --algo {known.algo}")
     algo = forced.get("algo") or known.algo or layered.get("algo") or RunSettings.algo
+    source = known.config or (f"--resume {known.resume}" if known.resume else "")
     if algo not in algorithms:
         raise SystemExit(f"error: {known.config or known.resume}: unknown algorithm {algo!r}; choose one of {', '.join(algorithms)}")
-    agent_cls = algorithms[algo]
-    classes = {"run": RunSettings, "env": EnvConfig, "agent": agent_cls}
+    classes = _classes(algorithms[algo])
     owner = {f.name: g for g, cls in classes.items() for f in fields(cls) if not (g == "env" and f.name in RUN_OWNED_ENV)}
-    env_defaults = {k: v for k, v in _defaults(EnvConfig).items() if k not in RUN_OWNED_ENV}
-    defaults = {**_defaults(RunSettings), **env_defaults, **_defaults(agent_cls)}
-    source = f"--resume {known.resume}" if known.resume else ""
+    defaults = {name: getattr(classes[g], name) for name, g in owner.items()}
     for key, value in layered.items():
         if key in _CONTROL:
             raise SystemExit(f"error: --config {known.config}: {key!r} is a command-line flag only")
         if key not in owner:
-            others = [name for name, cls in algorithms.items() if key in {f.name for f in fields(cls)}]
-            hint = f" (it is a setting of {', '.join(others)}, not {algo})" if others else ""
-            raise SystemExit(f"error: {known.config or source}: unknown key {key!r}{hint}")
-        defaults[key] = _coerce(classes[owner[key]], key, value, known.config or source)
+            others = _owners_elsewhere(key, algorithms)
+            raise SystemExit(f"error: {source}: unknown key {key!r}" + (f" (it is a setting of {others}, not {algo})" if others else ""))
+        defaults[key] = _coerce(classes[owner[key]], key, value, source)
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--resume", type=Path, default=None, help="run directory to resume from its checkpoint")
-    parser.add_argument("--config", default=None, help="YAML file with the same keys as these flags; explicit flags override it")
+    _add_control(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists (without it, an existing one is refused)")
     _add_group(parser, "run", RunSettings, defaults)
     _add_group(parser, "environment (gym.make's keyword arguments)", EnvConfig, defaults, skip=RUN_OWNED_ENV)
-    _add_group(parser, f"{algo} (passed verbatim to the algorithm; none = the library's default)", agent_cls, defaults)
+    _add_group(parser, f"{algo} (passed verbatim to the algorithm; none = the library's default)", classes["agent"], defaults)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = unknown[0].split("=")[0]
-        name = flag.lstrip("-").replace("-", "_")
-        others = [n for n, cls in algorithms.items() if name in {f.name for f in fields(cls)}]
-        hint = f" ({flag} is a setting of {', '.join(others)}, not {algo})" if others else ""
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
-    values = vars(args)
-    values.update(forced)
-    values["algo"] = algo
+        others = _owners_elsewhere(flag.lstrip("-").replace("-", "_"), algorithms)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({flag} is a setting of {others}, not {algo})" if others else ""))
+    values = {**vars(args), **forced, "algo": algo}
     try:
         run = RunSettings(**{f.name: values[f.name] for f in fields(RunSettings)})
         env = EnvConfig(**{f.name: values[f.name] for f in fields(EnvConfig) if f.name not in RUN_OWNED_ENV}, seed=run.seed,
                         progress=run.progress)
-        agent = agent_cls(**{f.name: values[f.name] for f in fields(agent_cls)})
+        agent = classes["agent"](**{f.name: values[f.name] for f in fields(classes["agent"])})
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    if values.get("resume") is not None and values.get("overwrite"):
+    if values["resume"] is not None and values["overwrite"]:
         parser.error("--resume continues a run and --overwrite replaces one: give one of them")
-    return ResolvedSettings(run, env, agent, values.get("resume"), bool(values.get("overwrite")))
+    return ResolvedSettings(run, env, agent, values["resume"], bool(values["overwrite"]))
+
+
+def _add_control(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", type=Path, default=None, help="run directory to resume from its checkpoint")
+    parser.add_argument("--config", default=None, help="YAML file with the same keys as these flags; explicit flags override it")
+
+
+def _classes(agent_cls: type) -> dict[str, type]:
+    return {"run": RunSettings, "env": EnvConfig, "agent": agent_cls}
+
+
+def _owners_elsewhere(name: str, algorithms: dict[str, type]) -> str:
+    """The algorithms that have a setting ``name``, for the hint when another algorithm was chosen."""
+    return ", ".join(algo for algo, cls in algorithms.items() if name in {f.name for f in fields(cls)})
 
 
 def settings_from_json(data: dict[str, Any], algorithms: dict[str, type]) -> ResolvedSettings:
@@ -284,13 +287,10 @@ def settings_from_json(data: dict[str, Any], algorithms: dict[str, type]) -> Res
     algo = data.get("algo")
     if algo not in algorithms or not all(isinstance(data.get(g), dict) for g in GROUPS):
         raise ValueError(f"not a DynaLay run configuration (algo {algo!r})")
-    classes = {"run": RunSettings, "env": EnvConfig, "agent": algorithms[algo]}
     built: dict[str, Any] = {}
-    for group, cls in classes.items():  # "effective_agent", written beside them, is a record, not a setting
-        names = {f.name for f in fields(cls)}
-        extra = set(data[group]) - names
+    for group, cls in _classes(algorithms[algo]).items():  # "effective_agent", written beside them, is a record, not a setting
+        extra = set(data[group]) - {f.name for f in fields(cls)}
         if extra:
             raise ValueError(f"config.json {group} has unknown settings {sorted(extra)}")
         built[group] = cls(**{k: _coerce(cls, k, v, "config.json") for k, v in data[group].items()})
     return ResolvedSettings(built["run"], built["env"], built["agent"])
-
