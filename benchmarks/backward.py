@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import harness
-from main_models import ContractiveTanhBlock, FPILayer, resolve_device, set_threads
+from main_models import ContractiveTanhBlock, FPILayer, SolverSettings, resolve_device, set_threads
 
 
 class SavedBytes:
@@ -70,7 +70,7 @@ def measure(variant: str, iters: int, batch: int, dim: int, device: torch.device
     block = ContractiveTanhBlock(dim, dim, contraction=0.95).to(device).eval()
     # an unreachable tol forces exactly `iters` forward iterations; the adjoint solve runs with the
     # layer's defaults (at most 2 * iters iterations)
-    layer = FPILayer(block, tol=1e-30, max_iter=iters, **VARIANTS[variant])
+    layer = FPILayer(block, SolverSettings(tol=1e-30, max_iter=iters, **VARIANTS[variant]))
     mode = VARIANTS[variant]["grad"]
     u0 = torch.randn(batch, dim, device=device)
     target = torch.randn(batch, dim, device=device)

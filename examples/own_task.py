@@ -34,7 +34,7 @@ import numpy as np
 from torch import nn
 
 from agents.train import main as train_agent
-from main_models import ContractiveTanhBlock, DatasetSplits, FPILayer, FPINetwork, register_dataset, register_model, split_indices
+from main_models import ContractiveTanhBlock, DatasetSplits, FPILayer, FPINetwork, SolverSettings, register_dataset, register_model, split_indices
 
 DATASET, MODEL = "noisy-parity", "tiny-fpi"
 BITS, MAX_K = 8, 3
@@ -56,7 +56,7 @@ def load_noisy_parity(data_dir: str | None = None, *, seed: int = 0, samples: in
 def build_tiny_fpi(splits: DatasetSplits, *, hidden: int = 32, num_layers: int = 2) -> FPINetwork:
     """Linear stem, ``num_layers`` contractive tanh FPI layers, linear head."""
     features, classes = splits.input_shape[0], splits.num_classes
-    layers = [FPILayer(ContractiveTanhBlock(hidden, hidden, contraction=0.9), tol=1e-3, max_iter=20) for _ in range(num_layers)]
+    layers = [FPILayer(ContractiveTanhBlock(hidden, hidden, contraction=0.9), SolverSettings(tol=1e-3, max_iter=20)) for _ in range(num_layers)]
     return FPINetwork(
         nn.Sequential(nn.Linear(features, hidden), nn.ReLU()),
         layers,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import torch
@@ -53,6 +53,9 @@ class Picard:
         pass
 
     def keep(self, index: Tensor) -> None:
+        pass
+
+    def release(self) -> None:
         pass
 
     def next_iterate(self, z: Tensor, fz: Tensor, g: Tensor, k: int) -> Tensor:
@@ -100,6 +103,10 @@ class Anderson:
 
     def keep(self, index: Tensor) -> None:
         self._f, self._g, self._gram = self._f[index], self._g[index], self._gram[index]
+
+    def release(self) -> None:
+        """Forget the last solve's history (:meth:`start` allocates the next one's)."""
+        self._f = self._g = self._gram = None
 
     def next_iterate(self, z: Tensor, fz: Tensor, g: Tensor, k: int) -> Tensor:
         """Push f(z_k) and g_k = f(z_k) - z_k (flattened, (B, d)) and return z_{k+1}."""
@@ -158,6 +165,14 @@ class FixedPointProblem(NamedTuple):
     """One tolerance, or one per row ((B,) tensor)."""
     max_iter: int = 30
     solver: "Picard | Anderson | None" = None
+
+
+def _release(solver: Any) -> None:
+    """Drop what a solver keeps of a finished solve (Anderson's history), so that a solver object
+    reused across solves, as :class:`FPILayer` does, holds no tensor (or graph) of an old one."""
+    release = getattr(solver, "release", None)
+    if callable(release):
+        release()
 
 
 class _ActiveSolve:
@@ -285,6 +300,7 @@ def solve_together(problems: Sequence[FixedPointProblem]) -> list[FPIResult]:
                 s.residual[dst] = stopped_rel.to(s.residual.dtype)
                 s.converged[dst] = (stopped_rel < (s.tol[stop_idx] if s.row_tol else s.tol)) & ~bad
                 if n_stop == sizes[i]:
+                    _release(s.solver)
                     continue
                 keep = (~s_stop).nonzero().squeeze(1)
                 s.rows = s.rows[keep]
@@ -342,6 +358,84 @@ def check_grad_mode(grad: str, block: nn.Module) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SolverSettings:
+    """How an FPI layer solves and differentiates: everything :class:`FPILayer` takes besides its
+    block. Immutable; change a layer's with ``layer.settings = dataclasses.replace(layer.settings,
+    ...)`` or a network's with :meth:`FPINetwork.configure_solver`.
+
+    The fields marked "None" are filled in by :meth:`resolved` when a layer takes the settings, so a
+    layer's ``settings`` never hold None."""
+
+    tol: float = 1e-3
+    """Relative residual at which a row stops."""
+    max_iter: int | None = None
+    """Iteration cap per solve; None takes the block's natural cap (30, or T + 1 for the LSTM)."""
+    grad: GradMode = "implicit"
+    """Gradient through the fixed point (see :class:`FPILayer`)."""
+    solver: str = "picard"
+    """Forward solver: ``"picard"`` (plain iteration) or ``"anderson"`` (see :class:`Anderson`)."""
+    backward_solver: str | None = None
+    """Solver of the implicit gradient's adjoint system; None uses ``solver``."""
+    anderson_memory: int = 5
+    """Anderson's history length (``memory`` of :class:`Anderson`), for whichever solve uses it."""
+    backward_tol: float = 1e-5
+    """Tolerance of the implicit gradient's adjoint solve (a floor with ``backward_tol_from_forward``)."""
+    backward_max_iter: int | None = None
+    """Iteration cap of the adjoint solve; None is twice ``max_iter``."""
+    phantom_steps: int = 1
+    """Damped steps of the phantom gradient."""
+    phantom_tau: float = 1.0
+    """Damping of the phantom gradient's steps (1: the Jacobian-free gradient)."""
+    backward_tol_from_forward: bool = True
+    """Solve each row's adjoint only as far as its forward residual (see :meth:`FPILayer._adjoint_tol`)."""
+
+    def __post_init__(self) -> None:
+        if self.grad not in GRAD_MODES:
+            raise ValueError(f"grad must be one of {GRAD_MODES}, got {self.grad!r}")
+        if not (self.tol > 0 and self.backward_tol > 0):
+            raise ValueError("tol and backward_tol must be positive")
+        if (self.max_iter is not None and self.max_iter < 1) or self.phantom_steps < 1:
+            raise ValueError("max_iter and phantom_steps must be >= 1")
+        self.make_solvers()  # an unknown name or bad options are refused now, not at the first solve
+
+    def resolved(self, default_max_iter: int = 30) -> "SolverSettings":
+        """These settings with every None filled in: ``max_iter`` (``default_max_iter``),
+        ``backward_max_iter`` (twice ``max_iter``) and ``backward_solver`` (``solver``)."""
+        max_iter = self.max_iter if self.max_iter is not None else default_max_iter
+        return replace(
+            self,
+            max_iter=max_iter,
+            backward_max_iter=self.backward_max_iter if self.backward_max_iter is not None else 2 * max_iter,
+            backward_solver=self.backward_solver if self.backward_solver is not None else self.solver,
+        )
+
+    def make_solver(self, name: str) -> "Picard | Anderson":
+        """A solver ``name`` with these settings' options (Anderson's memory)."""
+        return make_solver(name, memory=self.anderson_memory) if name == "anderson" else make_solver(name)
+
+    def make_solvers(self) -> "tuple[Picard | Anderson, Picard | Anderson]":
+        """The (forward, adjoint) solver objects these settings name."""
+        return self.make_solver(self.solver), self.make_solver(self.backward_solver or self.solver)
+
+    def layer(self, block: nn.Module, default_max_iter: int = 30) -> "FPILayer":
+        """An :class:`FPILayer` of ``block`` with these settings, ``max_iter`` None taking
+        ``default_max_iter`` (the block's natural cap)."""
+        return FPILayer(block, self.resolved(default_max_iter))
+
+
+def _setting(name: str) -> property:
+    """A layer attribute that reads (and, by replacing the settings, writes) one of its settings."""
+
+    def get(self: "FPILayer") -> Any:
+        return getattr(self.settings, name)
+
+    def set(self: "FPILayer", value: Any) -> None:
+        self.settings = replace(self.settings, **{name: value})
+
+    return property(get, set, doc=f"``settings.{name}`` (assigning it replaces the layer's settings).")
+
+
 class FPILayer(nn.Module):
     """Model-agnostic FPI layer: wraps any block ``f(z, u)`` (state z, input u).
 
@@ -349,7 +443,13 @@ class FPILayer(nn.Module):
     when converged) and returns an :class:`FPIResult`. ``apply_once(z, u)`` is the layer's
     straightforward mode: a single application.
 
-    Gradients (``grad``):
+    How it solves and differentiates is one :class:`SolverSettings` (``settings``, default
+    ``SolverSettings()``: plain iteration to 1e-3 in at most 30 iterations, implicit gradient). The
+    solver objects are built when settings are assigned and reused by every solve until the next
+    assignment; ``layer.tol``, ``layer.solver`` (the name), ... read the settings, and assigning
+    one of them replaces the settings the same way.
+
+    Gradients (``settings.grad``):
       * ``"implicit"`` (default): implicit differentiation. The forward solve runs without a graph;
         backward solves the adjoint fixed point ``g = J^T g + dL/dz*`` by iteration with
         vector-Jacobian products (paper Algorithm 1), never forming J. Memory is independent of the
@@ -370,52 +470,55 @@ class FPILayer(nn.Module):
     flagged as not converged.
     """
 
-    def __init__(
-        self,
-        block: nn.Module,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 30,
-        grad: GradMode = "implicit",
-        backward_tol: float = 1e-5,
-        backward_max_iter: int | None = None,
-        phantom_steps: int = 1,
-        phantom_tau: float = 1.0,
-        solver: str = "picard",
-        backward_solver: str | None = None,
-        anderson_memory: int = 5,
-        backward_tol_from_forward: bool = True,
-    ) -> None:
+    def __init__(self, block: nn.Module, settings: SolverSettings = SolverSettings()) -> None:
         super().__init__()
-        check_grad_mode(grad, block)
-        if tol <= 0 or backward_tol <= 0:
-            raise ValueError("tol and backward_tol must be positive")
-        if max_iter < 1 or phantom_steps < 1:
-            raise ValueError("max_iter and phantom_steps must be >= 1")
         self.block = block
-        self.tol = tol
-        self.max_iter = max_iter
-        self.grad = grad
-        self.backward_tol = backward_tol
-        self.backward_max_iter = backward_max_iter if backward_max_iter is not None else 2 * max_iter
-        self.phantom_steps = phantom_steps
-        self.phantom_tau = phantom_tau
-        self.solver = solver
-        self.backward_solver = backward_solver if backward_solver is not None else solver
-        self.anderson_memory = anderson_memory
-        self.backward_tol_from_forward = backward_tol_from_forward
-        for name in (self.solver, self.backward_solver):
-            self._make_solver(name)  # refuse an unknown name or bad options now, not at the first solve
+        self.settings = settings
         self.last_backward_stats: FPIResult | None = None
         """Convergence statistics of the most recent implicit adjoint solve (z left empty)."""
 
-    def _make_solver(self, name: str) -> "Picard | Anderson":
-        return make_solver(name, memory=self.anderson_memory) if name == "anderson" else make_solver(name)
+    @property
+    def settings(self) -> SolverSettings:
+        """How this layer solves and differentiates, every None resolved (see
+        :meth:`SolverSettings.resolved`; a ``max_iter`` of None becomes 30). Assigning new settings
+        checks them against the block and builds the solvers they name, once: every solve until the
+        next assignment reuses them."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: SolverSettings) -> None:
+        settings = settings.resolved()
+        check_grad_mode(settings.grad, self.block)
+        self._solvers = settings.make_solvers()
+        self._settings = settings
+
+    tol = _setting("tol")
+    max_iter = _setting("max_iter")
+    grad = _setting("grad")
+    solver = _setting("solver")
+    """The forward solver's name (the object is :attr:`forward_solver`)."""
+    backward_solver = _setting("backward_solver")
+    anderson_memory = _setting("anderson_memory")
+    backward_tol = _setting("backward_tol")
+    backward_max_iter = _setting("backward_max_iter")
+    phantom_steps = _setting("phantom_steps")
+    phantom_tau = _setting("phantom_tau")
+    backward_tol_from_forward = _setting("backward_tol_from_forward")
+
+    @property
+    def forward_solver(self) -> "Picard | Anderson":
+        """The forward solve's solver object, built when the settings were last assigned."""
+        return self._solvers[0]
+
+    @property
+    def adjoint_solver(self) -> "Picard | Anderson":
+        """The implicit gradient's adjoint solver object, built when the settings were last assigned."""
+        return self._solvers[1]
 
     def solver_overhead_flops(self, iterations: Tensor, state_numel: int) -> Tensor:
         """FLOPs the forward solver spends beyond its function evaluations, for rows that took
         ``iterations`` evaluations on a state of ``state_numel`` values (0 for plain iteration)."""
-        return self._make_solver(self.solver).overhead_flops(iterations, state_numel)
+        return self.forward_solver.overhead_flops(iterations, state_numel)
 
     def initial_state(self, u: Tensor) -> Tensor:
         """The state a layer starts from before it is applied: the block's, or zeros like u."""
@@ -438,7 +541,7 @@ class FPILayer(nn.Module):
             with parametrize.cached():
                 step, row_args = self._prepare(u)
                 return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter,
-                                         solver=self._make_solver(self.solver))
+                                         solver=self.forward_solver)
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
             solved = solve_together([self.problem(u.detach(), z0.detach())])[0]
@@ -490,7 +593,7 @@ class FPILayer(nn.Module):
         """The graph-free solve of this layer from ``z0`` for input ``u``, for :func:`solve_together`
         (the network solves every layer chosen in a step at once). Call it under ``torch.no_grad``."""
         step, row_args = self._prepare(u)
-        return FixedPointProblem(step, z0, row_args, self.tol, self.max_iter, self._make_solver(self.solver))
+        return FixedPointProblem(step, z0, row_args, self.tol, self.max_iter, self.forward_solver)
 
     def _prepare(self, u: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
         """The iteration map and its per-row arguments. A block may define ``prepare(u)`` to hoist
@@ -523,12 +626,12 @@ class FPILayer(nn.Module):
                     vjp, row_args = adjoint_prepare(z_star, u, f_star)
                     solved = fixed_point_solve(
                         lambda g, *a: vjp(g, *a[:-1]) + a[-1], grad, (*row_args, grad),
-                        tol=tol, max_iter=self.backward_max_iter, solver=self._make_solver(self.backward_solver),
+                        tol=tol, max_iter=self.backward_max_iter, solver=self.adjoint_solver,
                     )
                 else:
                     solved = fixed_point_solve(
                         _AdjointVJP(self.block), grad, (z_star, u, grad),
-                        tol=tol, max_iter=self.backward_max_iter, solver=self._make_solver(self.backward_solver),
+                        tol=tol, max_iter=self.backward_max_iter, solver=self.adjoint_solver,
                     )
             self.last_backward_stats = solved._replace(z=solved.z.new_empty(0))
             return solved.z
@@ -536,30 +639,9 @@ class FPILayer(nn.Module):
         return hook
 
 
-@dataclass(frozen=True)
-class SolverSettings:
-    """How a network's FPI layers solve and differentiate (see :class:`FPILayer`)."""
-
-    tol: float = 1e-3
-    """Relative residual at which a row stops."""
-    max_iter: int | None = None
-    """Iteration cap per solve; None takes the block's natural cap (30, or T + 1 for the LSTM)."""
-    grad: GradMode = "implicit"
-    solver: str = "picard"
-    """Forward solver: ``"picard"`` (plain iteration) or ``"anderson"`` (see :class:`Anderson`)."""
-    backward_solver: str | None = None
-    """Solver of the implicit gradient's adjoint system; None uses ``solver``."""
-    anderson_memory: int = 5
-
-    def layer(self, block: nn.Module, default_max_iter: int = 30) -> "FPILayer":
-        make_solver(self.solver)  # an unknown name is refused here, naming the choices
-        return FPILayer(block, tol=self.tol, max_iter=self.max_iter if self.max_iter is not None else default_max_iter, grad=self.grad,
-                        solver=self.solver, backward_solver=self.backward_solver, anderson_memory=self.anderson_memory)
-
-
 ACCELERATED = SolverSettings(solver="anderson")
 """The default of the mlp and cnn main models: on them Anderson acceleration gives the same accuracy
-for 10-19 % less charged compute than plain iteration at tol 1e-3 (benchmarks/solver.py). The
+for less charged compute than plain iteration at tol 1e-3 (benchmarks/README.md, 'FPI solvers'). The
 Jacobi LSTMs keep plain iteration, which reaches their exact fixed point in at most T + 1 steps."""
 
 

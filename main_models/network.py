@@ -9,7 +9,7 @@ summaries of each layer.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Iterator
 
@@ -121,8 +121,10 @@ class FPINetwork(nn.Module):
     def configure_solver(self, solver: str | None = None, *, tol: float | None = None, max_iter: int | None = None,
                          anderson_memory: int | None = None, grad: str | None = None) -> None:
         """Change how every FPI layer solves and differentiates (the weights stay): the solver, its
-        tolerance, its cap, Anderson's memory, the gradient mode. The cost model follows
-        (:meth:`fpi_step_flops`)."""
+        tolerance, its cap, Anderson's memory, the gradient mode. Each layer's settings are replaced
+        (``dataclasses.replace``) by ones that differ in what is given; a new ``max_iter`` raises the
+        adjoint's cap to at least twice it, and the adjoint solver stays as it was. Everything is
+        checked before any layer changes. The cost model follows (:meth:`fpi_step_flops`)."""
         from .fpi import check_grad_mode, make_solver
 
         if grad is not None:
@@ -134,18 +136,14 @@ class FPINetwork(nn.Module):
             raise ValueError(f"tol must be > 0, got {tol}")
         if max_iter is not None and max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        given = {"solver": solver, "tol": tol, "max_iter": max_iter, "anderson_memory": anderson_memory, "grad": grad}
+        changes = {name: value for name, value in given.items() if value is not None}
+        settings = []
         for layer in self.layers:
-            if solver is not None:
-                layer.solver = solver
-            if tol is not None:
-                layer.tol = tol
-            if max_iter is not None:
-                layer.max_iter = max_iter
-                layer.backward_max_iter = max(layer.backward_max_iter, 2 * max_iter)
-            if anderson_memory is not None:
-                layer.anderson_memory = anderson_memory
-            if grad is not None:
-                layer.grad = grad
+            extra = {} if max_iter is None else {"backward_max_iter": max(layer.settings.backward_max_iter, 2 * max_iter)}
+            settings.append(replace(layer.settings, **changes, **extra))
+        for layer, new in zip(self.layers, settings):
+            layer.settings = new
         self.layer_solver_flops = self._solver_flops_table(list(self.layers)).to(self.layer_flops.device)
 
     # ---- rollouts ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from main_models import ContractiveTanhBlock, FPILayer, fixed_point_solve
+from main_models import ContractiveTanhBlock, FPILayer, SolverSettings, fixed_point_solve
 
 
 def _flat_grads(block, u):
@@ -12,7 +12,7 @@ def _flat_grads(block, u):
 def _grads(mode, block, u, **kw):
     block.zero_grad(set_to_none=True)
     u.grad = None
-    layer = FPILayer(block, grad=mode, **kw)
+    layer = FPILayer(block, SolverSettings(grad=mode, **kw))
     res = layer(u)
     (res.z.sin() * torch.arange(res.z.numel(), dtype=res.z.dtype).view_as(res.z)).sum().backward()
     return _flat_grads(block, u), res
@@ -60,7 +60,7 @@ def test_phantom_gradient_points_the_same_way_as_unrolled():
 def test_forward_converges_to_tolerance_per_row():
     torch.manual_seed(1)
     block = ContractiveTanhBlock(16, 16, contraction=0.9)
-    layer = FPILayer(block, tol=1e-4, max_iter=200)
+    layer = FPILayer(block, SolverSettings(tol=1e-4, max_iter=200))
     with torch.no_grad():
         res = layer(torch.randn(32, 16))
         assert res.converged.all()
@@ -107,12 +107,12 @@ class _Expanding(nn.Module):
 
 def test_non_contractive_block_is_flagged_and_finite():
     u = torch.ones(3, 4)
-    res = FPILayer(_Expanding(), tol=1e-6, max_iter=20)(u)
+    res = FPILayer(_Expanding(), SolverSettings(tol=1e-6, max_iter=20))(u)
     assert not res.converged.any()
     assert (res.iterations == 20).all()
     assert torch.isfinite(res.z).all() and torch.isfinite(res.residual).all()
     # so large that float32 overflows: the last finite iterate is kept, still flagged
-    res = FPILayer(_Expanding(), tol=1e-6, max_iter=500)(u)
+    res = FPILayer(_Expanding(), SolverSettings(tol=1e-6, max_iter=500))(u)
     assert not res.converged.any()
     assert torch.isfinite(res.z).all() and torch.isfinite(res.residual).all()
     assert (res.iterations < 500).all()
@@ -133,7 +133,7 @@ def test_implicit_backward_through_non_contractive_block_stays_finite():
 
     wrap = Wrap()
     u = torch.ones(2, 4, requires_grad=True)
-    res = FPILayer(wrap, tol=1e-6, max_iter=30, backward_max_iter=30)(u)
+    res = FPILayer(wrap, SolverSettings(tol=1e-6, max_iter=30, backward_max_iter=30))(u)
     res.z.sum().backward()
     assert torch.isfinite(u.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in wrap.parameters())
@@ -142,8 +142,8 @@ def test_implicit_backward_through_non_contractive_block_stays_finite():
 def test_bad_arguments_are_refused():
     block = ContractiveTanhBlock(4, 4)
     with pytest.raises(ValueError, match="grad must be one of"):
-        FPILayer(block, grad="magic")
+        FPILayer(block, SolverSettings(grad="magic"))
     with pytest.raises(ValueError, match="max_iter"):
-        FPILayer(block, max_iter=0)
+        FPILayer(block, SolverSettings(max_iter=0))
     with pytest.raises(ValueError, match="contraction"):
         ContractiveTanhBlock(4, 4, contraction=1.5)

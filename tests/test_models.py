@@ -26,6 +26,7 @@ from main_models import (
     DatasetSplits,
     FPILayer,
     JacobiLSTMBlock,
+    SolverSettings,
     build_main_model,
     load_dataset,
     load_digits,
@@ -180,7 +181,7 @@ def test_lstm_fixed_point_is_the_sequential_lstm_and_iterations_track_length():
     torch.manual_seed(0)
     T = 10
     block = JacobiLSTMBlock(5, 8, T)
-    layer = FPILayer(block, tol=1e-9, max_iter=T + 1)
+    layer = FPILayer(block, SolverSettings(tol=1e-9, max_iter=T + 1))
     lengths = [10, 7, 3, 1]
     u = _marked(torch.randn(4, T, 5), lengths)
     with torch.no_grad():
@@ -206,7 +207,7 @@ def test_lstm_implicit_gradient_is_backprop_through_time():
     torch.manual_seed(0)
     T = 7
     block = JacobiLSTMBlock(3, 6, T)
-    layer = FPILayer(block, tol=1e-10, max_iter=T + 1, grad="implicit", backward_tol=1e-10)
+    layer = FPILayer(block, SolverSettings(tol=1e-10, max_iter=T + 1, grad="implicit", backward_tol=1e-10))
     feats = torch.randn(2, T, 3, requires_grad=True)
     u = _marked(feats, [7, 4])
     weight = torch.randn(2, T, 13)
@@ -394,7 +395,7 @@ def test_exact_gradient_is_the_implicit_gradient_at_the_scanned_fixed_point():
     weight = torch.randn(3, T, 13, dtype=torch.float64)
     grads = {}
     for mode in ("implicit", "exact"):
-        layer = FPILayer(block, tol=1e-12, max_iter=T + 1, grad=mode, backward_tol=1e-12)
+        layer = FPILayer(block, SolverSettings(tol=1e-12, max_iter=T + 1, grad=mode, backward_tol=1e-12))
         solved = layer(u)
         (solved.z * weight).sum().backward()
         grads[mode] = (solved.z.detach(), feats.grad.clone(), block.gates.weight.grad.clone())
@@ -402,7 +403,7 @@ def test_exact_gradient_is_the_implicit_gradient_at_the_scanned_fixed_point():
     for a, b in zip(grads["implicit"], grads["exact"]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
     with torch.no_grad():  # no gradient needed: the layer iterates, with its per-row counts
-        iterated = FPILayer(block, tol=1e-12, max_iter=T + 1, grad="exact")(u)
+        iterated = FPILayer(block, SolverSettings(tol=1e-12, max_iter=T + 1, grad="exact"))(u)
     assert iterated.iterations.tolist() != [T] * 3 and (iterated.iterations <= torch.tensor([7, 4, 1]) + 1).all()
 
 
@@ -422,7 +423,7 @@ def test_exact_fixed_point_of_a_grid_axis_is_its_jacobi_limit():
 
 def test_exact_gradient_is_refused_for_blocks_without_a_direct_form():
     with pytest.raises(ValueError, match="grad 'exact' needs a block with an exact_fixed_point"):
-        FPILayer(ContractiveTanhBlock(4, 3), grad="exact")
+        FPILayer(ContractiveTanhBlock(4, 3), SolverSettings(grad="exact"))
     net = build_main_model(load_digits())
     with pytest.raises(ValueError, match="ContractiveTanhBlock has none"):
         net.configure_solver(grad="exact")

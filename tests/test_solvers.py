@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from main_models import Anderson, ContractiveTanhBlock, FPILayer, Picard, build_mlp_fpi_network, fixed_point_solve, make_solver
+from main_models import Anderson, ContractiveTanhBlock, FPILayer, Picard, SolverSettings, build_mlp_fpi_network, fixed_point_solve, make_solver
 
 
 def _linear_problem(rate: float = 0.99, d: int = 48, batch: int = 6):
@@ -69,7 +69,7 @@ class _NoFixedPoint(nn.Module):
 
 @pytest.mark.parametrize("solver", ["picard", "anderson"])
 def test_a_map_without_a_fixed_point_stays_finite_and_flags_every_row(solver):
-    res = FPILayer(_NoFixedPoint(), tol=1e-6, max_iter=400, solver=solver)(torch.ones(3, 4))
+    res = FPILayer(_NoFixedPoint(), SolverSettings(tol=1e-6, max_iter=400, solver=solver))(torch.ones(3, 4))
     assert not res.converged.any()
     assert torch.isfinite(res.z).all() and torch.isfinite(res.residual).all()
 
@@ -99,11 +99,11 @@ def test_anderson_solves_give_the_exact_implicit_gradient(adjoint_solver):
     block = ContractiveTanhBlock(12, 7, contraction=0.8).double().eval()
     u = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     tight = dict(tol=1e-13, max_iter=1000, backward_tol=1e-13, backward_max_iter=1000)
-    reference = _grads(FPILayer(block, grad="unrolled", **tight), u)
-    implicit = _grads(FPILayer(block, grad="implicit", solver="anderson", backward_solver=adjoint_solver, **tight), u)
+    reference = _grads(FPILayer(block, SolverSettings(grad="unrolled", **tight)), u)
+    implicit = _grads(FPILayer(block, SolverSettings(grad="implicit", solver="anderson", backward_solver=adjoint_solver, **tight)), u)
     torch.testing.assert_close(implicit, reference, rtol=1e-8, atol=1e-10)
     # autograd through Anderson's own iterations (history, Gram matrix, small solves)
-    unrolled_anderson = _grads(FPILayer(block, grad="unrolled", solver="anderson", **tight), u)
+    unrolled_anderson = _grads(FPILayer(block, SolverSettings(grad="unrolled", solver="anderson", **tight)), u)
     torch.testing.assert_close(unrolled_anderson, reference, rtol=1e-6, atol=1e-8)
 
 
@@ -111,9 +111,9 @@ def test_adjoint_tolerance_matched_to_the_forward_residual_saves_iterations_not_
     torch.manual_seed(0)
     block = ContractiveTanhBlock(64, 64, contraction=0.95).eval()
     u = torch.randn(64, 64, requires_grad=True)
-    reference = _grads(FPILayer(block, grad="unrolled", tol=1e-3, max_iter=30), u)
-    fixed = FPILayer(block, grad="implicit", tol=1e-3, max_iter=30, backward_tol_from_forward=False)
-    matched = FPILayer(block, grad="implicit", tol=1e-3, max_iter=30)  # the default
+    reference = _grads(FPILayer(block, SolverSettings(grad="unrolled", tol=1e-3, max_iter=30)), u)
+    fixed = FPILayer(block, SolverSettings(grad="implicit", tol=1e-3, max_iter=30, backward_tol_from_forward=False))
+    matched = FPILayer(block, SolverSettings(grad="implicit", tol=1e-3, max_iter=30))  # the default
     g_fixed, g_matched = _grads(fixed, u), _grads(matched, u)
     assert matched.last_backward_stats.iterations.sum() < fixed.last_backward_stats.iterations.sum()
     cosine = torch.nn.functional.cosine_similarity(g_matched, reference, dim=0)
@@ -131,7 +131,7 @@ def test_each_main_model_defaults_to_its_cheaper_solver():
 
 def test_unknown_solvers_and_bad_options_are_refused():
     with pytest.raises(ValueError, match="solver must be one of"):
-        FPILayer(ContractiveTanhBlock(4, 4), solver="broyden-ish")
+        FPILayer(ContractiveTanhBlock(4, 4), SolverSettings(solver="broyden-ish"))
     with pytest.raises(ValueError, match="memory must be >= 2"):
         make_solver("anderson", memory=1)
     with pytest.raises(ValueError, match="picard solver takes no options"):
