@@ -3,11 +3,12 @@
 import gymnasium as gym
 
 from .config import TASK_DEFAULTS, EnvConfig, RewardConfig, action_names, default_max_steps, task_defaults
-from .engine import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, DynaLayEngine, ObservationLayout, StepOutput
+from .engine import DynaLayEngine, StepOutput
 from .make import build_engine, cache_directory, export_main_model, load_main_model, make_engine, make_trainer, new_main_model, prepare_main_model
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
 from .evaluation import EvalReport, OraclePaths, OracleReport, evaluate_policy, oracle, oracle_paths, sequence_name, sequence_shares
-from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord
+from .observation import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, ObservationLayout
+from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord, EpisodeState
 
 ENV_ID = "DynaLay-v0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "DynaLayVectorEnv",
     "EnvConfig",
     "EpisodeRecord",
+    "EpisodeState",
     "EvalReport",
     "ObservationLayout",
     "OraclePaths",

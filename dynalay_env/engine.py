@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +31,15 @@ from torch import Tensor
 from main_models import DatasetSplits, FPINetwork, MainModelTrainer, PathState, default_model, resolve_device
 
 from .config import RewardConfig, default_max_steps
-from .record import EpisodeRecord
+from .observation import (  # noqa: F401  (re-exported: importers of these names from the engine keep working)
+    DEFAULT_OBSERVATION,
+    LAM_LOG_FLOOR,
+    OBSERVATION_GROUPS,
+    ObservationLayout,
+    lam_log_position,
+    observe,
+)
+from .record import EpisodeRecord, EpisodeState
 
 MODES = ("train", "eval")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -49,17 +58,6 @@ def outside_inference_mode(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-OBSERVATION_GROUPS: dict[str, str] = {
-    "activations": "pooled activations of every layer (summary_bins columns per layer)",
-    "lam": "lambda over the largest the env draws, and lambda's log-scale position log10(lam + 1e-4) / 4 + 1 (0 at lambda 0, 1 at 1)",
-    "progress": "step index / T, one-hot of the last FPI layer, consecutive-repeat count / T",
-    "confidence": "the head's largest class probability",
-    "margin": "the head's top-1 minus top-2 probability, and its entropy over log(classes)",
-    "iterated": "per layer, 1 where it sits at its fixed point for its current input (it was solved and nothing below it changed since)",
-    "residuals": "per layer, the relative fixed-point residual at its current state (costs one application of every layer per "
-                 "observation, charged to the step that needs it)",
-}
-"""The observation's feature groups, in column order; an env observes the ones it is given."""
 STEP_PHASES: dict[str, str] = {
     "solve": "FPI steps: the solves of the chosen layers and the passes above them",
     "observation": "readout, confidence and the observation of the rows that changed",
@@ -68,90 +66,6 @@ STEP_PHASES: dict[str, str] = {
     "step": "whole calls of step(), the phases above included (the rest is the MDP's bookkeeping)",
 }
 """The phases :attr:`DynaLayEngine.seconds` times."""
-DEFAULT_OBSERVATION: tuple[str, ...] = ("activations", "lam", "progress", "confidence")
-LAM_LOG_FLOOR = 1e-4
-"""lambda's log-scale feature is log10(lam + LAM_LOG_FLOOR), mapped so that [0, 1] -> [0, 1]."""
-
-
-def lam_log_position(lam: Tensor | float) -> Tensor:
-    lam = torch.as_tensor(lam, dtype=torch.float32)
-    return (torch.log10(lam + LAM_LOG_FLOOR) - torch.log10(torch.tensor(LAM_LOG_FLOOR))) / -torch.log10(torch.tensor(LAM_LOG_FLOOR))
-
-
-class _Column:
-    """A named column of an :class:`ObservationLayout`: ``offset`` from its feature group's start
-    (from its end when negative). Reading it raises KeyError when the layout lacks the group."""
-
-    def __init__(self, group: str, offset: int = 0) -> None:
-        self.group, self.offset = group, offset
-
-    def __get__(self, layout: "ObservationLayout | None", owner: type) -> Any:
-        if layout is None:
-            return self
-        span = layout.group(self.group)
-        return span.start + self.offset if self.offset >= 0 else span.stop + self.offset
-
-
-class _Span:
-    """A whole feature group of an :class:`ObservationLayout`, as a slice."""
-
-    def __init__(self, group: str) -> None:
-        self.group = group
-
-    def __get__(self, layout: "ObservationLayout | None", owner: type) -> Any:
-        return self if layout is None else layout.group(self.group)
-
-
-@dataclass(frozen=True)
-class ObservationLayout:
-    """Column slices of the flat float32 observation, for the feature groups it holds."""
-
-    num_layers: int
-    summary_dim: int
-    groups: tuple[str, ...] = DEFAULT_OBSERVATION
-
-    def __post_init__(self) -> None:
-        unknown = [g for g in self.groups if g not in OBSERVATION_GROUPS]
-        if unknown or not self.groups:
-            raise ValueError(f"observation groups must be a non-empty subset of {list(OBSERVATION_GROUPS)}, got {list(self.groups)}")
-        object.__setattr__(self, "groups", tuple(g for g in OBSERVATION_GROUPS if g in self.groups))
-
-    def _widths(self) -> dict[str, int]:
-        L = self.num_layers
-        return {"activations": self.summary_dim, "lam": 2, "progress": L + 2, "confidence": 1, "margin": 2, "iterated": L,
-                "residuals": L}
-
-    def group(self, name: str) -> slice:
-        if name not in self.groups:
-            raise KeyError(f"this observation has no {name!r} group (it holds {list(self.groups)})")
-        start = 0
-        for g in self.groups:
-            width = self._widths()[g]
-            if g == name:
-                return slice(start, start + width)
-            start += width
-        raise AssertionError(name)
-
-    @property
-    def size(self) -> int:
-        return sum(self._widths()[g] for g in self.groups)
-
-    activations = _Span("activations")
-    lam = _Column("lam")
-    lam_log = _Column("lam", 1)
-    step_fraction = _Column("progress")
-    repeat_fraction = _Column("progress", -1)
-    confidence = _Column("confidence")
-    margin = _Column("margin")
-    entropy = _Column("margin", 1)
-    iterated = _Span("iterated")
-    residuals = _Span("residuals")
-
-    @property
-    def last_action(self) -> slice:
-        """One-hot of the last FPI layer chosen (all zero before the first step)."""
-        start = self.group("progress").start + 1
-        return slice(start, start + self.num_layers)
 
 
 @dataclass
@@ -246,23 +160,10 @@ class DynaLayEngine:
         if mode == "eval":
             self.model.eval()
 
-        n, dev = self.num_envs, self.device
-        self.sample = torch.zeros(n, dtype=torch.long, device=dev)
-        self.label = torch.zeros(n, dtype=torch.long, device=dev)
-        self.lam_row = torch.full((n,), self.reward.lam, device=dev)
-        self._steps = torch.zeros(n, dtype=torch.long, device=dev)
-        self.last_action = torch.zeros(n, dtype=torch.long, device=dev)
-        self.repeat = torch.zeros(n, dtype=torch.long, device=dev)
-        self.prediction = torch.zeros(n, dtype=torch.long, device=dev)
-        self.confidence = torch.zeros(n, device=dev)
-        self.ep_compute = torch.zeros(n, device=dev)
-        self.ep_iterations = torch.zeros(n, dtype=torch.long, device=dev)
-        self.ep_layer_iterations = torch.zeros(n, self.num_layers, dtype=torch.long, device=dev)
-        self.ep_return = torch.zeros(n, device=dev)
-        self.path = torch.zeros(n, self.max_steps, dtype=torch.long, device=dev)
-        self.iterated = torch.zeros(n, self.num_layers, dtype=torch.bool, device=dev)
-        self._running = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.obs = torch.zeros(n, self.layout.size, device=dev)
+        self.episodes = EpisodeState.zeros(
+            self.num_envs, self.num_layers, self.max_steps, self.layout.size, self.device, lam_row=self.reward.lam
+        )
+        """The per-row state of the episodes in flight (its fields read as ``engine.<field>`` too)."""
         self.state: PathState | None = None
         self.model_name = model_name or default_model(self.splits)
         """The main model's registry name (main_models.MAIN_MODELS)."""
@@ -272,15 +173,24 @@ class DynaLayEngine:
         waits for them (the solver's convergence checks do)."""
 
     # ---- read-only views -----------------------------------------------------------------------
+    # Every EpisodeState field reads as an engine attribute as well (engine.sample, engine.obs, ...;
+    # added below the class); these two are documented here.
     @property
     def running(self) -> Tensor:
         """Which rows hold an episode in progress, bool (N,). Read it; do not write to it."""
-        return self._running
+        return self.episodes.running
 
     @property
     def steps(self) -> Tensor:
         """FPI steps taken so far in each row's episode, int64 (N,). Read it; do not write to it."""
-        return self._steps
+        return self.episodes.steps
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Add the host wall time of the block to ``seconds[phase]`` (not when it raises)."""
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - start
 
     # ---- reset -------------------------------------------------------------------------------
     def seed(self, seed: int) -> None:
@@ -290,7 +200,7 @@ class DynaLayEngine:
 
     def stop(self) -> None:
         """End every episode in flight without an answer, reward or record: all rows go idle."""
-        self._running.zero_()
+        self.episodes.running.zero_()
 
     @outside_inference_mode
     def reset(self, rows: Tensor | None = None) -> Tensor:
@@ -299,7 +209,7 @@ class DynaLayEngine:
             rows = torch.arange(self.num_envs, device=self.device)
         n = rows.numel()
         if n == 0:
-            return self.obs
+            return self.episodes.obs
         if self.mode == "eval":
             sample = (self._eval_cursor + torch.arange(n, device=self.device)) % self.num_samples
             self._eval_cursor += n
@@ -307,10 +217,8 @@ class DynaLayEngine:
             sample = torch.randint(self.num_samples, (n,), device=self.device, generator=self.generator)
         lam = self.reward.sample(n, self.generator, self.device)
 
-        start = time.perf_counter()
-        with self.model.rollout_weights():
+        with self._timed("reset"), self.model.rollout_weights():
             fresh = self.model.straightforward(self.x_all[sample])
-        self.seconds["reset"] += time.perf_counter() - start
         if self.state is None:
             self.state = PathState(
                 torch.zeros(self.num_envs, *fresh.u.shape[1:], device=self.device),
@@ -320,28 +228,16 @@ class DynaLayEngine:
         for z_all, z_new in zip(self.state.z, fresh.z):
             z_all.index_copy_(0, rows, z_new)
 
-        self.sample[rows] = sample
-        self.label[rows] = self.y_all[sample]
-        self.lam_row[rows] = lam
-        self._steps[rows] = 0
-        self.last_action[rows] = 0
-        self.repeat[rows] = 0
-        self.ep_compute[rows] = 1.0 + self._probe_cost
-        self.ep_iterations[rows] = 0
-        self.ep_layer_iterations[rows] = 0
-        self.ep_return[rows] = 0.0
-        self.path[rows] = 0
-        self.iterated[rows] = False
-        self._running[rows] = True
+        self.episodes.reset_rows(rows, sample=sample, label=self.y_all[sample], lam_row=lam, ep_compute=1.0 + self._probe_cost)
         self._refresh(rows, fresh)
-        return self.obs
+        return self.episodes.obs
 
     # ---- step --------------------------------------------------------------------------------
     def action_masks(self) -> Tensor:
         """Which actions the MDP allows in each row, bool (N, L+1): every action while an episode runs
         (the budget T ends an episode; it never forbids an FPI step), only NOP in an idle row."""
         masks = torch.ones(self.num_envs, self.num_layers + 1, dtype=torch.bool, device=self.device)
-        masks[:, 1:] &= self._running.unsqueeze(1)
+        masks[:, 1:] &= self.episodes.running.unsqueeze(1)
         return masks
 
     def validate_actions(self, actions: Tensor) -> None:
@@ -361,7 +257,10 @@ class DynaLayEngine:
     def step(self, actions: Tensor, *, validate: bool = True, active: Tensor | None = None) -> StepOutput:
         """Advance every running row by one action. Idle rows (finished, not reset) do nothing, and
         so do rows outside ``active`` (a bool (N,) mask) when it is given: their actions are ignored."""
-        step_start = time.perf_counter()
+        with self._timed("step"):
+            return self._step(actions, validate=validate, active=active)
+
+    def _step(self, actions: Tensor, *, validate: bool, active: Tensor | None) -> StepOutput:
         if self.state is None:
             raise RuntimeError("call reset() before step()")
         if validate:
@@ -369,69 +268,53 @@ class DynaLayEngine:
         actions = actions.to(self.device, torch.long).clone() if actions.is_inference() else actions
         if actions.device != self.device or actions.dtype != torch.long:
             actions = actions.to(self.device, torch.long)
-        running = self._running if active is None else self._running & active
+        ep = self.episodes
+        running = ep.running if active is None else ep.running & active
         fpi = running & (actions > 0)
         nop = running & (actions == 0)
         choice = torch.where(fpi, actions, torch.zeros_like(actions))
 
-        start = time.perf_counter()
-        with self.model.rollout_weights():
+        with self._timed("solve"), self.model.rollout_weights():
             self.state, iterations = self.model.fpi_step(self.state, choice)
-        self.seconds["solve"] += time.perf_counter() - start
         layer = (choice - 1).clamp_min(0)
         step_flops = self.model.fpi_step_flops(layer, iterations) / self._full_flops + self._probe_cost
         step_cost = torch.where(fpi, step_flops.float(), 0.0)
         # the solved layer sits at its fixed point; the layers above were re-applied once from new inputs
         depth = torch.arange(1, self.num_layers + 1, device=self.device)
-        self.iterated = torch.where(fpi.unsqueeze(1) & (depth >= choice.unsqueeze(1)), depth == choice.unsqueeze(1), self.iterated)
-        self.repeat = torch.where(fpi, torch.where(actions == self.last_action, self.repeat + 1, 1), self.repeat)
-        reward = -self.reward.beta * self.lam_row * step_cost * self.repeat
+        ep.iterated = torch.where(fpi.unsqueeze(1) & (depth >= choice.unsqueeze(1)), depth == choice.unsqueeze(1), ep.iterated)
+        ep.repeat = torch.where(fpi, torch.where(actions == ep.last_action, ep.repeat + 1, 1), ep.repeat)
+        reward = -self.reward.beta * ep.lam_row * step_cost * ep.repeat
         stepped = fpi.nonzero().squeeze(1)
         # Running rows always have steps < T here: reaching T ends the episode.
-        self.path[stepped, self._steps[stepped]] = actions[stepped]
-        self._steps += fpi
-        self.last_action = torch.where(fpi, actions, self.last_action)
-        self.ep_compute += step_cost
-        self.ep_iterations += iterations
-        self.ep_layer_iterations.scatter_add_(1, layer.unsqueeze(1), iterations.unsqueeze(1))
+        ep.path[stepped, ep.steps[stepped]] = actions[stepped]
+        ep.steps += fpi
+        ep.last_action = torch.where(fpi, actions, ep.last_action)
+        ep.ep_compute += step_cost
+        ep.ep_iterations += iterations
+        ep.ep_layer_iterations.scatter_add_(1, layer.unsqueeze(1), iterations.unsqueeze(1))
 
         if stepped.numel():
             self._refresh(stepped, self.state.rows(stepped))
 
-        done = nop | (fpi & (self._steps >= self.max_steps))
-        correct = self.prediction == self.label
+        done = nop | (fpi & (ep.steps >= self.max_steps))
+        correct = ep.prediction == ep.label
         reward = reward + self.reward.alpha * (done & correct)
-        self.ep_return += reward
+        ep.ep_return += reward
         done_rows = done.nonzero().squeeze(1)
-        finished = EpisodeRecord.from_tensors(
-            correct=correct[done_rows],
-            compute=self.ep_compute[done_rows],
-            iterations=self.ep_iterations[done_rows],
-            layer_iterations=self.ep_layer_iterations[done_rows],
-            steps=self._steps[done_rows],
-            path=self.path[done_rows],
-            label=self.label[done_rows],
-            sample=self.sample[done_rows],
-            lam=self.lam_row[done_rows],
-            difficulty=self.difficulty_all[self.sample[done_rows]],
-            **{"return": self.ep_return[done_rows]},
-        )
-        final_obs = self.obs[done_rows].clone()
-        self._running = self._running & ~done
+        finished = ep.record(done_rows, correct=correct[done_rows], difficulty=self.difficulty_all[ep.sample[done_rows]])
+        final_obs = ep.obs[done_rows].clone()
+        ep.running = ep.running & ~done
         if done_rows.numel():
             if self.trainer is not None:
-                start = time.perf_counter()
-                self.trainer.record(finished["sample"], finished["path"])
-                self.seconds["cotrain"] += time.perf_counter() - start
+                with self._timed("cotrain"):
+                    self.trainer.record(finished["sample"], finished["path"])
             if self.autoreset:
                 self.reset(done_rows)
         if self.trainer is not None:
-            start = time.perf_counter()
-            self.trainer.step_finished()
-            self.seconds["cotrain"] += time.perf_counter() - start
-        self.seconds["step"] += time.perf_counter() - step_start
+            with self._timed("cotrain"):
+                self.trainer.step_finished()
         return StepOutput(
-            obs=self.obs,
+            obs=ep.obs,
             reward=reward,
             terminated=done,
             truncated=torch.zeros_like(done),
@@ -444,37 +327,13 @@ class DynaLayEngine:
 
     def _refresh(self, rows: Tensor, state: PathState) -> None:
         """Recompute prediction, confidence and the observation of ``rows`` from their state."""
-        start = time.perf_counter()
-        with self.model.rollout_weights():
+        ep = self.episodes
+        with self._timed("observation"), self.model.rollout_weights():
             probs = F.softmax(self.model.readout(state), dim=1)
             conf, pred = probs.max(dim=1)
-            self.prediction[rows] = pred
-            self.confidence[rows] = conf
-            lay, groups = self.layout, self.layout.groups
-            obs = torch.empty(rows.numel(), lay.size, device=self.device)
-            if "activations" in groups:
-                obs[:, lay.activations] = self.model.layer_summaries(state)
-            if "lam" in groups:
-                lam = self.lam_row[rows]
-                obs[:, lay.lam] = lam
-                obs[:, lay.lam_log] = lam_log_position(lam)
-            if "progress" in groups:
-                obs[:, lay.step_fraction] = self._steps[rows].float() / self.max_steps
-                obs[:, lay.last_action] = F.one_hot(self.last_action[rows], self.num_layers + 1)[:, 1:].float()
-                obs[:, lay.repeat_fraction] = self.repeat[rows].float() / self.max_steps
-            if "confidence" in groups:
-                obs[:, lay.confidence] = conf
-            if "margin" in groups:
-                top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
-                obs[:, lay.margin] = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0.0)
-                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
-                obs[:, lay.entropy] = entropy / max(float(np.log(probs.shape[1])), 1e-12)
-            if "iterated" in groups:
-                obs[:, lay.iterated] = self.iterated[rows].float()
-            if "residuals" in groups:
-                obs[:, lay.residuals] = self.model.fixed_point_residuals(state).clamp(max=1.0)
-            self.obs.index_copy_(0, rows, obs)
-        self.seconds["observation"] += time.perf_counter() - start
+            ep.prediction[rows] = pred
+            ep.confidence[rows] = conf
+            ep.obs.index_copy_(0, rows, observe(self.layout, self.model, state, probs, conf, ep, rows, self.max_steps))
 
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -508,12 +367,15 @@ class DynaLayEngine:
 
     # ---- observation space bounds ------------------------------------------------------------
     def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        lay = self.layout
-        low = np.zeros(lay.size, dtype=np.float32)
-        high = np.ones(lay.size, dtype=np.float32)
-        if "activations" in lay.groups:
-            low[lay.activations] = -1.0
-        if "lam" in lay.groups:
-            high[lay.lam] = max(self.reward.lam_high, 0.0)
-            high[lay.lam_log] = max(float(lam_log_position(self.reward.lam_high)), 1.0)
-        return low, high
+        return self.layout.bounds(self.reward.lam_high)
+
+
+def _episode_view(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self.episodes, name), doc=f"{doc}, per row. Read it; do not write to it.")
+
+
+for _name, _spec in EpisodeState.specs().items():
+    if _name not in ("running", "steps"):
+        if hasattr(DynaLayEngine, _name):
+            raise AssertionError(f"EpisodeState.{_name} would hide DynaLayEngine.{_name}")
+        setattr(DynaLayEngine, _name, _episode_view(_name, _spec.doc))
