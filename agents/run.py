@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, cache_directory, evaluate_policy, export_main_model, make_trainer, prepare_main_model
+from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, cache_directory, evaluate_policy, export_main_model, make_trainer, prepare_main_model, time_policy
 from main_models import EpochProgress, evaluate_fixed_path
 
 from .algorithms import Agent
@@ -188,8 +188,10 @@ class TrainingRun:
     def evaluate(self, step: int) -> EvalReport:
         """The agent on the test split at the run's lambda, with the main model frozen."""
         engine = self.engine
-        report = evaluate_policy(engine.model, engine.splits, self.agent.policy(), reward=engine.reward.fixed(self.settings.env.lam),
-                                 max_steps=engine.max_steps, observation=engine.layout.groups, device=engine.device, timing_repeats=1)
+        rollout = dict(reward=engine.reward.fixed(self.settings.env.lam), max_steps=engine.max_steps, observation=engine.layout.groups,
+                       device=engine.device)
+        report = evaluate_policy(engine.model, engine.splits, self.agent.policy(), **rollout)
+        report = report.timed(time_policy(engine.model, engine.splits, self.agent.policy(), repeats=1, **rollout))
         self.logger.log_eval(report, step)
         return report
 

@@ -6,7 +6,19 @@ from .config import TASK_DEFAULTS, EnvConfig, RewardConfig, action_names, defaul
 from .engine import DynaLayEngine, StepOutput
 from .make import build_engine, cache_directory, export_main_model, load_main_model, make_engine, make_trainer, new_main_model, prepare_main_model
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
-from .evaluation import EvalReport, OraclePaths, OracleReport, evaluate_policy, oracle, oracle_paths, sequence_name, sequence_shares
+from .evaluation import (
+    EvalReport,
+    OraclePaths,
+    OracleReport,
+    PolicyTiming,
+    evaluate_policy,
+    oracle,
+    oracle_paths,
+    sequence_name,
+    sequence_shares,
+    time_policies,
+    time_policy,
+)
 from .observation import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, ObservationLayout
 from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord, EpisodeState
 
@@ -60,4 +72,7 @@ __all__ = [
     "sequence_name",
     "sequence_shares",
     "task_defaults",
+    "time_policies",
+    "time_policy",
+    "PolicyTiming",
 ]

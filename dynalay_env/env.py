@@ -29,10 +29,13 @@ from .make import export_main_model, make_engine
 
 
 def _engine(engine: DynaLayEngine | None, num_envs: int, autoreset: bool, settings: dict[str, Any]) -> tuple[DynaLayEngine, str | None]:
-    """The given engine, checked to fit the face, or a new one built from ``settings``; and where to
-    write the main model when the face is closed (``save_main_model``)."""
+    """The given engine, checked to fit the face, or a new one built from ``settings`` (EnvConfig's
+    fields, plus ``device``, ``mode`` and ``data``: loaded :class:`~main_models.DatasetSplits`); and
+    where to write the main model when the face is closed (``save_main_model``)."""
     if engine is None:
-        build = {k: settings.pop(k) for k in ("device", "mode") if k in settings}
+        build = {k: settings.pop(k) for k in ("device", "mode", "data") if k in settings}
+        if build.get("data") is not None:  # loaded data: its name is the dataset's
+            settings.setdefault("dataset", build["data"].name)
         config = EnvConfig(**settings)
         return make_engine(config, num_envs, autoreset=autoreset, **build), config.save_main_model
     if settings:

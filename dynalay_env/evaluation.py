@@ -191,7 +191,6 @@ def evaluate_policy(
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
     reference: EvalReport | None = None,
-    timing_repeats: int = 0,
 ) -> EvalReport:
     """Evaluate ``policy`` (a callable on observations, or a fixed action path such as [1, 2, 3])
     on every test sample once, with the main model frozen, at ``reward.lam`` (a lambda range is
@@ -200,13 +199,10 @@ def evaluate_policy(
     the engine would charge it.
 
     Nothing is timed (``seconds`` and ``fpi_all_seconds`` are NaN): :func:`time_policy` measures
-    wall time apart, and :meth:`EvalReport.timed` adds it. ``timing_repeats`` > 0 does both in one
-    call, for callers written before they were apart. ``reference``, a report of FPI on every layer
+    wall time apart, and :meth:`EvalReport.timed` adds it. ``reference``, a report of FPI on every layer
     on the same model and samples, saves its evaluation: its accuracy and compute are taken from
     there (a sweep of many policies passes one). ``observation`` must be the feature groups the
     policy was trained on (``engine.layout.groups``)."""
-    if timing_repeats < 0:
-        raise ValueError(f"timing_repeats must be >= 0, got {timing_repeats}")
     reward = reward.fixed(reward.lam)
     T = int(max_steps) if max_steps is not None else default_max_steps(model.num_layers)
     if T < 1:
@@ -245,9 +241,6 @@ def evaluate_policy(
         sequences_per_level=sequence_shares(result.paths, result.difficulty),
         actions_per_step=actions_per_step(result.paths, result.steps, result.difficulty, T, model.num_layers),
     )
-    if timing_repeats:
-        report = report.timed(time_policy(model, splits, policy, reward=reward, max_steps=T, observation=observation, batch_size=batch_size,
-                                          device=device, repeats=timing_repeats))
     return report
 
 

@@ -248,15 +248,15 @@ def make_engine(
     autoreset: bool = True,
     device: str | torch.device = "cpu",
     data: DatasetSplits | None = None,
-    model: FPINetwork | None = None,
+    network: FPINetwork | None = None,
     warm_up: bool = True,
     progress: bool = True,
     trainer_type: type[MainModelTrainer] = MainModelTrainer,
 ) -> DynaLayEngine:
     """The engine for ``config``: ``num_envs`` episodes over its data and main model on ``device``.
 
-    ``data`` and ``model`` replace the dataset ``config`` names and a freshly built main model (e.g.
-    to evaluate a trained one; ``config.model`` then only names it). In train mode the engine gets a
+    ``data`` and ``network`` replace the dataset ``config`` names and a freshly built main model
+    (e.g. to evaluate a trained one; ``config.model`` then only names it). In train mode the engine gets a
     :class:`~main_models.MainModelTrainer` that co-trains the main model (unless ``config.cotrain``
     is off), and a fresh model is first warmed up (:func:`prepare_main_model`) unless ``warm_up`` is
     off (the caller warms it up itself, e.g. to checkpoint every epoch). ``progress=False`` silences
@@ -264,8 +264,8 @@ def make_engine(
     (e.g. :class:`~main_models.DistributedMainModelTrainer`)."""
     dev = resolve_device(device)
     splits = (data if data is not None else load_dataset(config.dataset, config.data_dir, seed=0)).to(dev)
-    fresh = model is None
-    network = (new_main_model(config, splits) if fresh else model).to(dev)
+    fresh = network is None
+    network = (new_main_model(config, splits) if fresh else network).to(dev)
     model_name = config.model or default_model(splits)
     network.configure_solver(config.fpi_solver, grad=config.main_grad or TRAINING_GRADS[model_name])
     if config.main_model is not None:

@@ -216,7 +216,7 @@ def test_oracle_paths_reproduce_its_compute_and_answers():
 def test_environment_runs_on_grid_lookup():
     from gymnasium.utils.env_checker import check_env
 
-    env = DynaLayEnv(dataset=_grid(num_train=64, num_test=32, size=4), cotrain_every=8, pretrain_epochs=0)
+    env = DynaLayEnv(data=_grid(num_train=64, num_test=32, size=4), cotrain_every=8, pretrain_epochs=0)
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
     _, _, _, _, info = env.step(2)

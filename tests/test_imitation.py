@@ -66,7 +66,7 @@ def test_the_confidence_rule_pays_for_nothing_it_does_not_read(warm):
     """The rule reads confidence and progress only: at tau 0 it answers at once, for exactly the
     plain path's compute (an observation with the residuals' probe would charge it more)."""
     model, splits = warm.model, warm.splits
-    plain = evaluate_policy(model, splits, [], max_steps=warm.max_steps, timing_repeats=0)
+    plain = evaluate_policy(model, splits, [], max_steps=warm.max_steps)
     points = sweep("confidence", model, splits, taus=[0.0], max_steps=warm.max_steps, observation=CONFIDENCE_RULE_OBSERVATION)
     assert points[0]["compute_fraction"] == pytest.approx(plain.compute_fraction, rel=1e-6)
     assert points[0]["order"] == [1, 2, 3]
@@ -75,16 +75,16 @@ def test_the_confidence_rule_pays_for_nothing_it_does_not_read(warm):
 
 def test_a_report_of_fpi_on_every_layer_is_reused_not_recomputed(warm):
     model, splits = warm.model, warm.splits
-    ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=warm.max_steps, timing_repeats=0)
-    alone = evaluate_policy(model, splits, [2], max_steps=warm.max_steps, timing_repeats=0)
-    shared = evaluate_policy(model, splits, [2], max_steps=warm.max_steps, timing_repeats=0, reference=ref)
+    ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=warm.max_steps)
+    alone = evaluate_policy(model, splits, [2], max_steps=warm.max_steps)
+    shared = evaluate_policy(model, splits, [2], max_steps=warm.max_steps, reference=ref)
     assert (shared.accuracy, shared.compute_fraction, shared.fpi_all_accuracy) == (alone.accuracy, alone.compute_fraction, alone.fpi_all_accuracy)
     assert shared.seconds != shared.seconds  # NaN: nothing was timed
 
 
 def test_the_short_comparison_names_the_cheapest_fixed_path_and_rule_as_accurate(warm):
     reward = warm.reward.fixed(warm.reward.lam)
-    agent = evaluate_policy(warm.model, warm.splits, [], max_steps=warm.max_steps, timing_repeats=0)
+    agent = evaluate_policy(warm.model, warm.splits, [], max_steps=warm.max_steps)
     result = simple_baselines(warm.model, warm.splits, agent, reward=reward, max_steps=warm.max_steps)
     goal = agent.accuracy - result["tolerance"]
     fixed, rule = result["cheapest_fixed_path"], result["confidence_rule"]
@@ -134,14 +134,14 @@ def test_the_one_rollout_confidence_sweep_is_the_rule_run_tau_by_tau(warm):
 
     model, splits, T = warm.model, warm.splits, warm.max_steps
     taus = [0.0, 0.5, 0.8, 0.95, 1.0]
-    ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=T, timing_repeats=0)
+    ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=T)
     for order in ([1, 2, 3], [2, 3, 1]):
         swept = sweep("confidence", model, splits, taus=taus, max_steps=T, observation=CONFIDENCE_RULE_OBSERVATION, reference=ref,
                       order=order)
         layout = ObservationLayout(model.num_layers, model.summary_dim, CONFIDENCE_RULE_OBSERVATION)
         for tau, point in zip(taus, swept):
             run = evaluate_policy(model, splits, confidence_threshold(layout, T, tau, order), max_steps=T,
-                                  observation=CONFIDENCE_RULE_OBSERVATION, timing_repeats=0, reference=ref)
+                                  observation=CONFIDENCE_RULE_OBSERVATION, reference=ref)
             assert point["accuracy"] == pytest.approx(run.accuracy, abs=1.5 / len(splits.y_test))
             assert point["compute_fraction"] == pytest.approx(run.compute_fraction, rel=1e-4)
             assert point["order"] == order and point["tau"] == tau

@@ -305,11 +305,11 @@ def _tiny_splits(kind: str, tmp_path: Path, monkeypatch) -> DatasetSplits:
 )
 def test_environment_on_every_dataset_passes_both_checkers(kind, model, tmp_path, monkeypatch):
     splits = _tiny_splits(kind, tmp_path, monkeypatch)
-    env = DynaLayEnv(pretrain_epochs=0, dataset=splits, cotrain_every=8)
+    env = DynaLayEnv(pretrain_epochs=0, data=splits, cotrain_every=8)
     block = env.engine.model.layers[0].block
     assert {"mlp": "ContractiveTanhBlock", "cnn": "ContractiveConvBlock", "lstm": "JacobiLSTMBlock"}[model] == type(block).__name__
     gym_check_env(env, skip_render_check=True)
-    sb3_check_env(DynaLayEnv(pretrain_epochs=0, dataset=splits, lam_range=(0.0, 0.5)), warn=True)
+    sb3_check_env(DynaLayEnv(pretrain_epochs=0, data=splits, lam_range=(0.0, 0.5)), warn=True)
     obs, _ = env.reset(seed=0)
     obs, reward, terminated, _, info = env.step(1)
     assert np.isfinite(obs).all() and info["fpi_iterations"] > 0
