@@ -1,11 +1,36 @@
+import atexit
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from main_models import PathState
+
+def _warmup_cache_for_this_run() -> Path:
+    """A warm-up cache (``$DYNALAY_CACHE_DIR``) that belongs to this test run alone: no test reads a warm-up
+    left by an earlier run or by the user (``~/.cache/dynalay``), and every process of the run shares one,
+    so that one warm-up serves every test that asks for it. Under pytest-xdist the workers share the
+    directory named by the run's id (set below by the controller, which removes it at the end); a run
+    without workers gets a directory of its own, removed at exit."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        path = Path(tempfile.gettempdir()) / f"dynalay-test-cache-{run}"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+    path = Path(tempfile.mkdtemp(prefix="dynalay-test-cache-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+# set before anything builds an engine, in this process and in every subprocess a test starts
+os.environ["DYNALAY_CACHE_DIR"] = str(_warmup_cache_for_this_run())
+
+from main_models import PathState  # noqa: E402
 
 # The models under test are tiny: intra-op threads only add overhead, and oversubscribe the
 # 2-core CI machine when a test starts a subprocess.
@@ -29,3 +54,76 @@ def load_script(relative: str) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+# ---- running the suite on several workers (pytest-xdist, ``-n auto`` in pyproject.toml) ----------
+MAX_WORKERS = 4  # beyond this the longest single tests bound the run, and each worker costs a torch import
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may use: its affinity, further limited by a cgroup v2 CPU quota (containers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per usable CPU, at most MAX_WORKERS (xdist's own count can see the host's cores)."""
+    return min(_usable_cpus(), MAX_WORKERS)
+
+
+def pytest_configure(config):
+    # the controller of an xdist run names the run, so that it can remove the workers' shared cache at the end
+    if not hasattr(config, "workerinput") and config.pluginmanager.hasplugin("xdist") and config.getoption("testrunuid", None) is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config):
+    run = getattr(config.option, "testrunuid", None)
+    if run and not hasattr(config, "workerinput"):
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"dynalay-test-cache-{run}", ignore_errors=True)
+
+
+# Seconds each of the longest tests took on a 2-core machine (``--durations``). Used only to order the
+# run: the longest start first, so that xdist (``--maxschedchunk 1``) does not leave one worker finishing a
+# long test alone at the end. A test missing here, or timed differently now, only changes the order.
+EXPECTED_SECONDS = {
+    "tests/test_benchmarks.py::test_agent_vs_rule_quick": 58,
+    "tests/test_benchmarks.py::test_adaptive_vs_fixed_quick": 44,
+    "tests/test_agents.py::test_killed_run_resumes_from_its_checkpoint": 33,
+    "tests/test_benchmarks.py::test_introspection_quick": 26,
+    "tests/test_benchmarks.py::test_distributed_quick": 26,
+    "tests/test_readme_clients.py::test_readme_client_snippet_runs[rl-zoo]": 23,
+    "tests/test_distributed.py::test_torchrun_trains_with_two_ranks_end_to_end": 18,
+    "tests/test_hardening.py::test_two_runs_started_with_one_name_cannot_both_win": 17,
+    "tests/test_env.py::test_a_bare_dataset_is_warmed_up_and_passes_gymnasium_and_sb3_checkers": 17,
+    "tests/test_hardening.py::test_a_kill_during_warm_up_resumes_the_warm_up": 15,
+    "tests/test_agents.py::test_bad_flags_are_refused_before_anything_is_written": 12,
+    "tests/test_benchmarks.py::test_solver_quick": 12,
+    "tests/test_readme_clients.py::test_readme_client_snippet_runs[torchrl]": 11,
+    "tests/test_readme_clients.py::test_readme_client_snippet_runs[sb3]": 11,
+    "tests/test_benchmarks.py::test_observation_ablation_quick": 10,
+    "tests/test_benchmarks.py::test_warmup_paths_quick": 9,
+    "tests/test_benchmarks.py::test_backward_quick": 9,
+    "tests/test_distributed.py::test_an_all_reduced_update_is_the_single_process_update_on_the_union_of_rows": 9,
+    "tests/test_readme_clients.py::test_readme_client_snippet_runs[cleanrl]": 9,
+    "tests/test_benchmarks.py::test_inference_time_quick": 7,
+    "tests/test_benchmarks.py::test_iteration_body_quick": 7,
+    "tests/test_agents.py::test_warmup_cache_continues_exactly_like_a_warm_up": 7,
+    "tests/test_agents.py::test_each_algorithm_trains_logs_and_checkpoints[ppo]": 7,
+    "tests/test_benchmarks.py::test_env_throughput_quick": 6,
+    "tests/test_imitation.py::test_a_run_warm_starts_refreshes_and_prints_its_comparison": 5,
+    "tests/test_models.py::test_fixed_paths_refuses_bad_flags": 5,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    def expected(item) -> float:
+        return EXPECTED_SECONDS.get(item.nodeid, EXPECTED_SECONDS.get(item.nodeid.split("[")[0], 0.0))
+
+    items.sort(key=lambda item: -expected(item))  # stable: the rest keep their order

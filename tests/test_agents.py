@@ -132,9 +132,11 @@ def test_bad_flags_are_refused_before_anything_is_written(tmp_path):
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     script = str(ROOT / "agents" / "train.py")
+    # the default task; a small imitation warm-start (the default's 2000 oracle searches cost half a minute,
+    # and nothing here depends on them)
     argv = [sys.executable, script, "--algo", "ppo", "--total-timesteps", "3072", "--num-envs", "8", "--n-steps", "32",
-            "--batch-size", "64", "--pretrain-epochs", "0", "--checkpoint-freq", "512", "--no-progress",
-            "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "killed"]
+            "--batch-size", "64", "--pretrain-epochs", "0", "--imitation-samples", "64", "--imitation-epochs", "2",
+            "--checkpoint-freq", "512", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "killed"]
     run = tmp_path / "killed"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
