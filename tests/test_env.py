@@ -6,7 +6,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dynalay_env
-from dynalay_env import TASK_DEFAULTS, DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, EnvConfig, build_engine, evaluate_policy, task_defaults
+from dynalay_env import TASK_DEFAULTS, DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, EnvConfig, build_engine, evaluate_policy, make_engine, task_defaults
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_lambda_is_drawn_per_episode_from_the_range():
 
 
 def test_eval_mode_shows_each_test_sample_once_with_a_frozen_model(splits):
-    engine = build_engine(100, pretrain_epochs=0, mode="eval", autoreset=False, dataset=splits)
+    engine = make_engine(EnvConfig(splits.name, pretrain_epochs=0), 100, mode="eval", autoreset=False, data=splits)
     assert engine.trainer is None and not engine.model.training
     seen = []
     for _ in range(4):
@@ -239,7 +239,7 @@ def test_idle_rows_get_no_compute():
 
 
 def test_evaluate_policy_reports_compute_relative_to_fpi_everywhere(splits):
-    engine = build_engine(1, pretrain_epochs=0, dataset=splits, cotrain=False)
+    engine = make_engine(EnvConfig(splits.name, pretrain_epochs=0, cotrain=False), data=splits)
     nop = evaluate_policy(engine.model, engine.splits, lambda obs: torch.zeros(obs.shape[0], dtype=torch.long))
     assert nop.compute == pytest.approx(1.0)
     assert nop.action_frequency == [1.0, 0.0, 0.0, 0.0]

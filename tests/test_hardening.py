@@ -64,7 +64,7 @@ def test_a_crafted_checkpoint_runs_nothing_in_evaluate_or_resume(tmp_path):
 def test_a_crafted_warmup_cache_runs_nothing(tmp_path):
     cache = tmp_path / "cache"
     train.main(TINY + ["--logdir", str(tmp_path), "--run-name", "first", "--warmup-cache", str(cache), "--total-timesteps", "16"])
-    (cached,) = cache.iterdir()
+    (cached,) = cache.glob("*.pt")
     marker = tmp_path / "pwned"
     _plant_torch_file(cached, marker)
     with pytest.raises(SystemExit, match="refused without running any of it"):
