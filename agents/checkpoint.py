@@ -70,8 +70,15 @@ def load_warmup(path: Path, *, map_location: str | torch.device = "cpu") -> dict
 def rng_state() -> dict[str, Any]:
     """The global torch and numpy RNG states, as tensors and numbers."""
     _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                                                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -44,8 +44,15 @@ def increasing_paths(num_layers: int) -> list[list[int]]:
     return [list(c) for k in range(num_layers + 1) for c in itertools.combinations(layers, k)]
 
 
-def decision_targets(accuracy: float, compute: float, *, fpi_all_accuracy: float, cheapest_fixed: float, ceiling_compute: float,
-                     confidence_at_agent: float | None) -> dict[str, bool]:
+def decision_targets(
+    accuracy: float,
+    compute: float,
+    *,
+    fpi_all_accuracy: float,
+    cheapest_fixed: float,
+    ceiling_compute: float,
+    confidence_at_agent: float | None,
+) -> dict[str, bool]:
     """The checks of an agent on a task where decisions should pay: FPI-on-every-layer's
     accuracy (within :data:`TOLERANCE`) at <= 0.6x the cheapest fixed path as accurate and
     <= 1.25x the learnable ceiling, and above the confidence rule's curve at equal compute
@@ -59,35 +66,68 @@ def decision_targets(accuracy: float, compute: float, *, fpi_all_accuracy: float
     }
 
 
-def fixed_path_points(model: FPINetwork, splits: DatasetSplits, reference: EvalReport, *, reward: RewardConfig, max_steps: int,
-                      device: str | torch.device = "cpu") -> dict[str, dict[str, Any]]:
+def fixed_path_points(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    reference: EvalReport,
+    *,
+    reward: RewardConfig,
+    max_steps: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, Any]]:
     """Every increasing fixed path (:func:`increasing_paths`) on the test split, by name, each with
     its ``path``; ``reference`` is FPI on every layer's report, reused for that path."""
     every_layer = list(range(1, model.num_layers + 1))
     points = {}
     for path in increasing_paths(model.num_layers):
-        report = reference if path == every_layer else evaluate_policy(
-            model, splits, path, reward=reward, max_steps=max_steps, device=device, reference=reference)
+        report = (
+            reference
+            if path == every_layer
+            else evaluate_policy(model, splits, path, reward=reward, max_steps=max_steps, device=device, reference=reference)
+        )
         points[sequence_name(path)] = {**_point(report), "path": path}
     return points
 
 
-def tuned_confidence_curve(model: FPINetwork, splits: DatasetSplits, fixed: dict[str, dict[str, Any]], reference: EvalReport, *,
-                           reward: RewardConfig, max_steps: int, device: str | torch.device = "cpu") -> list[dict]:
+def tuned_confidence_curve(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    fixed: dict[str, dict[str, Any]],
+    reference: EvalReport,
+    *,
+    reward: RewardConfig,
+    max_steps: int,
+    device: str | torch.device = "cpu",
+) -> list[dict]:
     """The confidence rule swept over tau for each of :func:`rule_orders`: bottom-up, and the order
     of the cheapest fixed path within :data:`TOLERANCE` of FPI on every layer. Its upper envelope
     is the rule an agent is compared with."""
     goal = reference.fpi_all_accuracy - TOLERANCE
     reaching = [p for p in fixed.values() if p["accuracy"] >= goal]
     cheapest = min(reaching, key=lambda p: p["compute_fraction"])["path"] if reaching else None
-    return [point for order in rule_orders(model.num_layers, cheapest)
-            for point in sweep("confidence", model, splits, max_steps=max_steps, observation=CONFIDENCE_RULE_OBSERVATION, reward=reward,
-                               device=device, reference=reference, order=order)]
+    return [
+        point
+        for order in rule_orders(model.num_layers, cheapest)
+        for point in sweep(
+            "confidence",
+            model,
+            splits,
+            max_steps=max_steps,
+            observation=CONFIDENCE_RULE_OBSERVATION,
+            reward=reward,
+            device=device,
+            reference=reference,
+            order=order,
+        )
+    ]
 
 
 def _point(report) -> dict[str, float]:
-    return {"accuracy": report.accuracy, "compute_fraction": report.compute_fraction,
-            "per_difficulty": {str(k): v for k, v in report.per_difficulty.items()}}
+    return {
+        "accuracy": report.accuracy,
+        "compute_fraction": report.compute_fraction,
+        "per_difficulty": {str(k): v for k, v in report.per_difficulty.items()},
+    }
 
 
 def compare_to_baselines(
@@ -113,14 +153,37 @@ def compare_to_baselines(
         splits = splits.head(None, test_limit)
     every_layer = list(range(1, model.num_layers + 1))
     ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, observation=observation, device=device)
-    agent = evaluate_policy(model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device, reference=ref)
+    agent = evaluate_policy(
+        model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device, reference=ref
+    )
     fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
     confidence = tuned_confidence_curve(model, splits, fixed, ref, reward=reward, max_steps=max_steps, device=device)
-    residual = sweep("residual", model, splits, max_steps=max_steps, observation=RESIDUAL_RULE_OBSERVATION, reward=reward, device=device,
-                     reference=ref) if residual_rule else []
+    residual = (
+        sweep(
+            "residual",
+            model,
+            splits,
+            max_steps=max_steps,
+            observation=RESIDUAL_RULE_OBSERVATION,
+            reward=reward,
+            device=device,
+            reference=ref,
+        )
+        if residual_rule
+        else []
+    )
     best = oracle(model, splits, max_steps=max_steps, device=device, reference=ref)
-    ceiling = learnable_ceiling(model, splits, max_steps=max_steps, observation=observation, reward=reward,
-                                min_confidence=ceiling_min_confidence, train_limit=ceiling_train_limit, seed=seed, reference=ref)
+    ceiling = learnable_ceiling(
+        model,
+        splits,
+        max_steps=max_steps,
+        observation=observation,
+        reward=reward,
+        min_confidence=ceiling_min_confidence,
+        train_limit=ceiling_train_limit,
+        seed=seed,
+        reference=ref,
+    )
 
     reference = fixed[sequence_name(range(1, model.num_layers + 1))]["accuracy"]
     goal = reference - TOLERANCE
@@ -130,8 +193,14 @@ def compare_to_baselines(
     ceil = ceiling.report
     headroom = cheapest / ceil.compute_fraction
     conf_at_agent = accuracy_at_compute(confidence, agent.compute_fraction)
-    targets = decision_targets(agent.accuracy, agent.compute_fraction, fpi_all_accuracy=reference, cheapest_fixed=cheapest,
-                               ceiling_compute=ceil.compute_fraction, confidence_at_agent=conf_at_agent)
+    targets = decision_targets(
+        agent.accuracy,
+        agent.compute_fraction,
+        fpi_all_accuracy=reference,
+        cheapest_fixed=cheapest,
+        ceiling_compute=ceil.compute_fraction,
+        confidence_at_agent=conf_at_agent,
+    )
     targets["all"] = all(targets.values())
     return {
         "lam": reward.lam,
@@ -144,13 +213,24 @@ def compare_to_baselines(
         "confidence_accuracy_at_agent_compute": conf_at_agent,
         "residual_curve": residual,
         "oracle": best.as_dict(),
-        "ceiling": {"report": ceil.as_dict(), "demonstrations": ceiling.demonstrations, "train_action_accuracy": ceiling.train_action_accuracy,
-                    "min_confidence": ceiling_min_confidence, "train_limit": ceiling_train_limit},
+        "ceiling": {
+            "report": ceil.as_dict(),
+            "demonstrations": ceiling.demonstrations,
+            "train_action_accuracy": ceiling.train_action_accuracy,
+            "min_confidence": ceiling_min_confidence,
+            "train_limit": ceiling_train_limit,
+        },
         "headroom": headroom,
         "ceiling_reaches_fpi_all_accuracy": ceil.accuracy >= goal,
         "test_samples": int(splits.y_test.shape[0]),
-        "agent_gap_to_ceiling": {"accuracy": agent.accuracy - ceil.accuracy, "compute_fraction": agent.compute_fraction - ceil.compute_fraction},
-        "agent_gap_to_oracle": {"accuracy": agent.accuracy - best.accuracy, "compute_fraction": agent.compute_fraction - best.compute_fraction},
+        "agent_gap_to_ceiling": {
+            "accuracy": agent.accuracy - ceil.accuracy,
+            "compute_fraction": agent.compute_fraction - ceil.compute_fraction,
+        },
+        "agent_gap_to_oracle": {
+            "accuracy": agent.accuracy - best.accuracy,
+            "compute_fraction": agent.compute_fraction - best.compute_fraction,
+        },
         "targets": targets,
     }
 
@@ -159,17 +239,25 @@ def comparison_table(result: dict[str, Any]) -> str:
     """The comparison as aligned text lines."""
     rows = [("agent", result["agent"]["accuracy"], result["agent"]["compute_fraction"])]
     rows += [(f"fixed {name}", p["accuracy"], p["compute_fraction"]) for name, p in result["fixed_paths"].items()]
-    rows += [(f"confidence tau {p['tau']:g} ({','.join(f'L{j}' for j in p['order'])})", p["accuracy"], p["compute_fraction"])
-             for p in result["confidence_curve"]]
+    rows += [
+        (f"confidence tau {p['tau']:g} ({','.join(f'L{j}' for j in p['order'])})", p["accuracy"], p["compute_fraction"])
+        for p in result["confidence_curve"]
+    ]
     rows += [(f"residual tau {p['tau']:g}", p["accuracy"], p["compute_fraction"]) for p in result["residual_curve"]]
-    rows += [("learnable ceiling", result["ceiling"]["report"]["accuracy"], result["ceiling"]["report"]["compute_fraction"]),
-             ("oracle (knows the label)", result["oracle"]["accuracy"], result["oracle"]["compute_fraction"])]
+    rows += [
+        ("learnable ceiling", result["ceiling"]["report"]["accuracy"], result["ceiling"]["report"]["compute_fraction"]),
+        ("oracle (knows the label)", result["oracle"]["accuracy"], result["oracle"]["compute_fraction"]),
+    ]
     lines = [f"at lambda {result['lam']:g}: {'method':>24} | accuracy | compute (fraction of FPI on every layer)"]
     lines += [f"{'':>{len(str(result['lam'])) + 14}}{name:>24} | {acc:.4f}   | {comp:.3f}" for name, acc, comp in rows]
     cheapest = result["cheapest_fixed_path_at_fpi_all_accuracy"]
-    headroom = f"{result['headroom']:.2f}" + ("" if result["ceiling_reaches_fpi_all_accuracy"] else " (the ceiling itself is below that accuracy)")
-    lines.append(f"cheapest fixed path within 0.5 points of FPI on every layer ({result['fpi_all_accuracy']:.4f}): "
-                 f"{cheapest['path']} at {cheapest['compute_fraction']:.3f}; headroom {headroom}")
+    headroom = f"{result['headroom']:.2f}" + (
+        "" if result["ceiling_reaches_fpi_all_accuracy"] else " (the ceiling itself is below that accuracy)"
+    )
+    lines.append(
+        f"cheapest fixed path within 0.5 points of FPI on every layer ({result['fpi_all_accuracy']:.4f}): "
+        f"{cheapest['path']} at {cheapest['compute_fraction']:.3f}; headroom {headroom}"
+    )
     lines.append("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["targets"].items()))
     return "\n".join(lines)
 
@@ -209,6 +297,7 @@ def simple_baselines(
 
 def simple_baselines_table(result: dict[str, Any], agent_name: str = "agent") -> str:
     """:func:`simple_baselines` as a short aligned table."""
+
     def row(name: str, accuracy: float | None, compute: float | None) -> str:
         if accuracy is None:
             return f"  {name:<44} {'-':>8}  {'-':>7}"
@@ -216,14 +305,23 @@ def simple_baselines_table(result: dict[str, Any], agent_name: str = "agent") ->
 
     fixed, rule = result["cheapest_fixed_path"], result["confidence_rule"]
     points = " points" if result["tolerance"] * 100 != 1 else " point"
-    lines = [f"  {'on the test split, same main model':<44} {'accuracy':>8}  {'compute':>7}  (fraction of FPI on every layer)",
-             row(agent_name, result["agent"]["accuracy"], result["agent"]["compute_fraction"]),
-             row("FPI on every layer", result["fpi_all"]["accuracy"], result["fpi_all"]["compute_fraction"]),
-             row("plain pass (NOP)", result["plain"]["accuracy"], result["plain"]["compute_fraction"]),
-             row(f"cheapest fixed path as accurate: {fixed['path']}" if fixed else "cheapest fixed path as accurate: none",
-                 fixed and fixed["accuracy"], fixed and fixed["compute_fraction"]),
-             row(f"confidence rule as accurate: tau {rule['tau']:g}, order {','.join(f'L{j}' for j in rule['order'])}"
-                 if rule else "confidence rule as accurate: no tau",
-                 rule and rule["accuracy"], rule and rule["compute_fraction"])]
+    lines = [
+        f"  {'on the test split, same main model':<44} {'accuracy':>8}  {'compute':>7}  (fraction of FPI on every layer)",
+        row(agent_name, result["agent"]["accuracy"], result["agent"]["compute_fraction"]),
+        row("FPI on every layer", result["fpi_all"]["accuracy"], result["fpi_all"]["compute_fraction"]),
+        row("plain pass (NOP)", result["plain"]["accuracy"], result["plain"]["compute_fraction"]),
+        row(
+            f"cheapest fixed path as accurate: {fixed['path']}" if fixed else "cheapest fixed path as accurate: none",
+            fixed and fixed["accuracy"],
+            fixed and fixed["compute_fraction"],
+        ),
+        row(
+            f"confidence rule as accurate: tau {rule['tau']:g}, order {','.join(f'L{j}' for j in rule['order'])}"
+            if rule
+            else "confidence rule as accurate: no tau",
+            rule and rule["accuracy"],
+            rule and rule["compute_fraction"],
+        ),
+    ]
     lines.append(f"  (as accurate: within {result['tolerance'] * 100:g}{points} of the agent's accuracy)")
     return "\n".join(lines)

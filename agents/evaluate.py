@@ -53,8 +53,15 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
         settings = settings_from_json(checkpoint["config"], ALGORITHMS)
         env = replace(settings.env, pretrain_epochs=0, cotrain=False)
         engine = build_engine(settings.run.num_envs, device=dev, **asdict(env))
-        agent = make_agent(settings.run.algo, settings.agent, engine, reward_weight=settings.run.reward_weight, seed=settings.run.seed,
-                           device=dev, total_timesteps=settings.run.total_timesteps)
+        agent = make_agent(
+            settings.run.algo,
+            settings.agent,
+            engine,
+            reward_weight=settings.run.reward_weight,
+            seed=settings.run.seed,
+            device=dev,
+            total_timesteps=settings.run.total_timesteps,
+        )
         engine.load_state_dict(checkpoint["engine"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint in {run_dir} does not fit its own configuration: {err}") from None
@@ -62,9 +69,17 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
     return LoadedRun(settings, engine, agent, checkpoint)
 
 
-def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str = "auto", figures: bool = True,
-                 timing_repeats: int = 1, baselines: bool = False, ceiling_train_limit: int | None = 4000,
-                 baseline_test_limit: int | None = None, residual_rule: bool = False) -> dict:
+def evaluate_run(
+    run_dir: Path,
+    lams: Sequence[float] | None = None,
+    device: str = "auto",
+    figures: bool = True,
+    timing_repeats: int = 1,
+    baselines: bool = False,
+    ceiling_train_limit: int | None = 4000,
+    baseline_test_limit: int | None = None,
+    residual_rule: bool = False,
+) -> dict:
     loaded = load_run(run_dir, device)
     settings, engine = loaded.settings, loaded.engine
     lams = list(lams) if lams else [settings.env.lam]
@@ -92,9 +107,19 @@ def evaluate_run(run_dir: Path, lams: Sequence[float] | None = None, device: str
     }
     if baselines:
         out["comparison"] = [
-            compare_to_baselines(engine.model, engine.splits, policy, reward=engine.reward.fixed(float(lam)), max_steps=engine.max_steps,
-                                 observation=engine.layout.groups, device=engine.device, ceiling_train_limit=ceiling_train_limit,
-                                 test_limit=baseline_test_limit, seed=settings.run.seed, residual_rule=residual_rule)
+            compare_to_baselines(
+                engine.model,
+                engine.splits,
+                policy,
+                reward=engine.reward.fixed(float(lam)),
+                max_steps=engine.max_steps,
+                observation=engine.layout.groups,
+                device=engine.device,
+                ceiling_train_limit=ceiling_train_limit,
+                test_limit=baseline_test_limit,
+                seed=settings.run.seed,
+                residual_rule=residual_rule,
+            )
             for lam in lams
         ]
     if figures:
@@ -133,8 +158,11 @@ def _write_figures(run_dir: Path, results: list[dict], algo: str, step: int) -> 
         one = _lam_label([result["lam"]])
         title = f"{algo}, lambda {result['lam']:g}"
         save(layer_selection_figure(result["action_frequency"], title=title), f"layer_selection_{one}", f"eval/layer_selection/{one}")
-        save(decisions_figure({int(k): v for k, v in result["actions_per_step"].items()}, title=title), f"decisions_{one}",
-             f"eval/decisions/{one}")
+        save(
+            decisions_figure({int(k): v for k, v in result["actions_per_step"].items()}, title=title),
+            f"decisions_{one}",
+            f"eval/decisions/{one}",
+        )
     if len(results) > 1:
         save(tradeoff_figure(results, reference=results[0], title=f"{algo}: one agent across lambda"), f"tradeoff_{label}", "eval/tradeoff")
     writer.close()
@@ -151,7 +179,9 @@ def _table(out: dict) -> str:
             f"{r['mean_episode_length']:>6.2f} | {freq}"
         )
         for level, row in sorted(r["per_difficulty"].items()):
-            lines.append(f"{'':>8}   difficulty {level}: accuracy {row['accuracy']:.4f}, compute {row['compute']:.3f} ({row['count']} samples)")
+            lines.append(
+                f"{'':>8}   difficulty {level}: accuracy {row['accuracy']:.4f}, compute {row['compute']:.3f} ({row['count']} samples)"
+            )
         for level, shares in sorted(r["sequences_per_level"].items()):
             chosen = ", ".join(f"{name} {share:.2f}" for name, share in shares.items())
             lines.append(f"{'':>8}   sequences{'' if int(level) == -1 else f' at difficulty {level}'}: {chosen}")
@@ -171,24 +201,43 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-figures", action="store_true", help="do not write PNG figures")
     add_runtime_flags(parser)
-    parser.add_argument("--baselines", action="store_true",
-                        help="also evaluate every fixed path, the confidence exit rule, the oracle and the learnable "
-                             "ceiling on the same main model, with the headroom and the target checks")
-    parser.add_argument("--residual-rule", action="store_true",
-                        help="with --baselines: also sweep the residual-threshold exit rule (it pays for a residual probe every step, "
-                             "and is the slowest part of the comparison)")
-    parser.add_argument("--ceiling-train-limit", type=int, default=4000,
-                        help="with --baselines: train samples the learnable ceiling imitates the oracle on")
-    parser.add_argument("--baseline-test-limit", type=int,
-                        help="with --baselines: compare on the first N test samples (default: all)")
-    parser.add_argument("--timing-repeats", type=int, default=1, help="timed rollouts of the agent and of FPI on every layer; wall "
-                        "times are their median, 0 times nothing (benchmarks/inference_time.py measures wall time properly)")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also evaluate every fixed path, the confidence exit rule, the oracle and the learnable "
+        "ceiling on the same main model, with the headroom and the target checks",
+    )
+    parser.add_argument(
+        "--residual-rule",
+        action="store_true",
+        help="with --baselines: also sweep the residual-threshold exit rule (it pays for a residual probe every step, "
+        "and is the slowest part of the comparison)",
+    )
+    parser.add_argument(
+        "--ceiling-train-limit", type=int, default=4000, help="with --baselines: train samples the learnable ceiling imitates the oracle on"
+    )
+    parser.add_argument("--baseline-test-limit", type=int, help="with --baselines: compare on the first N test samples (default: all)")
+    parser.add_argument(
+        "--timing-repeats",
+        type=int,
+        default=1,
+        help="timed rollouts of the agent and of FPI on every layer; wall "
+        "times are their median, 0 times nothing (benchmarks/inference_time.py measures wall time properly)",
+    )
     args = parser.parse_args(argv)
     try:
         set_threads(args.threads)
-        out = evaluate_run(args.run_dir, args.lam, args.device, figures=not args.no_figures, timing_repeats=args.timing_repeats,
-                           baselines=args.baselines, ceiling_train_limit=args.ceiling_train_limit,
-                           baseline_test_limit=args.baseline_test_limit, residual_rule=args.residual_rule)
+        out = evaluate_run(
+            args.run_dir,
+            args.lam,
+            args.device,
+            figures=not args.no_figures,
+            timing_repeats=args.timing_repeats,
+            baselines=args.baselines,
+            ceiling_train_limit=args.ceiling_train_limit,
+            baseline_test_limit=args.baseline_test_limit,
+            residual_rule=args.residual_rule,
+        )
     except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(out) if args.json else _table(out))

@@ -62,13 +62,29 @@ def demonstrations(
     Sequences of up to ``max_depth`` FPI steps are searched (default L, the number of layers:
     every layer once; the search's cost grows as L^depth for samples that no sequence answers)."""
     # where no sequence reaches min_confidence, the cheapest correct one still beats answering wrong
-    found = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, fallback=True,
-                         max_depth=model.num_layers if max_depth is None else max_depth)
+    found = oracle_paths(
+        model,
+        x,
+        y,
+        max_steps=max_steps,
+        min_confidence=min_confidence,
+        fallback=True,
+        max_depth=model.num_layers if max_depth is None else max_depth,
+    )
     cost = found.cost
     paths = torch.cat([found.paths, torch.zeros(found.paths.shape[0], 1, dtype=torch.long, device=found.paths.device)], dim=1)
     part = DatasetSplits("demonstrations", x, y, x, y, int(y.max()) + 1 if y.numel() else 1)
-    engine = DynaLayEngine(min(batch_size, int(y.shape[0])), part, model, reward=reward, max_steps=max_steps,
-                           mode="eval", autoreset=False, observation=tuple(observation), device=y.device)
+    engine = DynaLayEngine(
+        min(batch_size, int(y.shape[0])),
+        part,
+        model,
+        reward=reward,
+        max_steps=max_steps,
+        mode="eval",
+        autoreset=False,
+        observation=tuple(observation),
+        device=y.device,
+    )
     obs_parts, action_parts = [], []
 
     def follow(live: Tensor) -> Tensor:
@@ -94,9 +110,19 @@ Loss = str
 (DQfD's large-margin loss: the demonstrated action's value must exceed every other by ``margin``)."""
 
 
-def fit_to_actions(scores: Callable[[Tensor], Tensor], parameters: Iterable[nn.Parameter], obs: Tensor, actions: Tensor, *,
-                   epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0, loss: Loss = "cross-entropy",
-                   margin: float = 0.8) -> float:
+def fit_to_actions(
+    scores: Callable[[Tensor], Tensor],
+    parameters: Iterable[nn.Parameter],
+    obs: Tensor,
+    actions: Tensor,
+    *,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    loss: Loss = "cross-entropy",
+    margin: float = 0.8,
+) -> float:
     """Fit ``scores(obs)`` (logits or Q-values, (n, A)) to pick ``actions`` by minibatch Adam over
     ``parameters``; returns the share of ``obs`` on which the argmax is the demonstrated action."""
     if loss not in ("cross-entropy", "margin"):
@@ -122,8 +148,9 @@ def fit_to_actions(scores: Callable[[Tensor], Tensor], parameters: Iterable[nn.P
         return float((scores(obs).argmax(1) == actions).float().mean())
 
 
-def train_imitation(demos: Demonstrations, num_actions: int, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
-                    seed: int = 0) -> AgentNet:
+def train_imitation(
+    demos: Demonstrations, num_actions: int, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
+) -> AgentNet:
     """AgentNet fitted to the demonstrations with cross-entropy (classes weighted equally per
     sample, as they come)."""
     torch.manual_seed(seed)
@@ -148,8 +175,9 @@ class WarmStart:
         return asdict(self)
 
 
-def imitation_warm_start(engine: DynaLayEngine, agent: "Imitable", *, samples: int, epochs: int, seed: int,
-                         min_confidence: float = 0.9) -> WarmStart:
+def imitation_warm_start(
+    engine: DynaLayEngine, agent: "Imitable", *, samples: int, epochs: int, seed: int, min_confidence: float = 0.9
+) -> WarmStart:
     """Start ``agent`` from the learnable ceiling's policy: roll the oracle's sequences for the first
     ``samples`` train samples out on the engine's current main model (the warmed-up one), then fit
     the agent's own policy to them (:meth:`Imitable.imitate`). RL then improves on it, against the
@@ -159,8 +187,15 @@ def imitation_warm_start(engine: DynaLayEngine, agent: "Imitable", *, samples: i
         raise ValueError(f"imitation needs samples >= 1 and epochs >= 1, got {samples} and {epochs}")
     start = time.perf_counter()
     x, y = engine.splits.x_train[:samples], engine.splits.y_train[:samples]
-    demos = demonstrations(engine.model, x, y, max_steps=engine.max_steps, observation=engine.layout.groups, reward=engine.reward,
-                           min_confidence=min_confidence)
+    demos = demonstrations(
+        engine.model,
+        x,
+        y,
+        max_steps=engine.max_steps,
+        observation=engine.layout.groups,
+        reward=engine.reward,
+        min_confidence=min_confidence,
+    )
     agreement = agent.imitate(demos.obs, demos.actions, epochs=epochs, seed=seed)
     return WarmStart(int(y.shape[0]), int(demos.obs.shape[0]), agreement, time.perf_counter() - start)
 
@@ -207,6 +242,14 @@ def learnable_ceiling(
         with torch.no_grad():
             return net(obs.cpu()).argmax(1).to(device)
 
-    report = evaluate_policy(model, splits, policy, reward=reward.fixed(reward.lam), max_steps=max_steps, observation=observation,
-                             device=device, reference=reference)
+    report = evaluate_policy(
+        model,
+        splits,
+        policy,
+        reward=reward.fixed(reward.lam),
+        max_steps=max_steps,
+        observation=observation,
+        device=device,
+        reference=reference,
+    )
     return Ceiling(report, int(demos.obs.shape[0]), agreement)

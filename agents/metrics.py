@@ -107,7 +107,12 @@ class RunLogger:
                 chosen = int(s.action_counts[i + 1])
                 if chosen:
                     w.add_scalar(f"charts/fpi_iterations/layer{i + 1}", s.layer_iterations[i] / chosen, step)
-            w.add_histogram("charts/layer_selection", np.repeat(np.arange(len(s.action_counts)), s.action_counts), step, bins=np.arange(len(s.action_counts) + 1) - 0.5)
+            w.add_histogram(
+                "charts/layer_selection",
+                np.repeat(np.arange(len(s.action_counts)), s.action_counts),
+                step,
+                bins=np.arange(len(s.action_counts) + 1) - 0.5,
+            )
             if detail:
                 w.add_figure("charts/decisions", decisions_figure(s.actions_per_step(), title=f"training, step {step}"), step)
         if detail:
@@ -133,8 +138,12 @@ class RunLogger:
         w.add_scalar("eval/compute_fraction", report.compute_fraction, step)
         w.add_scalar("eval/compute", report.compute, step)
         w.add_scalar("eval/mean_episode_length", report.mean_episode_length, step)
-        w.add_figure("eval/layer_selection", layer_selection_figure(report.action_frequency, title=f"step {step}, lambda {report.lam}"), step)
-        w.add_figure("eval/decisions", decisions_figure(report.actions_per_step, title=f"test split, step {step}, lambda {report.lam:g}"), step)
+        w.add_figure(
+            "eval/layer_selection", layer_selection_figure(report.action_frequency, title=f"step {step}, lambda {report.lam}"), step
+        )
+        w.add_figure(
+            "eval/decisions", decisions_figure(report.actions_per_step, title=f"test split, step {step}, lambda {report.lam:g}"), step
+        )
         w.flush()
 
     def close(self) -> None:

@@ -78,8 +78,9 @@ class ReinforceAgent(nn.Module):
         """The greedy action (evaluation)."""
         return self.policy(obs).argmax(dim=1)
 
-    def update(self, obs: Tensor, actions: Tensor, returns: Tensor,
-               average_gradients: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
+    def update(
+        self, obs: Tensor, actions: Tensor, returns: Tensor, average_gradients: Callable[[nn.Module], None] | None = None
+    ) -> dict[str, float]:
         """One gradient step on complete-episode samples (obs (n, D), actions (n,), returns (n,)).
         ``average_gradients`` (replicated training) averages the gradients with the other replicas'
         before the step."""
@@ -158,8 +159,15 @@ class ReinforceLearner:
     """REINFORCE on the torch face of ``engine``: act, record, update every ``n_steps``."""
 
     def __init__(
-        self, settings: ReinforceSettings, engine: DynaLayEngine, *, reward_weight: float, seed: int, device: torch.device,
-        total_timesteps: int, replicas: Replicas | None = None,
+        self,
+        settings: ReinforceSettings,
+        engine: DynaLayEngine,
+        *,
+        reward_weight: float,
+        seed: int,
+        device: torch.device,
+        total_timesteps: int,
+        replicas: Replicas | None = None,
     ) -> None:
         self.settings = settings
         self.env = DynaLayVectorEnv(engine=engine, torch_arrays=True)
@@ -216,8 +224,9 @@ class ReinforceLearner:
         from .imitation import fit_to_actions
 
         policy = self.agent.policy
-        return fit_to_actions(policy, policy.parameters(), obs.to(self.device, torch.float32), actions.to(self.device, torch.long),
-                              epochs=epochs, seed=seed)
+        return fit_to_actions(
+            policy, policy.parameters(), obs.to(self.device, torch.float32), actions.to(self.device, torch.long), epochs=epochs, seed=seed
+        )
 
     def state(self) -> dict[str, Any]:
         return {
@@ -238,8 +247,15 @@ class ReinforceLearner:
 
     def export(self, run_dir: Path) -> Path:
         """AgentNet's weights (weights-only), for use outside DynaLay's training scripts."""
-        return save_tensors(Path(run_dir) / "agent.pt", {"kind": "dynalay-reinforce-agent", "obs_dim": self.agent.policy.obs_dim,
-                                                          "num_actions": self.agent.num_actions, "policy": self.agent.policy.state_dict()})
+        return save_tensors(
+            Path(run_dir) / "agent.pt",
+            {
+                "kind": "dynalay-reinforce-agent",
+                "obs_dim": self.agent.policy.obs_dim,
+                "num_actions": self.agent.num_actions,
+                "policy": self.agent.policy.state_dict(),
+            },
+        )
 
     def policy(self) -> Callable[[Tensor], Tensor]:
         agent = self.agent

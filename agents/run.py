@@ -9,7 +9,17 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from dynalay_env import DynaLayEngine, EpisodeRecord, EvalReport, cache_directory, evaluate_policy, export_main_model, make_trainer, prepare_main_model, time_policy
+from dynalay_env import (
+    DynaLayEngine,
+    EpisodeRecord,
+    EvalReport,
+    cache_directory,
+    evaluate_policy,
+    export_main_model,
+    make_trainer,
+    prepare_main_model,
+    time_policy,
+)
 from main_models import EpochProgress, evaluate_fixed_path
 
 from .algorithms import Agent
@@ -117,7 +127,9 @@ class TrainingRun:
             return
         start = time.perf_counter()
         run = self.settings.run
-        done = imitation_warm_start(self.engine, self.agent, samples=run.imitation_samples, epochs=run.imitation_epochs, seed=run.seed + step)
+        done = imitation_warm_start(
+            self.engine, self.agent, samples=run.imitation_samples, epochs=run.imitation_epochs, seed=run.seed + step
+        )
         self.logger.writer.add_scalar("charts/imitation_agreement", done.agreement, step)
         while self.next_imitation <= step:
             self.next_imitation += run.imitation_every
@@ -168,8 +180,9 @@ class TrainingRun:
         x, y = engine.splits.x_test[:limit], engine.splits.y_test[:limit]
         L = engine.num_layers
         paths = {"NOP": [], **{f"L{i}": [i] for i in range(1, L + 1)}, ",".join(f"L{i}" for i in range(1, L + 1)): list(range(1, L + 1))}
-        self.logger.log_paths({name: float(evaluate_fixed_path(engine.model, x, y, path)["correct"].float().mean())
-                               for name, path in paths.items()}, step)
+        self.logger.log_paths(
+            {name: float(evaluate_fixed_path(engine.model, x, y, path)["correct"].float().mean()) for name, path in paths.items()}, step
+        )
 
     @property
     def main_loss(self) -> float | None:
@@ -188,8 +201,12 @@ class TrainingRun:
     def evaluate(self, step: int) -> EvalReport:
         """The agent on the test split at the run's lambda, with the main model frozen."""
         engine = self.engine
-        rollout = dict(reward=engine.reward.fixed(self.settings.env.lam), max_steps=engine.max_steps, observation=engine.layout.groups,
-                       device=engine.device)
+        rollout = dict(
+            reward=engine.reward.fixed(self.settings.env.lam),
+            max_steps=engine.max_steps,
+            observation=engine.layout.groups,
+            device=engine.device,
+        )
         report = evaluate_policy(engine.model, engine.splits, self.agent.policy(), **rollout)
         report = report.timed(time_policy(engine.model, engine.splits, self.agent.policy(), repeats=1, **rollout))
         self.logger.log_eval(report, step)
@@ -222,14 +239,25 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
     trainer = engine.trainer or make_trainer(env, engine.model, engine.splits, max_steps=engine.max_steps)
 
     def after_epoch(progress: EpochProgress) -> None:
-        save_checkpoint(run_dir, {
-            "phase": "warmup", "algo": run.algo, "timesteps": 0, "agent": None, "engine": engine.state_dict(), "config": settings.to_json(),
-            "warmup": {"epochs_done": progress.epochs_done, "generator": progress.generator, "losses": progress.losses},
-            "rng": rng_state(), "logger": {"last_log_step": 0},
-        })
+        save_checkpoint(
+            run_dir,
+            {
+                "phase": "warmup",
+                "algo": run.algo,
+                "timesteps": 0,
+                "agent": None,
+                "engine": engine.state_dict(),
+                "config": settings.to_json(),
+                "warmup": {"epochs_done": progress.epochs_done, "generator": progress.generator, "losses": progress.losses},
+                "rng": rng_state(),
+                "logger": {"last_log_step": 0},
+            },
+        )
         if not run.progress:  # the bar is off: still show that the warm-up moves
-            print(f"warm-up epoch {progress.epochs_done}/{env.pretrain_epochs}: loss {progress.losses[-1]:.4f} "
-                  f"({progress.seconds:.1f} s)", flush=True)
+            print(
+                f"warm-up epoch {progress.epochs_done}/{env.pretrain_epochs}: loss {progress.losses[-1]:.4f} ({progress.seconds:.1f} s)",
+                flush=True,
+            )
 
     start = None
     if resume is not None:
@@ -239,8 +267,9 @@ def warm_up(engine: DynaLayEngine, settings: ResolvedSettings, run_dir: Path, re
         print(f"resumed the warm-up of {run_dir} after epoch {w['epochs_done']} of {env.pretrain_epochs}", flush=True)
         start = EpochProgress(int(w["epochs_done"]), w["generator"], list(w["losses"]))
     try:
-        source = prepare_main_model(trainer, env, engine.splits, max_steps=engine.max_steps, progress=run.progress, resume=start,
-                                    on_epoch=after_epoch)
+        source = prepare_main_model(
+            trainer, env, engine.splits, max_steps=engine.max_steps, progress=run.progress, resume=start, on_epoch=after_epoch
+        )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if source == "cached":

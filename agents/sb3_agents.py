@@ -147,8 +147,9 @@ class SB3Agent:
                 agreement = fit_to_actions(policy.q_net, policy.q_net.parameters(), obs, actions, epochs=epochs, seed=seed, loss="margin")
                 policy.q_net_target.load_state_dict(policy.q_net.state_dict())
             else:
-                agreement = fit_to_actions(lambda o: policy.get_distribution(o).distribution.logits, policy.parameters(), obs, actions,
-                                           epochs=epochs, seed=seed)
+                agreement = fit_to_actions(
+                    lambda o: policy.get_distribution(o).distribution.logits, policy.parameters(), obs, actions, epochs=epochs, seed=seed
+                )
         finally:
             policy.set_training_mode(False)
         return agreement
@@ -167,8 +168,11 @@ class SB3Agent:
         }
         buffer = getattr(model, "replay_buffer", None)
         if buffer is not None:
-            out["replay_buffer"] = {"pos": int(buffer.pos), "full": bool(buffer.full),
-                                    **{name: torch.from_numpy(getattr(buffer, name)) for name in REPLAY_ARRAYS}}
+            out["replay_buffer"] = {
+                "pos": int(buffer.pos),
+                "full": bool(buffer.full),
+                **{name: torch.from_numpy(getattr(buffer, name)) for name in REPLAY_ARRAYS},
+            }
         return out
 
     def load_state(self, state: dict[str, Any]) -> None:

@@ -42,19 +42,28 @@ class RunSettings:
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
     threads: int = setting(1, "torch CPU threads (0: torch's default); the small models here run fastest on 1")
     reward_weight: float = setting(0.2, "the paper's gamma: weight of the reward in the agent's loss (Eq. 3)")
-    imitation_samples: int = setting(2000, "imitation warm-start: before RL, fit the agent's policy to the oracle's cheapest "
-                                           "confident action sequences for this many train samples, on the warmed-up main model "
-                                           "(0: RL from a random policy)")
+    imitation_samples: int = setting(
+        2000,
+        "imitation warm-start: before RL, fit the agent's policy to the oracle's cheapest "
+        "confident action sequences for this many train samples, on the warmed-up main model "
+        "(0: RL from a random policy)",
+    )
     imitation_epochs: int = setting(30, "epochs of the imitation warm-start's fit")
-    imitation_every: int = setting(8192, "refit the policy to the oracle's sequences on the current co-trained main model every "
-                                         "this many steps, between the algorithm's updates (0: only before RL); the oracle's "
-                                         "sequences change as co-training changes the model")
+    imitation_every: int = setting(
+        8192,
+        "refit the policy to the oracle's sequences on the current co-trained main model every "
+        "this many steps, between the algorithm's updates (0: only before RL); the oracle's "
+        "sequences change as co-training changes the model",
+    )
     eval_freq: int = setting(0, "evaluate on the test split every this many steps (0: only at the end)")
     checkpoint_freq: int = setting(10_000, "write checkpoint.pt every this many steps (0: only at the end)")
     log_every: int = setting(2048, "log training charts every this many steps")
-    detail_every: int = setting(10240, "evaluate every fixed path on the test split (paths/accuracy/*) and render the decisions "
-                                       "figure (charts/decisions) every this many steps, and at the end: each costs far more "
-                                       "than the scalar charts written every --log-every steps")
+    detail_every: int = setting(
+        10240,
+        "evaluate every fixed path on the test split (paths/accuracy/*) and render the decisions "
+        "figure (charts/decisions) every this many steps, and at the end: each costs far more "
+        "than the scalar charts written every --log-every steps",
+    )
     run_name: str | None = setting(None, "run directory name under --logdir (default <algo>-<dataset>-s<seed>-<time>)")
     logdir: str = setting("runs", "parent directory of run directories")
     progress: bool = setting(True, "show progress bars")
@@ -113,6 +122,7 @@ def _converter(cls: type, name: str) -> Callable[[str], Any]:
     if _is_name_list(kind):
         base: Callable[[str], Any] = parse_names
     elif typing.get_origin(kind) is tuple:
+
         def base(text: str) -> tuple[float, float]:
             return parse_pair(text, "--" + name.replace("_", "-"))
     else:
@@ -139,8 +149,14 @@ def _add_group(parser: argparse.ArgumentParser, title: str, cls: type, defaults:
             group.add_argument(flag, default=defaults[f.name], action=argparse.BooleanOptionalAction, help=help_text)
         else:
             choices = f.metadata.get("choices")
-            group.add_argument(flag, default=defaults[f.name], type=_converter(cls, f.name), choices=choices, help=help_text,
-                               metavar=None if choices else f.name.upper())
+            group.add_argument(
+                flag,
+                default=defaults[f.name],
+                type=_converter(cls, f.name),
+                choices=choices,
+                help=help_text,
+                metavar=None if choices else f.name.upper(),
+            )
 
 
 def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
@@ -246,7 +262,9 @@ def resolve(
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_control(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace the run directory if it exists (without it, an existing one is refused)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run directory if it exists (without it, an existing one is refused)"
+    )
     _add_group(parser, "run", RunSettings, defaults)
     _add_group(parser, "environment (gym.make's keyword arguments)", EnvConfig, defaults, skip=RUN_OWNED_ENV)
     _add_group(parser, f"{algo} (passed verbatim to the algorithm; none = the library's default)", classes["agent"], defaults)
@@ -258,8 +276,9 @@ def resolve(
     values = {**vars(args), **forced, "algo": algo}
     try:
         run = RunSettings(**{f.name: values[f.name] for f in fields(RunSettings)})
-        env = EnvConfig(**{f.name: values[f.name] for f in fields(EnvConfig) if f.name not in RUN_OWNED_ENV}, seed=run.seed,
-                        progress=run.progress)
+        env = EnvConfig(
+            **{f.name: values[f.name] for f in fields(EnvConfig) if f.name not in RUN_OWNED_ENV}, seed=run.seed, progress=run.progress
+        )
         agent = classes["agent"](**{f.name: values[f.name] for f in fields(classes["agent"])})
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -20,15 +20,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from dynalay_env import action_names, make_engine
-from main_models import resolve_device, set_threads, write_json
-
 from agents.algorithms import ALGORITHMS, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.compare import simple_baselines, simple_baselines_table
 from agents.imitation import imitation_warm_start
 from agents.run import RunDirectory, TrainingRun, warm_up
 from agents.settings import resolve
+from dynalay_env import action_names, make_engine
+from main_models import resolve_device, set_threads, write_json
 
 
 def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None) -> dict:
@@ -66,8 +65,15 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     # 3. the environment's engine (main model and its trainer) and the agent on the face it speaks
     try:
         engine = make_engine(env, run.num_envs, device=device, warm_up=False)
-        agent = make_agent(run.algo, settings.agent, engine, reward_weight=run.reward_weight, seed=run.seed, device=device,
-                           total_timesteps=run.total_timesteps)
+        agent = make_agent(
+            run.algo,
+            settings.agent,
+            engine,
+            reward_weight=run.reward_weight,
+            seed=run.seed,
+            device=device,
+            total_timesteps=run.total_timesteps,
+        )
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
 
@@ -82,8 +88,11 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
             warm_up(engine, settings, run_dir, resume=checkpoint)
         if run.imitation_samples:
             warm_start = imitation_warm_start(engine, agent, samples=run.imitation_samples, epochs=run.imitation_epochs, seed=run.seed)
-            print(f"[{run.algo}] imitation warm-start: the oracle's sequences for {warm_start.samples} train samples, "
-                  f"{warm_start.demonstrations} decisions, agreement {warm_start.agreement:.3f} ({warm_start.seconds:.1f} s)", flush=True)
+            print(
+                f"[{run.algo}] imitation warm-start: the oracle's sequences for {warm_start.samples} train samples, "
+                f"{warm_start.demonstrations} decisions, agreement {warm_start.agreement:.3f} ({warm_start.seconds:.1f} s)",
+                flush=True,
+            )
     else:
         try:
             engine.load_state_dict(checkpoint["engine"])
@@ -109,10 +118,20 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
 
     # 6. the final evaluation on the test split
     report = training.evaluate(agent.num_timesteps)
-    baselines = simple_baselines(engine.model, engine.splits, report, reward=engine.reward.fixed(env.lam), max_steps=engine.max_steps,
-                                 device=engine.device)
-    result = {**report.as_dict(), "algo": run.algo, "timesteps": agent.num_timesteps, "train_seconds": train_seconds, "eval_lam": env.lam,
-              "train_sps": sps, "train_time_breakdown_seconds": breakdown, "imitation": warm_start.as_dict() if warm_start else None, "baselines": baselines}
+    baselines = simple_baselines(
+        engine.model, engine.splits, report, reward=engine.reward.fixed(env.lam), max_steps=engine.max_steps, device=engine.device
+    )
+    result = {
+        **report.as_dict(),
+        "algo": run.algo,
+        "timesteps": agent.num_timesteps,
+        "train_seconds": train_seconds,
+        "eval_lam": env.lam,
+        "train_sps": sps,
+        "train_time_breakdown_seconds": breakdown,
+        "imitation": warm_start.as_dict() if warm_start else None,
+        "baselines": baselines,
+    }
     write_json(run_dir / "eval.json", result)
     training.logger.close()
     freq = ", ".join(f"{n} {share:.2f}" for n, share in zip(action_names(engine.num_layers), report.action_frequency))

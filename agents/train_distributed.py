@@ -35,13 +35,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dynalay_env import EpisodeRecord, export_main_model, make_engine, make_trainer, prepare_main_model
-from main_models import DistributedMainModelTrainer, local_device, replicas_equal, set_threads, write_json
-
 from agents.algorithms import ALGORITHMS
 from agents.reinforce import ReinforceLearner
 from agents.run import RunDirectory, TrainingRun
 from agents.settings import resolve
+from dynalay_env import EpisodeRecord, export_main_model, make_engine, make_trainer, prepare_main_model
+from main_models import DistributedMainModelTrainer, local_device, replicas_equal, set_threads, write_json
 
 
 class ProcessGroupReplicas:
@@ -118,11 +117,14 @@ def _agree(ok: bool, device: torch.device) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    settings = resolve(argv, ALGORITHMS, {"algo": "reinforce", "imitation_samples": 0, "imitation_every": 0},
-                       description=__doc__.splitlines()[0])
+    settings = resolve(
+        argv, ALGORITHMS, {"algo": "reinforce", "imitation_samples": 0, "imitation_every": 0}, description=__doc__.splitlines()[0]
+    )
     run = settings.run
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise SystemExit("error: launch this script with torchrun, e.g. torchrun --standalone --nproc-per-node 2 agents/train_distributed.py")
+        raise SystemExit(
+            "error: launch this script with torchrun, e.g. torchrun --standalone --nproc-per-node 2 agents/train_distributed.py"
+        )
     if settings.resume is not None:
         raise SystemExit("error: --resume is not supported for distributed runs yet (use agents/train.py for resumable runs)")
     try:
@@ -157,8 +159,9 @@ def _train(settings: Any, device: torch.device) -> dict | None:
         engine = make_engine(env, run.num_envs // world, device=device, warm_up=False, trainer_type=DistributedMainModelTrainer)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    trainer = engine.trainer or make_trainer(env, engine.model, engine.splits, max_steps=engine.max_steps,
-                                             trainer_type=DistributedMainModelTrainer)
+    trainer = engine.trainer or make_trainer(
+        env, engine.model, engine.splits, max_steps=engine.max_steps, trainer_type=DistributedMainModelTrainer
+    )
 
     # rank 0 claims the run directory; if it cannot, every rank stops
     run_dir = Path(run.logdir) / (run.run_name or f"ddp-reinforce-{Path(env.dataset).name}-s{run.seed}-{int(time.time())}")
@@ -176,14 +179,28 @@ def _train(settings: Any, device: torch.device) -> dict | None:
         if rank == 0:
             print(f"warm-up: {env.pretrain_epochs} epochs, replicated on {world} ranks", flush=True)
         try:
-            prepare_main_model(trainer, env, engine.splits, max_steps=engine.max_steps, progress=rank == 0,
-                               replicas=lambda ok: _agree(ok, device), store=rank == 0)
+            prepare_main_model(
+                trainer,
+                env,
+                engine.splits,
+                max_steps=engine.max_steps,
+                progress=rank == 0,
+                replicas=lambda ok: _agree(ok, device),
+                store=rank == 0,
+            )
         except ValueError as err:
             raise SystemExit(f"error: {err}") from None
     engine.seed(run.seed + 7919 * rank)  # each rank its own episodes
 
-    agent = ReinforceLearner(settings.agent, engine, reward_weight=run.reward_weight, seed=run.seed, device=device,
-                             total_timesteps=run.total_timesteps // world, replicas=ProcessGroupReplicas(device))
+    agent = ReinforceLearner(
+        settings.agent,
+        engine,
+        reward_weight=run.reward_weight,
+        seed=run.seed,
+        device=device,
+        total_timesteps=run.total_timesteps // world,
+        replicas=ProcessGroupReplicas(device),
+    )
     agent.generator.manual_seed(run.seed + 7919 * rank)  # its own exploration draws; the same initial policy
     training = TrainingRun(replace(settings, run=replace(run, checkpoint_freq=0)), run_dir, engine, agent) if rank == 0 else None
     hooks = GlobalSteps(training, world) if training is not None else Silent()
@@ -202,16 +219,29 @@ def _train(settings: Any, device: torch.device) -> dict | None:
     agent.export(run_dir)
     report = training.evaluate(steps)
     breakdown = training.time_breakdown(train_seconds, engine_before)
-    result = {**report.as_dict(), "algo": "reinforce", "timesteps": steps, "train_seconds": train_seconds, "eval_lam": env.lam,
-              "train_sps": steps / max(train_seconds, 1e-9), "train_time_breakdown_seconds_rank0": breakdown,
-              "world_size": world, "backend": dist.get_backend(), "cotrain_updates": trainer.updates, "replicas_equal": main_models_equal,
-              "agent_replicas_equal": agents_equal}
+    result = {
+        **report.as_dict(),
+        "algo": "reinforce",
+        "timesteps": steps,
+        "train_seconds": train_seconds,
+        "eval_lam": env.lam,
+        "train_sps": steps / max(train_seconds, 1e-9),
+        "train_time_breakdown_seconds_rank0": breakdown,
+        "world_size": world,
+        "backend": dist.get_backend(),
+        "cotrain_updates": trainer.updates,
+        "replicas_equal": main_models_equal,
+        "agent_replicas_equal": agents_equal,
+    }
     write_json(run_dir / "eval.json", result)
     training.logger.close()
-    print(f"[reinforce, ranks {world}] test accuracy {report.accuracy:.4f} (FPI on every layer: {report.fpi_all_accuracy:.4f}) | "
-          f"compute {report.compute_fraction:.3f} of FPI on every layer | {steps} steps in {train_seconds:.1f} s = "
-          f"{result['train_sps']:.0f} steps/s over all ranks | {trainer.updates} co-training updates | replicas equal: main model {main_models_equal}, agent {agents_equal} | "
-          f"run dir {run_dir}", flush=True)
+    print(
+        f"[reinforce, ranks {world}] test accuracy {report.accuracy:.4f} (FPI on every layer: {report.fpi_all_accuracy:.4f}) | "
+        f"compute {report.compute_fraction:.3f} of FPI on every layer | {steps} steps in {train_seconds:.1f} s = "
+        f"{result['train_sps']:.0f} steps/s over all ranks | {trainer.updates} co-training updates | replicas equal: main model {main_models_equal}, agent {agents_equal} | "
+        f"run dir {run_dir}",
+        flush=True,
+    )
     dist.barrier()
     return result
 

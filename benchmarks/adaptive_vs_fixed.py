@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+
 from agents import train
 from agents.evaluate import evaluate_run, load_run
 from dynalay_env import oracle
@@ -63,12 +64,18 @@ class Plan:
 
 
 FULL = Plan(
-    ["digits-graded", "parity"], [0, 1, 2], ["ppo", "a2c", "dqn", "reinforce"], 40_000, 20, 10, 0.005, "0,0.02",
+    ["digits-graded", "parity"],
+    [0, 1, 2],
+    ["ppo", "a2c", "dqn", "reinforce"],
+    40_000,
+    20,
+    10,
+    0.005,
+    "0,0.02",
     [0.0, 0.0025, 0.005, 0.01, 0.02],
     # parity: fewer baseline epochs, the oracle on 400 samples and a larger lambda; why:
     # benchmarks/README.md, "Against separately trained fixed-path networks (Model 0-3)"
-    per_dataset={"parity": dict(baseline_epochs=10, oracle_limit=400, lam=0.05, lam_range="0,0.1",
-                                lam_grid=[0.0, 0.025, 0.05, 0.1])},
+    per_dataset={"parity": dict(baseline_epochs=10, oracle_limit=400, lam=0.05, lam_range="0,0.1", lam_grid=[0.0, 0.025, 0.05, 0.1])},
 )
 QUICK = Plan(["digits-graded"], [0], ["ppo", "reinforce"], 512, 1, 1, 0.005, "0,0.02", [0.0, 0.01], num_envs=8, oracle_limit=48)
 
@@ -88,11 +95,30 @@ def _level_compute(per_difficulty: dict) -> dict[str, float]:
 
 def _train_agent(plan: Plan, dataset: str, algo: str, seed: int, run_dir: Path, lam_range: str = "") -> dict:
     argv = [
-        "--algo", algo, "--dataset", dataset, "--seed", str(seed), "--total-timesteps", str(plan.budget),
-        "--num-envs", str(plan.num_envs), "--pretrain-epochs", str(plan.pretrain_epochs), "--lam", str(plan.lam),
-        "--logdir", str(run_dir.parent), "--run-name", run_dir.name, "--no-progress", "--checkpoint-freq", "0",
+        "--algo",
+        algo,
+        "--dataset",
+        dataset,
+        "--seed",
+        str(seed),
+        "--total-timesteps",
+        str(plan.budget),
+        "--num-envs",
+        str(plan.num_envs),
+        "--pretrain-epochs",
+        str(plan.pretrain_epochs),
+        "--lam",
+        str(plan.lam),
+        "--logdir",
+        str(run_dir.parent),
+        "--run-name",
+        run_dir.name,
+        "--no-progress",
+        "--checkpoint-freq",
+        "0",
         # every agent of a seed starts from the same warmed-up main model; warm it up once
-        "--warmup-cache", str(run_dir.parent / "warmup"),
+        "--warmup-cache",
+        str(run_dir.parent / "warmup"),
     ]
     if lam_range:
         argv += ["--lam-range", lam_range]
@@ -118,7 +144,10 @@ def _job_key(plan: Plan, dataset: str, seed: int) -> dict:
 def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
     plan = plan.for_dataset(dataset)
     entry: dict[str, Any] = {
-        "dataset": dataset, "seed": seed, "baselines": {}, "agents": {},
+        "dataset": dataset,
+        "seed": seed,
+        "baselines": {},
+        "agents": {},
         "settings": {k: getattr(plan, k) for k in SETTINGS},
     }
     base_runs = []
@@ -162,8 +191,13 @@ def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
     _train_agent(plan, dataset, "ppo", seed, run_dir, lam_range=plan.lam_range)
     sweep = evaluate_run(run_dir, plan.lam_grid, device="cpu", figures=True)
     entry["lambda_agent"] = [
-        {"lam": r["lam"], "accuracy": r["accuracy"], "compute_fraction": r["compute_fraction"],
-         "time_ratio": r["seconds"] / r["fpi_all_seconds"], "level_compute": _level_compute(r["per_difficulty"])}
+        {
+            "lam": r["lam"],
+            "accuracy": r["accuracy"],
+            "compute_fraction": r["compute_fraction"],
+            "time_ratio": r["seconds"] / r["fpi_all_seconds"],
+            "level_compute": _level_compute(r["per_difficulty"]),
+        }
         for r in sweep["results"]
     ]
     return entry
@@ -178,8 +212,18 @@ def aggregate(entries: list[dict]) -> dict:
         table["fixed_path_oracle"] = harness.stats([r["fixed_path_oracle"] for r in rows], ("accuracy", "compute_fraction"))
         m3_acc = table["model3"]["accuracy"]["mean"]
         for algo in rows[0]["agents"]:
-            agent = harness.stats([r["agents"][algo] for r in rows], ("accuracy", "compute_fraction", "time_ratio", "gap_to_model3",
-                                                                        "oracle_accuracy", "gap_to_oracle", "oracle_compute_fraction"))
+            agent = harness.stats(
+                [r["agents"][algo] for r in rows],
+                (
+                    "accuracy",
+                    "compute_fraction",
+                    "time_ratio",
+                    "gap_to_model3",
+                    "oracle_accuracy",
+                    "gap_to_oracle",
+                    "oracle_compute_fraction",
+                ),
+            )
             levels = sorted(rows[0]["agents"][algo]["level_compute"], key=int)
             agent["level_compute"] = harness.stats([r["agents"][algo]["level_compute"] for r in rows], levels)
             hard_vs_easy = (agent["level_compute"][levels[-1]]["mean"] / agent["level_compute"][levels[0]]["mean"]) if levels else None
@@ -193,8 +237,10 @@ def aggregate(entries: list[dict]) -> dict:
             agent["target"]["all"] = all(agent["target"].values())
             table[f"agent_{algo}"] = agent
         lams = [p["lam"] for p in rows[0]["lambda_agent"]] if all(r["lambda_agent"] for r in rows) else []
-        table["lambda_agent"] = [{"lam": lam, **harness.stats([r["lambda_agent"][i] for r in rows], ("accuracy", "compute_fraction", "time_ratio"))}
-                                 for i, lam in enumerate(lams)]
+        table["lambda_agent"] = [
+            {"lam": lam, **harness.stats([r["lambda_agent"][i] for r in rows], ("accuracy", "compute_fraction", "time_ratio"))}
+            for i, lam in enumerate(lams)
+        ]
         out[dataset] = table
     return out
 
@@ -202,18 +248,42 @@ def aggregate(entries: list[dict]) -> dict:
 def pareto_figure(summary: dict, path: Path) -> None:
     panels = {}
     for dataset, t in summary.items():
-        series = [harness.Series([t[m]["compute_fraction"]["mean"] for m in BASELINES], [t[m]["accuracy"]["mean"] for m in BASELINES], "s--",
-                                 "Model 0-3 (fixed paths)", names=[m.replace("model", "M") for m in BASELINES], name_offset=(4, -10),
-                                 options={"color": "#777777"})]
-        series += [harness.Series([a["compute_fraction"]["mean"]], [a["accuracy"]["mean"]], "o", key.replace("agent_", "").upper(),
-                                  xerr=[a["compute_fraction"]["std"]], yerr=[a["accuracy"]["std"]])
-                   for key, a in t.items() if key.startswith("agent_")]
+        series = [
+            harness.Series(
+                [t[m]["compute_fraction"]["mean"] for m in BASELINES],
+                [t[m]["accuracy"]["mean"] for m in BASELINES],
+                "s--",
+                "Model 0-3 (fixed paths)",
+                names=[m.replace("model", "M") for m in BASELINES],
+                name_offset=(4, -10),
+                options={"color": "#777777"},
+            )
+        ]
+        series += [
+            harness.Series(
+                [a["compute_fraction"]["mean"]],
+                [a["accuracy"]["mean"]],
+                "o",
+                key.replace("agent_", "").upper(),
+                xerr=[a["compute_fraction"]["std"]],
+                yerr=[a["accuracy"]["std"]],
+            )
+            for key, a in t.items()
+            if key.startswith("agent_")
+        ]
         if t["lambda_agent"]:
             series.append(harness.curve(t["lambda_agent"], "^-", "PPO, one agent across λ", color="#8c564b"))
         fo = t["fixed_path_oracle"]
-        series += [harness.Series([fo["compute_fraction"]["mean"]], [fo["accuracy"]["mean"]], "*", "oracle over Model 0-3",
-                                  options={"markersize": 11, "color": "#d62728"}),
-                   harness.Series([0.4], label="target: compute ≤ 0.4")]
+        series += [
+            harness.Series(
+                [fo["compute_fraction"]["mean"]],
+                [fo["accuracy"]["mean"]],
+                "*",
+                "oracle over Model 0-3",
+                options={"markersize": 11, "color": "#d62728"},
+            ),
+            harness.Series([0.4], label="target: compute ≤ 0.4"),
+        ]
         panels[dataset] = series
     harness.pareto_figure(path, panels, size=(5.2, 4))
 
@@ -223,16 +293,23 @@ def _table(result: dict) -> list[str]:
     lines = []
     for dataset, t in result["summary"].items():
         n = t["model3"]["accuracy"]["n"]
-        lines += [f"\n{dataset}  (mean ± std over {n} seed(s); compute = fraction of FPI on every layer)",
-                  f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)"]
+        lines += [
+            f"\n{dataset}  (mean ± std over {n} seed(s); compute = fraction of FPI on every layer)",
+            f"{'method':>22} | {'accuracy':>15} | {'compute':>15} | {'wall/FPI-all':>12} | compute per level (easy..hard)",
+        ]
         lines += [f"{m:>22} | {pm(t[m]['accuracy'], 4):>15} | {pm(t[m]['compute_fraction']):>15} | {'':>12} |" for m in BASELINES]
         for key, a in t.items():
             if key.startswith("agent_"):
                 lv = " ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values())
-                lines.append(f"{key:>22} | {pm(a['accuracy'], 4):>15} | {pm(a['compute_fraction']):>15} | {a['time_ratio']['mean']:12.3f} | {lv} | "
-                             f"oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}")
-        lines += [f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {pm(p['accuracy'], 4):>15} | {pm(p['compute_fraction']):>15} | "
-                  f"{p['time_ratio']['mean']:12.3f} |" for p in t["lambda_agent"]]
+                lines.append(
+                    f"{key:>22} | {pm(a['accuracy'], 4):>15} | {pm(a['compute_fraction']):>15} | {a['time_ratio']['mean']:12.3f} | {lv} | "
+                    f"oracle gap {a['gap_to_oracle']['mean']:+.4f} | targets {'met' if a['target']['all'] else 'missed'}"
+                )
+        lines += [
+            f"{'λ-agent @ ' + format(p['lam'], 'g'):>22} | {pm(p['accuracy'], 4):>15} | {pm(p['compute_fraction']):>15} | "
+            f"{p['time_ratio']['mean']:12.3f} |"
+            for p in t["lambda_agent"]
+        ]
         fo = t["fixed_path_oracle"]
         lines.append(f"{'oracle over Model 0-3':>22} | {pm(fo['accuracy'], 4):>15} | {pm(fo['compute_fraction']):>15} |")
     return lines
@@ -245,17 +322,44 @@ def markdown_tables(summary: dict) -> str:
     names = {"model0": "Model 0 (plain)", "model1": "Model 1", "model2": "Model 2", "model3": "Model 3 (FPI everywhere)"}
     for dataset, t in summary.items():
         rows = [[label, pm(t[m]["accuracy"], 4), pm(t[m]["compute_fraction"]), "", "", "", "", ""] for m, label in names.items()]
-        rows += [[key[6:].upper(), pm(a["accuracy"], 4), pm(a["compute_fraction"]), pm(a["time_ratio"]),
-                  " / ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values()), f"{a['hard_over_easy_compute']:.2f}",
-                  pm(a["gap_to_oracle"], 4), pm(a["oracle_compute_fraction"])] for key, a in t.items() if key.startswith("agent_")]
-        rows += [[f"λ-conditioned PPO at λ = {p['lam']:g}", pm(p["accuracy"], 4), pm(p["compute_fraction"]), pm(p["time_ratio"]), "", "", "", ""]
-                 for p in t["lambda_agent"]]
+        rows += [
+            [
+                key[6:].upper(),
+                pm(a["accuracy"], 4),
+                pm(a["compute_fraction"]),
+                pm(a["time_ratio"]),
+                " / ".join(f"{v['mean']:.2f}" for v in a["level_compute"].values()),
+                f"{a['hard_over_easy_compute']:.2f}",
+                pm(a["gap_to_oracle"], 4),
+                pm(a["oracle_compute_fraction"]),
+            ]
+            for key, a in t.items()
+            if key.startswith("agent_")
+        ]
+        rows += [
+            [f"λ-conditioned PPO at λ = {p['lam']:g}", pm(p["accuracy"], 4), pm(p["compute_fraction"]), pm(p["time_ratio"]), "", "", "", ""]
+            for p in t["lambda_agent"]
+        ]
         fo = t["fixed_path_oracle"]
         rows.append(["oracle over Model 0-3", pm(fo["accuracy"], 4), pm(fo["compute_fraction"]), "", "", "", "", ""])
-        lines += [f"#### {dataset} ({len(t.get('seeds', []))} seeds)", "",
-                  *harness.markdown_table(["method", "test accuracy", "compute (fraction of Model 3)", "wall / FPI-all",
-                                           "compute per level, easy → hard (plain passes)", "hard / easy", "accuracy gap to oracle",
-                                           "oracle's compute"], rows), ""]
+        lines += [
+            f"#### {dataset} ({len(t.get('seeds', []))} seeds)",
+            "",
+            *harness.markdown_table(
+                [
+                    "method",
+                    "test accuracy",
+                    "compute (fraction of Model 3)",
+                    "wall / FPI-all",
+                    "compute per level, easy → hard (plain passes)",
+                    "hard / easy",
+                    "accuracy gap to oracle",
+                    "oracle's compute",
+                ],
+                rows,
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -300,11 +404,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lam", type=float, help="override the agents' training lambda")
     parser.add_argument("--lam-range", help="override the lambda-conditioned agent's 'low,high' range")
     parser.add_argument("--no-lambda-agent", action="store_true", help="skip the lambda-conditioned agent")
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                        help="aggregate the per-seed entries of earlier result files instead of running")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="JSON", help="aggregate the per-seed entries of earlier result files instead of running"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
-    parser.add_argument("--retime", action="store_true",
-                        help="with --merge: re-measure each agent's wall time from its saved run (checks accuracy and compute reproduce)")
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="with --merge: re-measure each agent's wall time from its saved run (checks accuracy and compute reproduce)",
+    )
     parser.add_argument("--timing-repeats", type=int, default=5, help="with --retime: timed rollouts per policy (median)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/adaptive_vs_fixed"), help="where runs, JSON and the figure go")
     args = parser.parse_args(argv)
@@ -315,21 +423,39 @@ def main(argv: list[str] | None = None) -> dict:
     jobs, extra = [], {"retimed": bool(args.retime)}
     if not args.merge:
         plan = replace(QUICK if args.quick else FULL)
-        overrides = {name: getattr(args, name) for name in
-                     ("datasets", "seeds", "budget", "algos", "pretrain_epochs", "baseline_epochs", "oracle_limit", "lam", "lam_range")
-                     if getattr(args, name) is not None}
-        plan = replace(plan, **overrides, lambda_agent=not args.no_lambda_agent,
-                       # explicit flags beat the per-dataset defaults
-                       per_dataset={d: {k: v for k, v in o.items() if k not in overrides} for d, o in plan.per_dataset.items()})
-        jobs = [harness.Job(_job_key(plan, d, seed), partial(run_seed, plan, d, seed, args.out_dir)) for d in plan.datasets for seed in plan.seeds]
+        overrides = {
+            name: getattr(args, name)
+            for name in ("datasets", "seeds", "budget", "algos", "pretrain_epochs", "baseline_epochs", "oracle_limit", "lam", "lam_range")
+            if getattr(args, name) is not None
+        }
+        plan = replace(
+            plan,
+            **overrides,
+            lambda_agent=not args.no_lambda_agent,
+            # explicit flags beat the per-dataset defaults
+            per_dataset={d: {k: v for k, v in o.items() if k not in overrides} for d, o in plan.per_dataset.items()},
+        )
+        jobs = [
+            harness.Job(_job_key(plan, d, seed), partial(run_seed, plan, d, seed, args.out_dir))
+            for d in plan.datasets
+            for seed in plan.seeds
+        ]
         extra = {"plan": dict(vars(plan))}
 
     def retime_each(found: list[tuple[Path, dict]]) -> None:
         for path in args.merge if args.retime else []:
             retime([entry for source, entry in found if source == Path(path)], Path(path).parent, args.timing_repeats)
 
-    result = harness.collect("adaptive_vs_fixed", args.out_dir, aggregate, lambda r: _write(r, args.out_dir), merge=args.merge, jobs=jobs,
-                             extra=extra, before_merge=retime_each)
+    result = harness.collect(
+        "adaptive_vs_fixed",
+        args.out_dir,
+        aggregate,
+        lambda r: _write(r, args.out_dir),
+        merge=args.merge,
+        jobs=jobs,
+        extra=extra,
+        before_merge=retime_each,
+    )
 
     def text(r: dict) -> list[str]:
         if args.markdown:

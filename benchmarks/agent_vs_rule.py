@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import harness
+
 from dynalay_env.baselines import accuracy_at_compute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +51,26 @@ def _python(script: str, *args: str, out: Path | None = None) -> None:
 def _train(out_dir: Path, name: str, seed: int, extra: Sequence[str], quick: bool) -> Path:
     run = out_dir / name
     if not (run / "eval.json").is_file():
-        budget = ["--total-timesteps", "1024", "--pretrain-epochs", "1", "--imitation-samples", "64", "--imitation-every", "512"] if quick else []
-        _python("agents/train_ppo.py", "--seed", str(seed), "--run-name", name, "--logdir", str(out_dir), "--no-progress",
-                "--warmup-cache", str(out_dir / "warmup"), *("--overwrite",) * run.exists(), *extra, *budget)
+        budget = (
+            ["--total-timesteps", "1024", "--pretrain-epochs", "1", "--imitation-samples", "64", "--imitation-every", "512"]
+            if quick
+            else []
+        )
+        _python(
+            "agents/train_ppo.py",
+            "--seed",
+            str(seed),
+            "--run-name",
+            name,
+            "--logdir",
+            str(out_dir),
+            "--no-progress",
+            "--warmup-cache",
+            str(out_dir / "warmup"),
+            *("--overwrite",) * run.exists(),
+            *extra,
+            *budget,
+        )
     return run
 
 
@@ -130,7 +148,10 @@ def lambda_seed(run: Path, lams: Sequence[float], quick: bool) -> dict[str, Any]
 def digits_seed(run: Path, quick: bool) -> dict[str, Any]:
     comparison = _evaluate(run, "baselines", "--baselines", quick=quick)["comparison"][0]
     agent = comparison["agent"]
-    best_name = max(comparison["fixed_paths"], key=lambda n: (comparison["fixed_paths"][n]["accuracy"], -comparison["fixed_paths"][n]["compute_fraction"]))
+    best_name = max(
+        comparison["fixed_paths"],
+        key=lambda n: (comparison["fixed_paths"][n]["accuracy"], -comparison["fixed_paths"][n]["compute_fraction"]),
+    )
     best = comparison["fixed_paths"][best_name]
     return {
         "run": str(run),
@@ -146,16 +167,43 @@ def digits_seed(run: Path, quick: bool) -> dict[str, Any]:
 
 def figure(seed: dict[str, Any], path: Path, title: str) -> None:
     orders = sorted({tuple(p["order"]) for p in seed["confidence_curve"]})
-    series = [harness.curve([p for p in seed["confidence_curve"] if tuple(p["order"]) == order], "s--",
-                            f"confidence rule, order {','.join(f'L{j}' for j in order)}", ms=4) for order in orders]
+    series = [
+        harness.curve(
+            [p for p in seed["confidence_curve"] if tuple(p["order"]) == order],
+            "s--",
+            f"confidence rule, order {','.join(f'L{j}' for j in order)}",
+            ms=4,
+        )
+        for order in orders
+    ]
     agent = sorted((p["compute_fraction"], p["accuracy"], p["lam"]) for p in seed["points"])
     fixed = seed["fixed_paths"]
-    series += [harness.Series([a[0] for a in agent], [a[1] for a in agent], "o-", "λ-conditioned agent (one policy)",
-                              names=[f"{a[2]:g}" for a in agent], name_offset=(4, -10), options={"color": "black"}),
-               harness.Series([p["compute_fraction"] for p in fixed.values()], [p["accuracy"] for p in fixed.values()], "^", names=list(fixed),
-                              name_offset=(3, 3), options={"color": "grey"}),
-               harness.Series([seed["ceiling"]["compute_fraction"]], [seed["ceiling"]["accuracy"]], "*", "learnable ceiling",
-                              options={"ms": 12, "color": "tab:red"})]
+    series += [
+        harness.Series(
+            [a[0] for a in agent],
+            [a[1] for a in agent],
+            "o-",
+            "λ-conditioned agent (one policy)",
+            names=[f"{a[2]:g}" for a in agent],
+            name_offset=(4, -10),
+            options={"color": "black"},
+        ),
+        harness.Series(
+            [p["compute_fraction"] for p in fixed.values()],
+            [p["accuracy"] for p in fixed.values()],
+            "^",
+            names=list(fixed),
+            name_offset=(3, 3),
+            options={"color": "grey"},
+        ),
+        harness.Series(
+            [seed["ceiling"]["compute_fraction"]],
+            [seed["ceiling"]["accuracy"]],
+            "*",
+            "learnable ceiling",
+            options={"ms": 12, "color": "tab:red"},
+        ),
+    ]
     harness.pareto_figure(path, {title: series}, size=(6.4, 4.4), log_x=True, legend_loc="lower right")
 
 
@@ -164,16 +212,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     task = ["--dataset", args.dataset] if args.dataset else []
     grid = [grid_seed(_train(out_dir, f"grid-s{s}", s, task, args.quick), args.quick) for s in args.seeds]
-    lam_agents = [lambda_seed(_train(out_dir, f"grid-lambda-s{s}", s, task + LAMBDA_AGENT, args.quick), args.lams, args.quick)
-                  for s in args.lambda_seeds]
+    lam_agents = [
+        lambda_seed(_train(out_dir, f"grid-lambda-s{s}", s, task + LAMBDA_AGENT, args.quick), args.lams, args.quick)
+        for s in args.lambda_seeds
+    ]
     digits = [digits_seed(_train(out_dir, f"digits-s{s}", s, ["--dataset", "digits"], args.quick), args.quick) for s in args.digits_seeds]
     figures = []
     for seed, result in zip(args.lambda_seeds, lam_agents):
         path = out_dir / f"lambda_agent_vs_rule_s{seed}.png"
         figure(result, path, f"{args.dataset or 'grid-lookup'}, seed {seed}: one agent across λ against the confidence rule")
         figures.append(str(path))
-    keys = ("agent_accuracy", "agent_compute", "fpi_all_accuracy", "rule_compute_at_fpi_all_accuracy", "rule_compute_at_agent_accuracy",
-            "ceiling_accuracy", "ceiling_compute", "gap_closed")
+    keys = (
+        "agent_accuracy",
+        "agent_compute",
+        "fpi_all_accuracy",
+        "rule_compute_at_fpi_all_accuracy",
+        "rule_compute_at_agent_accuracy",
+        "ceiling_accuracy",
+        "ceiling_compute",
+        "gap_closed",
+    )
     return {
         "benchmark": "agent_vs_rule",
         "seeds": list(args.seeds),
@@ -185,30 +243,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lambda_agent_on_or_above_the_rule_on_every_seed": bool(lam_agents) and all(r["on_or_above_the_rule"] for r in lam_agents),
         "digits": digits,
         "digits_summary": harness.stats(digits, ("agent_accuracy", "agent_compute", "best_fixed_accuracy")),
-        "digits_targets_on_every_seed": bool(digits) and all(
-            d["within_half_a_point_of_the_best_fixed_path"] and d["compute_at_most_0.3"] for d in digits),
+        "digits_targets_on_every_seed": bool(digits)
+        and all(d["within_half_a_point_of_the_best_fixed_path"] and d["compute_at_most_0.3"] for d in digits),
         "figures": figures,
     }
 
 
 def markdown(out: dict[str, Any]) -> str:
     f, pm, s = harness.fmt, harness.pm, out["grid_lookup_summary"]
-    rows = [[seed, f(g["agent_accuracy"], 4), f(g["fpi_all_accuracy"], 4), f(g["agent_compute"]), f(g["rule_compute_at_fpi_all_accuracy"]),
-             f(g["rule_compute_at_agent_accuracy"]), f"{f(g['ceiling_accuracy'], 4)}, {f(g['ceiling_compute'])}", f(g["gap_closed"], 2)]
-            for seed, g in zip(out["seeds"], out["grid_lookup"])]
-    rows.append(["mean ± std", pm(s["agent_accuracy"], 4), pm(s["fpi_all_accuracy"], 4), pm(s["agent_compute"]),
-                 pm(s["rule_compute_at_fpi_all_accuracy"]), pm(s["rule_compute_at_agent_accuracy"]),
-                 f"{pm(s['ceiling_accuracy'], 4)}, {pm(s['ceiling_compute'])}", pm(s["gap_closed"], 2)])
-    lines = harness.markdown_table(["seed", "agent accuracy", "FPI-all accuracy", "agent compute", "rule compute at FPI-all accuracy",
-                                    "rule compute at the agent's accuracy", "ceiling (accuracy, compute)", "gap closed"], rows)
+    rows = [
+        [
+            seed,
+            f(g["agent_accuracy"], 4),
+            f(g["fpi_all_accuracy"], 4),
+            f(g["agent_compute"]),
+            f(g["rule_compute_at_fpi_all_accuracy"]),
+            f(g["rule_compute_at_agent_accuracy"]),
+            f"{f(g['ceiling_accuracy'], 4)}, {f(g['ceiling_compute'])}",
+            f(g["gap_closed"], 2),
+        ]
+        for seed, g in zip(out["seeds"], out["grid_lookup"])
+    ]
+    rows.append(
+        [
+            "mean ± std",
+            pm(s["agent_accuracy"], 4),
+            pm(s["fpi_all_accuracy"], 4),
+            pm(s["agent_compute"]),
+            pm(s["rule_compute_at_fpi_all_accuracy"]),
+            pm(s["rule_compute_at_agent_accuracy"]),
+            f"{pm(s['ceiling_accuracy'], 4)}, {pm(s['ceiling_compute'])}",
+            pm(s["gap_closed"], 2),
+        ]
+    )
+    lines = harness.markdown_table(
+        [
+            "seed",
+            "agent accuracy",
+            "FPI-all accuracy",
+            "agent compute",
+            "rule compute at FPI-all accuracy",
+            "rule compute at the agent's accuracy",
+            "ceiling (accuracy, compute)",
+            "gap closed",
+        ],
+        rows,
+    )
     for r in out["lambda_agent"]:
         pts = ", ".join(f"λ {p['lam']:g}: {p['accuracy']:.4f} at {p['compute_fraction']:.3f}" for p in r["points"])
-        lines.append(f"\nλ-agent {r['run']}: {pts}; on or above the rule: {r['on_or_above_the_rule']}"
-                     + (f" (rule points above it: {[(p['tau'], p['order'], round(p['accuracy'], 4), round(p['compute_fraction'], 3)) for p in r['rule_points_above_the_agent']]})"
-                        if r["rule_points_above_the_agent"] else ""))
+        lines.append(
+            f"\nλ-agent {r['run']}: {pts}; on or above the rule: {r['on_or_above_the_rule']}"
+            + (
+                f" (rule points above it: {[(p['tau'], p['order'], round(p['accuracy'], 4), round(p['compute_fraction'], 3)) for p in r['rule_points_above_the_agent']]})"
+                if r["rule_points_above_the_agent"]
+                else ""
+            )
+        )
     for d in out["digits"]:
-        lines.append(f"\ndigits {d['run']}: agent {d['agent_accuracy']:.4f} at {d['agent_compute']:.3f}; best fixed path "
-                     f"{d['best_fixed_path']} {d['best_fixed_accuracy']:.4f}")
+        lines.append(
+            f"\ndigits {d['run']}: agent {d['agent_accuracy']:.4f} at {d['agent_compute']:.3f}; best fixed path "
+            f"{d['best_fixed_path']} {d['best_fixed_accuracy']:.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -219,8 +314,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lambda-seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the lambda-conditioned agent")
     parser.add_argument("--digits-seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the default job on digits")
     parser.add_argument("--lams", type=float, nargs="+", default=list(LAMS), help="lambdas the lambda-conditioned agent is evaluated at")
-    parser.add_argument("--dataset", default=None, help="the task of the seeds and the lambda-conditioned agent (default: the default "
-                                                         "task, grid-lookup); the smoke test uses digits")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="the task of the seeds and the lambda-conditioned agent (default: the default task, grid-lookup); the smoke test uses digits",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, not a measurement)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

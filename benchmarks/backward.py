@@ -26,10 +26,10 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import harness
 import torch
 import torch.nn.functional as F
 
-import harness
 from main_models import ContractiveTanhBlock, FPILayer, SolverSettings, resolve_device, set_threads
 
 
@@ -131,7 +131,9 @@ def run(iteration_counts: list[int], batch: int, dim: int, device: torch.device,
                     "time_vs_unrolled": r["seconds"] / ref["seconds"],
                     "backward_time_vs_unrolled": r["backward_seconds"] / ref["backward_seconds"],
                     "memory_vs_unrolled": (
-                        (r["cuda_peak_bytes"] / ref["cuda_peak_bytes"]) if r["cuda_peak_bytes"] is not None else r["saved_bytes"] / ref["saved_bytes"]
+                        (r["cuda_peak_bytes"] / ref["cuda_peak_bytes"])
+                        if r["cuda_peak_bytes"] is not None
+                        else r["saved_bytes"] / ref["saved_bytes"]
                     ),
                     "cosine_to_unrolled": float(F.cosine_similarity(r["grad"], ref["grad"], dim=0)),
                     "adjoint_iterations": r["adjoint_iterations"],
@@ -174,30 +176,49 @@ def cotrain_gradients(repeats: int, warmup_epochs: int = 3) -> list[dict]:
         results[variant] = {"seconds": sorted(times[1:])[len(times[1:]) // 2], "grad": grad}
     model.configure_solver(grad="implicit")
     ref = results["unrolled"]
-    return [{"mode": v, "seconds": r["seconds"], "time_vs_unrolled": r["seconds"] / ref["seconds"],
-             "cosine_to_unrolled": float(F.cosine_similarity(r["grad"], ref["grad"], dim=0))} for v, r in results.items()]
+    return [
+        {
+            "mode": v,
+            "seconds": r["seconds"],
+            "time_vs_unrolled": r["seconds"] / ref["seconds"],
+            "cosine_to_unrolled": float(F.cosine_similarity(r["grad"], ref["grad"], dim=0)),
+        }
+        for v, r in results.items()
+    ]
 
 
 def _table(result: dict) -> list[str]:
-    lines = [f"FPI layer, batch {result['batch']}, width {result['dim']}, {result['device']}, denormals flushed: {result['flush_denormal']}",
-             f"{'iters':>5} | {'mode':>16} | {'bwd ms':>8} | {'bwd/unrolled':>12} | {'fwd+bwd ms':>10} | {'fwd+bwd/unrolled':>16} | "
-             f"{'memory MiB':>10} | {'mem/unrolled':>12} | {'cos to unrolled':>15} | adjoint iters"]
-    lines += [f"{r['forward_iterations']:>5} | {r['mode']:>16} | {1000 * r['backward_seconds']:8.2f} | {r['backward_time_vs_unrolled']:12.2f} | "
-              f"{1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:16.2f} | {r['memory_bytes'] / 2**20:10.3f} | "
-              f"{r['memory_vs_unrolled']:12.3f} | {r['cosine_to_unrolled']:15.4f} | {r['adjoint_iterations'] or '-'}" for r in result["rows"]]
+    lines = [
+        f"FPI layer, batch {result['batch']}, width {result['dim']}, {result['device']}, denormals flushed: {result['flush_denormal']}",
+        f"{'iters':>5} | {'mode':>16} | {'bwd ms':>8} | {'bwd/unrolled':>12} | {'fwd+bwd ms':>10} | {'fwd+bwd/unrolled':>16} | "
+        f"{'memory MiB':>10} | {'mem/unrolled':>12} | {'cos to unrolled':>15} | adjoint iters",
+    ]
+    lines += [
+        f"{r['forward_iterations']:>5} | {r['mode']:>16} | {1000 * r['backward_seconds']:8.2f} | {r['backward_time_vs_unrolled']:12.2f} | "
+        f"{1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:16.2f} | {r['memory_bytes'] / 2**20:10.3f} | "
+        f"{r['memory_vs_unrolled']:12.3f} | {r['cosine_to_unrolled']:15.4f} | {r['adjoint_iterations'] or '-'}"
+        for r in result["rows"]
+    ]
     if "cotrain" in result:
-        lines += ["\none co-training update of the digits MLP (64 samples, random paths, forward tol 1e-3)",
-                  f"{'mode':>16} | {'fwd+bwd ms':>10} | {'vs unrolled':>11} | {'cos to unrolled':>15}"]
-        lines += [f"{r['mode']:>16} | {1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:11.2f} | {r['cosine_to_unrolled']:15.5f}"
-                  for r in result["cotrain"]]
+        lines += [
+            "\none co-training update of the digits MLP (64 samples, random paths, forward tol 1e-3)",
+            f"{'mode':>16} | {'fwd+bwd ms':>10} | {'vs unrolled':>11} | {'cos to unrolled':>15}",
+        ]
+        lines += [
+            f"{r['mode']:>16} | {1000 * r['seconds']:10.2f} | {r['time_vs_unrolled']:11.2f} | {r['cosine_to_unrolled']:15.5f}"
+            for r in result["cotrain"]
+        ]
     return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = harness.parser(__doc__, quick="small batch, 10 and 30 iterations", device="auto")
-    parser.add_argument("--keep-denormals", action="store_true",
-                        help="do not flush denormal floats on CPU (unrolled backward through 100 tanh iterations then runs many times "
-                             "slower on denormal arithmetic: benchmarks/README.md, \"Backward: implicit vs unrolled vs phantom\")")
+    parser.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="do not flush denormal floats on CPU (unrolled backward through 100 tanh iterations then runs many times "
+        'slower on denormal arithmetic: benchmarks/README.md, "Backward: implicit vs unrolled vs phantom")',
+    )
     args = parser.parse_args(argv)
     flushed = torch.set_flush_denormal(not args.keep_denormals)
     set_threads(args.threads)

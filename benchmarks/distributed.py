@@ -32,10 +32,28 @@ def run_world(ranks: int, args: argparse.Namespace, logdir: Path) -> dict[str, A
     if torchrun is None:
         raise SystemExit("error: torchrun not found (it comes with torch)")
     command = [
-        torchrun, "--standalone", "--nproc-per-node", str(ranks), str(ROOT / "agents" / "train_distributed.py"),
-        "--dataset", args.dataset, "--total-timesteps", str(total), "--num-envs", str(num_envs),
-        "--pretrain-epochs", str(args.pretrain_epochs), "--device", args.device, "--threads", "1", "--no-progress",
-        "--logdir", str(logdir), "--run-name", f"ranks{ranks}",
+        torchrun,
+        "--standalone",
+        "--nproc-per-node",
+        str(ranks),
+        str(ROOT / "agents" / "train_distributed.py"),
+        "--dataset",
+        args.dataset,
+        "--total-timesteps",
+        str(total),
+        "--num-envs",
+        str(num_envs),
+        "--pretrain-epochs",
+        str(args.pretrain_epochs),
+        "--device",
+        args.device,
+        "--threads",
+        "1",
+        "--no-progress",
+        "--logdir",
+        str(logdir),
+        "--run-name",
+        f"ranks{ranks}",
     ]
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
@@ -64,8 +82,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--total-timesteps", type=int, default=40960)
     parser.add_argument("--num-envs", type=int, default=64, help="episodes in flight over all ranks (strong scaling)")
-    parser.add_argument("--per-rank", type=int, default=None,
-                        help="episodes in flight per rank instead (weak scaling: --num-envs and --total-timesteps grow with the ranks)")
+    parser.add_argument(
+        "--per-rank",
+        type=int,
+        default=None,
+        help="episodes in flight per rank instead (weak scaling: --num-envs and --total-timesteps grow with the ranks)",
+    )
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
@@ -80,9 +102,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = rows[0]["train_sps"]
     for r in rows:
         r["sps_vs_first"] = r["train_sps"] / base
-    result = {"benchmark": "distributed", "dataset": args.dataset, "device": args.device, "num_envs": args.num_envs,
-              "per_rank": args.per_rank,
-              "total_timesteps": args.total_timesteps, "cpu_count": os.cpu_count(), "rows": rows}
+    result = {
+        "benchmark": "distributed",
+        "dataset": args.dataset,
+        "device": args.device,
+        "num_envs": args.num_envs,
+        "per_rank": args.per_rank,
+        "total_timesteps": args.total_timesteps,
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(result))
     else:
@@ -90,8 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"REINFORCE + co-training on {args.dataset}, {scaling}, {args.device}, {os.cpu_count()} CPU cores")
         print(f"{'ranks':>5} | {'steps/s':>8} | {'vs first':>8} | {'updates':>7} | {'replicas equal':>14} | {'accuracy':>8}")
         for r in rows:
-            print(f"{r['ranks']:>5} | {r['train_sps']:8.0f} | {r['sps_vs_first']:8.2f} | {r['cotrain_updates']:>7} | "
-                  f"{str(r['replicas_equal']):>14} | {r['accuracy']:8.4f}")
+            print(
+                f"{r['ranks']:>5} | {r['train_sps']:8.0f} | {r['sps_vs_first']:8.2f} | {r['cotrain_updates']:>7} | "
+                f"{str(r['replicas_equal']):>14} | {r['accuracy']:8.4f}"
+            )
     return result
 
 

@@ -21,11 +21,11 @@ import platform
 import time
 
 import gymnasium as gym
+import harness
 import numpy as np
 import torch
 
 import dynalay_env  # noqa: F401  (registers DynaLay-v0)
-import harness
 from main_models import resolve_device, set_threads
 
 
@@ -47,8 +47,9 @@ def _time_steps(env: gym.vector.VectorEnv, min_steps: int, min_seconds: float, s
     return steps * n / seconds, steps
 
 
-def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min_seconds: float, sync_max: int,
-        fpi_solver: str | None = None) -> dict:
+def run(
+    sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min_seconds: float, sync_max: int, fpi_solver: str | None = None
+) -> dict:
     rows = []
     for device in devices:
         for n in sizes:
@@ -79,8 +80,10 @@ def run(sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min
 
 
 def _table(result: dict) -> list[str]:
-    lines = [f"env steps/s, random actions, co-training {'on' if result['cotrain'] else 'off'}, solver: {result['fpi_solver']}",
-             f"{'device':>6} | {'N':>5} | {'batched':>10} | {'sync':>10} | {'ratio':>7}"]
+    lines = [
+        f"env steps/s, random actions, co-training {'on' if result['cotrain'] else 'off'}, solver: {result['fpi_solver']}",
+        f"{'device':>6} | {'N':>5} | {'batched':>10} | {'sync':>10} | {'ratio':>7}",
+    ]
     for r in result["rows"]:
         sync = f"{r['sync_sps']:10.0f}" if r["sync_sps"] else f"{'-':>10}"
         ratio = f"{r['speedup']:7.1f}" if r["speedup"] else f"{'-':>7}"
@@ -107,8 +110,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         result = run(args.sizes or [1, 64], devices, args.cotrain, min_steps=5, min_seconds=0.2, sync_max=64, fpi_solver=args.fpi_solver)
     else:
-        result = run(args.sizes or [1, 64, 256, 1024], devices, args.cotrain, min_steps=50, min_seconds=3.0, sync_max=1024,
-                     fpi_solver=args.fpi_solver)
+        result = run(
+            args.sizes or [1, 64, 256, 1024],
+            devices,
+            args.cotrain,
+            min_steps=50,
+            min_seconds=3.0,
+            sync_max=1024,
+            fpi_solver=args.fpi_solver,
+        )
     return harness.show(result, args.json, _table)
 
 

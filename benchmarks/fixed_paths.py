@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from main_models import MAIN_MODELS, add_runtime_flags, fixed_path_oracle, parse_fpi_layers, run_baseline, set_threads, write_json
 
 
@@ -61,13 +60,13 @@ def _oracle_summary(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", default="digits", help="dataset name, or a path to an .npz file")
     parser.add_argument("--model", default=None, choices=sorted(MAIN_MODELS), help="main model (default: the one for the data)")
     parser.add_argument("--data-dir", default=None, help="where dataset files live (default $DYNALAY_DATA_DIR or ./data)")
-    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option, e.g. max_len=64 (repeatable)")
+    parser.add_argument(
+        "--data-option", action="append", default=[], metavar="KEY=VALUE", help="loader option, e.g. max_len=64 (repeatable)"
+    )
     parser.add_argument("--fpi-layers", default=None, help="the fixed path: '' (Model 0), '1', '1,2', '1,2,3' (Model 3)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="minibatch size")
@@ -78,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
-    parser.add_argument("--oracle", nargs="+", default=None, metavar="RUN.json", help="combine saved runs into the oracle instead of training")
+    parser.add_argument(
+        "--oracle", nargs="+", default=None, metavar="RUN.json", help="combine saved runs into the oracle instead of training"
+    )
     return parser
 
 

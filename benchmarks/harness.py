@@ -49,8 +49,11 @@ def mean_std(values: Iterable[float | None]) -> dict[str, Any]:
     not counted; with none left the mean is None, with fewer than two the deviation is 0."""
     arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     present = arr[~np.isnan(arr)]
-    return {"mean": float(present.mean()) if present.size else None,
-            "std": float(present.std(ddof=1)) if present.size > 1 else 0.0, "n": int(present.size)}
+    return {
+        "mean": float(present.mean()) if present.size else None,
+        "std": float(present.std(ddof=1)) if present.size > 1 else 0.0,
+        "n": int(present.size),
+    }
 
 
 def stats(rows: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -81,7 +84,9 @@ class Job:
     run: Callable[[], dict[str, Any]]
 
 
-def run_seeds(path: Path, benchmark: str, jobs: Iterable[Job], finish: Callable[[list[dict[str, Any]], float], None]) -> list[dict[str, Any]]:
+def run_seeds(
+    path: Path, benchmark: str, jobs: Iterable[Job], finish: Callable[[list[dict[str, Any]], float], None]
+) -> list[dict[str, Any]]:
     """Run each of ``jobs`` and, after each, hand every entry so far and the seconds spent to
     ``finish`` (which writes the result), so that an interrupted benchmark keeps what it finished.
     A job whose entry ``path`` (this benchmark's result file, from an earlier run) already holds
@@ -97,22 +102,33 @@ def run_seeds(path: Path, benchmark: str, jobs: Iterable[Job], finish: Callable[
         if entry is None:  # as it will read back from the file (tuples as lists, keys as strings)
             entry = json.loads(json.dumps({**job.run(), "job": job.key}))
         else:
-            print(f"{benchmark}: {job.key.get('dataset')} seed {job.key.get('seed')} is already in {path}, not run again",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{benchmark}: {job.key.get('dataset')} seed {job.key.get('seed')} is already in {path}, not run again",
+                file=sys.stderr,
+                flush=True,
+            )
         entries.append(entry)
         finish(entries, time.perf_counter() - start)
     return entries
 
 
-def collect(benchmark: str, out_dir: Path, summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
-            write: Callable[[dict[str, Any]], None], *, merge: Sequence[Path] | None = None, jobs: Sequence[Job] = (),
-            extra: Mapping[str, Any] | None = None,
-            before_merge: Callable[[list[tuple[Path, dict[str, Any]]]], None] | None = None) -> dict[str, Any]:
+def collect(
+    benchmark: str,
+    out_dir: Path,
+    summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    write: Callable[[dict[str, Any]], None],
+    *,
+    merge: Sequence[Path] | None = None,
+    jobs: Sequence[Job] = (),
+    extra: Mapping[str, Any] | None = None,
+    before_merge: Callable[[list[tuple[Path, dict[str, Any]]]], None] | None = None,
+) -> dict[str, Any]:
     """A benchmark's result, ``{"benchmark", **extra, "summary", "per_seed"}``, handed to ``write``
     (which writes ``out_dir/<benchmark>.json`` and the figures): from the result files ``merge``
     (after ``before_merge`` has seen their entries; the result then records ``merged_from``), or
     else from running ``jobs`` with :func:`run_seeds` (written after every seed; the result records
     the ``seconds`` spent)."""
+
     def result(entries: list[dict[str, Any]], more: dict[str, Any]) -> dict[str, Any]:
         return {"benchmark": benchmark, **more, **(extra or {}), "summary": summarise(entries), "per_seed": entries}
 
@@ -153,8 +169,10 @@ def load_results(paths: Sequence[Path], benchmark: str) -> list[tuple[Path, dict
         for entry in data["per_seed"]:
             key = (entry["dataset"], int(entry["seed"]))
             if key in seen:
-                raise SystemExit(f"error: {key[0]} seed {key[1]} appears in both {seen[key]} and {path}: a seed that appears twice "
-                                 "would be counted twice")
+                raise SystemExit(
+                    f"error: {key[0]} seed {key[1]} appears in both {seen[key]} and {path}: a seed that appears twice "
+                    "would be counted twice"
+                )
             seen[key] = path
             found.append((Path(path), entry))
     return found
@@ -195,8 +213,14 @@ class Series:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def pareto_figure(path: Path, panels: Mapping[str, Sequence[Series]], *, size: tuple[float, float] = (5.6, 4.2), log_x: bool = False,
-                  legend_loc: str = "best") -> None:
+def pareto_figure(
+    path: Path,
+    panels: Mapping[str, Sequence[Series]],
+    *,
+    size: tuple[float, float] = (5.6, 4.2),
+    log_x: bool = False,
+    legend_loc: str = "best",
+) -> None:
     """Test accuracy against compute, one panel per entry of ``panels`` (its title -> what it shows)."""
     with figure(path, len(panels), size) as axes:
         for ax, (title, series) in zip(axes, panels.items()):
@@ -222,6 +246,7 @@ def pareto_figure(path: Path, panels: Mapping[str, Sequence[Series]], *, size: t
 def curve(points: Iterable[Mapping[str, Any]], style: str, label: str | None = None, **options: Any) -> Series:
     """A curve through ``points`` (each with ``compute_fraction`` and ``accuracy``, plain numbers or
     {"mean": ...} over seeds) in order of compute."""
+
     def value(v: Any) -> float:
         return v["mean"] if isinstance(v, Mapping) else v
 
@@ -244,6 +269,7 @@ def pm(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     """A Markdown table's lines (an empty cell as "| |")."""
+
     def line(cells: Sequence[Any]) -> str:
         return "|" + "".join(f" {cell} |" if str(cell) else " |" for cell in cells)
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import harness
 import torch
 
-import harness
 from agents.compare import CONFIDENCE_RULE_OBSERVATION, TOLERANCE, fixed_path_points, tuned_confidence_curve
 from agents.evaluate import load_run
 from dynalay_env import ObservationLayout, evaluate_policy
@@ -52,8 +52,10 @@ def _policies(run_dir: Path, device: str) -> tuple[Any, dict[str, tuple[Any, Seq
         "agent": (loaded.agent.policy(), engine.layout.groups),
         "fpi_all": (every_layer, engine.layout.groups),
         f"fixed {','.join(f'L{j}' for j in cheapest['path']) or 'NOP'}": (cheapest["path"], engine.layout.groups),
-        f"confidence tau {rule['tau']:g} ({','.join(f'L{j}' for j in rule['order'])})":
-            (confidence_threshold(layout, T, rule["tau"], rule["order"]), CONFIDENCE_RULE_OBSERVATION),
+        f"confidence tau {rule['tau']:g} ({','.join(f'L{j}' for j in rule['order'])})": (
+            confidence_threshold(layout, T, rule["tau"], rule["order"]),
+            CONFIDENCE_RULE_OBSERVATION,
+        ),
     }
     return engine, policies, {"reward": reward, "goal_accuracy": goal, "reference": ref}
 
@@ -63,16 +65,23 @@ def measure(run_dir: Path, *, batch: int = 256, single: int = 200, repeats: int 
     model, splits, T = engine.model, engine.splits, engine.max_steps
     one_by_one = splits.head(None, single)
     rollout = dict(reward=meta["reward"], max_steps=T, device=engine.device)
-    reports = {name: evaluate_policy(model, splits, policy, observation=observation, batch_size=batch, reference=meta["reference"], **rollout)
-               for name, (policy, observation) in policies.items()}
+    reports = {
+        name: evaluate_policy(model, splits, policy, observation=observation, batch_size=batch, reference=meta["reference"], **rollout)
+        for name, (policy, observation) in policies.items()
+    }
     batched = time_policies(model, splits, policies, repeats=repeats, batch_size=batch, **rollout)
     single_s = time_policies(model, one_by_one, policies, repeats=repeats, batch_size=1, **rollout)
     rows: dict[str, dict[str, Any]] = {}
     n, m = int(splits.y_test.shape[0]), int(one_by_one.y_test.shape[0])
     for name, report in reports.items():
-        rows[name] = {"accuracy": report.accuracy, "compute_fraction": report.compute_fraction,
-                      "batched_seconds": batched[name], "batched_ms_per_sample": 1000 * batched[name] / n,
-                      "single_seconds": single_s[name], "single_ms_per_sample": 1000 * single_s[name] / m}
+        rows[name] = {
+            "accuracy": report.accuracy,
+            "compute_fraction": report.compute_fraction,
+            "batched_seconds": batched[name],
+            "batched_ms_per_sample": 1000 * batched[name] / n,
+            "single_seconds": single_s[name],
+            "single_ms_per_sample": 1000 * single_s[name] / m,
+        }
     fpi_all = rows["fpi_all"]
     for row in rows.values():
         row["batched_time_vs_fpi_all"] = row["batched_seconds"] / fpi_all["batched_seconds"]
@@ -101,8 +110,19 @@ def measure(run_dir: Path, *, batch: int = 256, single: int = 200, repeats: int 
 def markdown(out: dict[str, Any]) -> list[str]:
     return harness.markdown_table(
         ["policy", "accuracy", "compute", f"batch {out['batch']}: ms/sample", "vs FPI-all", "batch 1: ms/sample", "vs FPI-all"],
-        [[name, f"{r['accuracy']:.4f}", f"{r['compute_fraction']:.3f}", f"{r['batched_ms_per_sample']:.3f}", f"{r['batched_time_vs_fpi_all']:.2f}x",
-          f"{r['single_ms_per_sample']:.2f}", f"{r['single_time_vs_fpi_all']:.2f}x"] for name, r in out["rows"].items()])
+        [
+            [
+                name,
+                f"{r['accuracy']:.4f}",
+                f"{r['compute_fraction']:.3f}",
+                f"{r['batched_ms_per_sample']:.3f}",
+                f"{r['batched_time_vs_fpi_all']:.2f}x",
+                f"{r['single_ms_per_sample']:.2f}",
+                f"{r['single_time_vs_fpi_all']:.2f}x",
+            ]
+            for name, r in out["rows"].items()
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -117,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     set_threads(args.threads)
     if args.quick:
         args.repeats, args.single = 2, 20
-    return harness.show(measure(args.run_dir, batch=args.batch, single=args.single, repeats=args.repeats, device=args.device), args.json,
-                        markdown)
+    return harness.show(
+        measure(args.run_dir, batch=args.batch, single=args.single, repeats=args.repeats, device=args.device), args.json, markdown
+    )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import harness
 import torch
 
-import harness
 from main_models import set_threads
 
 WIDTH = 64
@@ -56,17 +56,33 @@ def run(row_counts: list[int], calls: int) -> dict[str, Any]:
                 c = time_body(compiled, n, calls)
             except Exception as err:  # inductor needs a C++ compiler; without one there is nothing to compare
                 compile_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        rows.append({"rows": n, "eager_us": 1e6 * e, "compiled_us": None if c is None else 1e6 * c,
-                     "compiled_vs_eager": None if c is None else c / e})
-    return {"benchmark": "iteration_body", "width": WIDTH, "calls": calls, "torch_threads": torch.get_num_threads(),
-            "compile_error": compile_error, "rows": rows}
+        rows.append(
+            {
+                "rows": n,
+                "eager_us": 1e6 * e,
+                "compiled_us": None if c is None else 1e6 * c,
+                "compiled_vs_eager": None if c is None else c / e,
+            }
+        )
+    return {
+        "benchmark": "iteration_body",
+        "width": WIDTH,
+        "calls": calls,
+        "torch_threads": torch.get_num_threads(),
+        "compile_error": compile_error,
+        "rows": rows,
+    }
 
 
 def _table(result: dict[str, Any]) -> list[str]:
-    lines = [f"one plain-iteration body, width {WIDTH}, {result['torch_threads']} thread(s), {result['calls']} calls each",
-             f"{'rows':>5} | {'eager us':>9} | {'compiled us':>11} | {'compiled/eager':>14}"]
+    lines = [
+        f"one plain-iteration body, width {WIDTH}, {result['torch_threads']} thread(s), {result['calls']} calls each",
+        f"{'rows':>5} | {'eager us':>9} | {'compiled us':>11} | {'compiled/eager':>14}",
+    ]
     for r in result["rows"]:
-        compiled = f"{r['compiled_us']:11.1f} | {r['compiled_vs_eager']:14.2f}" if r["compiled_us"] is not None else f"{'-':>11} | {'-':>14}"
+        compiled = (
+            f"{r['compiled_us']:11.1f} | {r['compiled_vs_eager']:14.2f}" if r["compiled_us"] is not None else f"{'-':>11} | {'-':>14}"
+        )
         lines.append(f"{r['rows']:>5} | {r['eager_us']:9.1f} | {compiled}")
     if result["compile_error"]:
         lines.append(f"torch.compile failed here: {result['compile_error']}")

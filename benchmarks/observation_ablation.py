@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import harness
+
 from agents.evaluate import load_run
 from agents.imitation import learnable_ceiling
 from dynalay_env import DEFAULT_OBSERVATION, RewardConfig, build_engine
@@ -33,18 +34,35 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def ablate(model: FPINetwork, splits: DatasetSplits, *, max_steps: int, lam: float, train_limit: int | None, epochs: int,
-           seed: int) -> list[dict]:
+def ablate(
+    model: FPINetwork, splits: DatasetSplits, *, max_steps: int, lam: float, train_limit: int | None, epochs: int, seed: int
+) -> list[dict]:
     """The learnable ceiling for each of :data:`VARIANTS` of the observation."""
     rows = []
     for name, groups in VARIANTS.items():
         start = time.perf_counter()
-        ceiling = learnable_ceiling(model, splits, max_steps=max_steps, observation=groups, reward=RewardConfig(lam=lam),
-                                    train_limit=train_limit, epochs=epochs, seed=seed)
-        rows.append({"variant": name, "observation": list(groups), "accuracy": ceiling.report.accuracy,
-                     "compute_fraction": ceiling.report.compute_fraction, "train_action_accuracy": ceiling.train_action_accuracy,
-                     "demonstrations": ceiling.demonstrations, "seconds": time.perf_counter() - start,
-                     "per_difficulty": {str(k): v for k, v in ceiling.report.per_difficulty.items()}})
+        ceiling = learnable_ceiling(
+            model,
+            splits,
+            max_steps=max_steps,
+            observation=groups,
+            reward=RewardConfig(lam=lam),
+            train_limit=train_limit,
+            epochs=epochs,
+            seed=seed,
+        )
+        rows.append(
+            {
+                "variant": name,
+                "observation": list(groups),
+                "accuracy": ceiling.report.accuracy,
+                "compute_fraction": ceiling.report.compute_fraction,
+                "train_action_accuracy": ceiling.train_action_accuracy,
+                "demonstrations": ceiling.demonstrations,
+                "seconds": time.perf_counter() - start,
+                "per_difficulty": {str(k): v for k, v in ceiling.report.per_difficulty.items()},
+            }
+        )
     return rows
 
 
@@ -68,17 +86,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; choose another --out")
     rows = ablate(engine.model, engine.splits, max_steps=engine.max_steps, lam=lam, train_limit=train_limit, epochs=epochs, seed=seed)
-    result = {"benchmark": "observation_ablation", "source": source, "dataset": engine.splits.name, "lam": lam,
-              "train_limit": train_limit, "rows": rows}
+    result = {
+        "benchmark": "observation_ablation",
+        "source": source,
+        "dataset": engine.splits.name,
+        "lam": lam,
+        "train_limit": train_limit,
+        "rows": rows,
+    }
     if args.out is not None:
         write_json(args.out, result)
     return harness.show(result, args.json, _table)
 
 
 def _table(result: dict) -> list[str]:
-    return [f"learnable ceiling on {result['source']} ({result['dataset']}, lambda {result['lam']:g}, {result['train_limit']} train samples imitated)",
-            f"{'observation':>50} | accuracy | compute | agreement on train",
-            *(f"{r['variant']:>50} | {r['accuracy']:.4f}   | {r['compute_fraction']:.3f}   | {r['train_action_accuracy']:.3f}" for r in result["rows"])]
+    return [
+        f"learnable ceiling on {result['source']} ({result['dataset']}, lambda {result['lam']:g}, {result['train_limit']} train samples imitated)",
+        f"{'observation':>50} | accuracy | compute | agreement on train",
+        *(
+            f"{r['variant']:>50} | {r['accuracy']:.4f}   | {r['compute_fraction']:.3f}   | {r['train_action_accuracy']:.3f}"
+            for r in result["rows"]
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import platform
 import time
 from typing import Any
 
+import harness
 import torch
 
-import harness
 from main_models import DatasetSplits, FPINetwork, MainModelTrainer, build_main_model, default_model, load_dataset, set_threads
 
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -41,7 +41,11 @@ SOLVERS: dict[str, dict[str, Any]] = {
 def digits_as_images(splits: DatasetSplits) -> DatasetSplits:
     """The bundled digits as 1x8x8 images, so that the cnn main model can be measured offline."""
     return DatasetSplits(
-        "digits-images", splits.x_train.view(-1, 1, 8, 8), splits.y_train, splits.x_test.view(-1, 1, 8, 8), splits.y_test,
+        "digits-images",
+        splits.x_train.view(-1, 1, 8, 8),
+        splits.y_train,
+        splits.x_test.view(-1, 1, 8, 8),
+        splits.y_test,
         splits.num_classes,
     )
 
@@ -117,8 +121,16 @@ def run(quick: bool, epochs: int, repeats: int, train_limit: int) -> dict[str, A
                 results = [evaluate_fpi_all(model, splits) for _ in range(repeats + 1)][1:]
                 result = dict(results[0])
                 result["seconds"] = sorted(r["seconds"] for r in results)[len(results) // 2]
-                rows.append({"model": model_name, "dataset": splits.name, "solver": solver_name, "tol": tol,
-                             "max_iter": model.layers[0].max_iter, **result})
+                rows.append(
+                    {
+                        "model": model_name,
+                        "dataset": splits.name,
+                        "solver": solver_name,
+                        "tol": tol,
+                        "max_iter": model.layers[0].max_iter,
+                        **result,
+                    }
+                )
         model.configure_solver(**SOLVERS["picard"], tol=1e-3)
     return {
         "benchmark": "solver",
@@ -132,12 +144,17 @@ def run(quick: bool, epochs: int, repeats: int, train_limit: int) -> dict[str, A
 
 
 def _table(result: dict[str, Any]) -> list[str]:
-    lines = [f"{result['path']}, models warmed up for {result['warmup_epochs']} epochs on {result['warmup_train_limit']} samples; "
-             f"compute in {result['compute_unit']}",
-             f"{'model':>9} | {'tol':>6} | {'solver':>11} | {'evals/solve':>11} | {'max':>4} | {'converged':>9} | {'ms':>8} | "
-             f"{'accuracy':>8} | {'compute':>7}"]
-    lines += [f"{r['model']:>9} | {r['tol']:6.0e} | {r['solver']:>11} | {r['evaluations_per_solve']:11.2f} | {r['max_evaluations']:>4} | "
-              f"{r['converged_fraction']:9.3f} | {1000 * r['seconds']:8.1f} | {r['accuracy']:8.4f} | {r['compute']:7.3f}" for r in result["rows"]]
+    lines = [
+        f"{result['path']}, models warmed up for {result['warmup_epochs']} epochs on {result['warmup_train_limit']} samples; "
+        f"compute in {result['compute_unit']}",
+        f"{'model':>9} | {'tol':>6} | {'solver':>11} | {'evals/solve':>11} | {'max':>4} | {'converged':>9} | {'ms':>8} | "
+        f"{'accuracy':>8} | {'compute':>7}",
+    ]
+    lines += [
+        f"{r['model']:>9} | {r['tol']:6.0e} | {r['solver']:>11} | {r['evaluations_per_solve']:11.2f} | {r['max_evaluations']:>4} | "
+        f"{r['converged_fraction']:9.3f} | {1000 * r['seconds']:8.1f} | {r['accuracy']:8.4f} | {r['compute']:7.3f}"
+        for r in result["rows"]
+    ]
     return lines
 
 

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
-import harness
 from main_models import set_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +52,9 @@ def make_twice(settings: dict, cache: Path, threads: int) -> dict:
     env = {"DYNALAY_CACHE_DIR": str(cache), "OMP_NUM_THREADS": str(threads or 1), "PATH": "/usr/bin:/bin"}
     runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(settings)], capture_output=True, text=True, env=env, cwd=ROOT,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, json.dumps(settings)], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {"settings": settings, "first": runs[0], "second": runs[1]}
 
@@ -68,8 +69,13 @@ def cnn_epoch_seconds(data: Path, epochs: int, seed: int = 0) -> dict:
     start = time.perf_counter()
     losses = trainer.warm_up(epochs, max_steps=engine.max_steps, stop_prob=config.warmup_stop_prob, seed=seed)
     seconds = time.perf_counter() - start
-    return {"train_samples": int(engine.splits.y_train.shape[0]), "epochs": epochs, "seconds_per_epoch": seconds / epochs,
-            "losses": losses, "model": engine.model_name}
+    return {
+        "train_samples": int(engine.splits.y_train.shape[0]),
+        "epochs": epochs,
+        "seconds_per_epoch": seconds / epochs,
+        "losses": losses,
+        "model": engine.model_name,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,10 +91,14 @@ def main(argv: list[str] | None = None) -> dict:
         data = write_images(Path(tmp) / "images.npz", images)
         result: dict = {"cnn_warmup": cnn_epoch_seconds(data, args.epochs), "threads": threads}
         if not args.skip_make:
-            tasks = {"digits": {"dataset": "digits"}} if args.quick else {
-                "grid-lookup (bare gym.make)": {}, "digits": {"dataset": "digits"}, f"{images} images": {"dataset": str(data)}}
-            result["gym_make"] = {name: make_twice(settings, Path(tmp) / f"cache-{i}", threads)
-                                  for i, (name, settings) in enumerate(tasks.items())}
+            tasks = (
+                {"digits": {"dataset": "digits"}}
+                if args.quick
+                else {"grid-lookup (bare gym.make)": {}, "digits": {"dataset": "digits"}, f"{images} images": {"dataset": str(data)}}
+            )
+            result["gym_make"] = {
+                name: make_twice(settings, Path(tmp) / f"cache-{i}", threads) for i, (name, settings) in enumerate(tasks.items())
+            }
     return harness.show(result, args.json, _text)
 
 
@@ -96,8 +106,10 @@ def _text(result: dict) -> list[str]:
     cnn = result["cnn_warmup"]
     lines = [f"cnn warm-up on {cnn['train_samples']} train images: {cnn['seconds_per_epoch']:.1f} s per epoch"]
     for name, row in result.get("gym_make", {}).items():
-        lines.append(f"gym.make {name}: first {row['first']['make_seconds']:.2f} s, second {row['second']['make_seconds']:.2f} s "
-                     f"(imports {row['second']['import_seconds']:.2f} s)")
+        lines.append(
+            f"gym.make {name}: first {row['first']['make_seconds']:.2f} s, second {row['second']['make_seconds']:.2f} s "
+            f"(imports {row['second']['import_seconds']:.2f} s)"
+        )
     return lines
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 import harness
+
 from dynalay_env import build_engine, evaluate_policy
 from main_models import MainModelTrainer, set_threads
 
@@ -38,8 +39,10 @@ def run(epochs: int, stop_probs: list[float], seed: int) -> dict:
 
 
 def _table(result: dict) -> list[str]:
-    lines = [f"warm-up {result['epochs']} epochs on digits, seed {result['seed']}; test accuracy (compute in plain passes)",
-             f"{'stop p':>7} | " + " | ".join(f"{n:>16}" for n in PATHS) + " | seconds"]
+    lines = [
+        f"warm-up {result['epochs']} epochs on digits, seed {result['seed']}; test accuracy (compute in plain passes)",
+        f"{'stop p':>7} | " + " | ".join(f"{n:>16}" for n in PATHS) + " | seconds",
+    ]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{n}_accuracy']:.3f} ({r[f'{n}_compute']:4.1f})".rjust(16) for n in PATHS)
         lines.append(f"{r['stop_prob']:>7} | {cells} | {r['warmup_seconds']}")

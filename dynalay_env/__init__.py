@@ -4,7 +4,6 @@ import gymnasium as gym
 
 from .config import TASK_DEFAULTS, EnvConfig, RewardConfig, action_names, default_max_steps, task_defaults
 from .engine import DynaLayEngine, StepOutput
-from .make import build_engine, cache_directory, export_main_model, load_main_model, make_engine, make_trainer, new_main_model, prepare_main_model
 from .env import DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv
 from .evaluation import (
     EvalReport,
@@ -18,6 +17,16 @@ from .evaluation import (
     sequence_shares,
     time_policies,
     time_policy,
+)
+from .make import (
+    build_engine,
+    cache_directory,
+    export_main_model,
+    load_main_model,
+    make_engine,
+    make_trainer,
+    new_main_model,
+    prepare_main_model,
 )
 from .observation import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, ObservationLayout
 from .record import EPISODE_FIELDS, EPISODE_KEYS, EpisodeRecord, EpisodeState

@@ -98,24 +98,42 @@ def sweep(
         return _confidence_sweep(model, splits, taus, order, T, reward, device, reference)
     points = []
     for tau in taus:
-        report = evaluate_policy(model, splits, make(tau), reward=reward, max_steps=T, observation=layout.groups, device=device,
-                                 reference=reference)
+        report = evaluate_policy(
+            model, splits, make(tau), reward=reward, max_steps=T, observation=layout.groups, device=device, reference=reference
+        )
         point = asdict(CurvePoint(float(tau), report.accuracy, report.compute, report.compute_fraction))
         points.append({**point, "order": order} if rule == "confidence" else point)
     return points
 
 
 @torch.no_grad()
-def _confidence_sweep(model: FPINetwork, splits: DatasetSplits, taus: Sequence[float], order: list[int], max_steps: int,
-                      reward: RewardConfig, device: str | torch.device, reference: EvalReport | None) -> list[dict]:
+def _confidence_sweep(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    taus: Sequence[float],
+    order: list[int],
+    max_steps: int,
+    reward: RewardConfig,
+    device: str | torch.device,
+    reference: EvalReport | None,
+) -> list[dict]:
     """The confidence rule at every tau from one rollout: under the rule a sample follows ``order``
     and answers at the first step whose confidence reaches tau (or after the last layer), so one
     rollout along the whole order, recording each step's confidence, correctness and compute so
     far, gives every tau's episodes exactly as the rule would run them. The rule reads only the
     confidence and the step, so it is charged for nothing else."""
     L = len(order)
-    engine = DynaLayEngine(int(splits.y_test.shape[0]), splits, model, reward=reward.fixed(reward.lam), max_steps=max_steps, mode="eval",
-                           autoreset=False, observation=("progress", "confidence"), device=device)
+    engine = DynaLayEngine(
+        int(splits.y_test.shape[0]),
+        splits,
+        model,
+        reward=reward.fixed(reward.lam),
+        max_steps=max_steps,
+        mode="eval",
+        autoreset=False,
+        observation=("progress", "confidence"),
+        device=device,
+    )
     n = engine.num_samples
     then = torch.tensor(order + [0], dtype=torch.long, device=engine.device)  # NOP after the last layer
     confidence = torch.zeros(n, L + 1, device=engine.device)

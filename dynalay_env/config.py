@@ -148,41 +148,63 @@ class EnvConfig:
 
     dataset: str = setting("grid-lookup", "dataset name (see main_models.DATASETS) or a path to an .npz file")
     data_dir: str | None = setting(None, "where dataset files live (default $DYNALAY_DATA_DIR or ./data)")
-    model: str | None = setting(None, "main model: a name of main_models.MAIN_MODELS (mlp, cnn, lstm, grid-lstm) or one added "
-                                      "with main_models.register_model (default: the one for the data)")
+    model: str | None = setting(
+        None,
+        "main model: a name of main_models.MAIN_MODELS (mlp, cnn, lstm, grid-lstm) or one added "
+        "with main_models.register_model (default: the one for the data)",
+    )
     alpha: float = setting(RewardConfig.alpha, "Eq. 2 weight of a correct answer")
     beta: float = setting(RewardConfig.beta, "Eq. 2 weight of compute cost x consecutive-layer count")
-    lam: float | None = setting(None, "compute penalty weight lambda (training without lam_range; evaluation); "
-                                      "default: the dataset's (dynalay_env.TASK_DEFAULTS; 0.005 elsewhere)")
+    lam: float | None = setting(
+        None,
+        "compute penalty weight lambda (training without lam_range; evaluation); "
+        "default: the dataset's (dynalay_env.TASK_DEFAULTS; 0.005 elsewhere)",
+    )
     lam_range: tuple[float, float] | None = setting(None, "'low,high': draw lambda per episode from this range while training")
     lam_dist: str = setting("uniform", "how lambda is drawn from lam_range: uniform or log-uniform (low > 0)")
     max_steps: int | None = setting(None, "step budget T per episode (default 2L)")
     cotrain: bool = setting(True, "co-train the main model on the paths the agent chose")
     cotrain_every: int = setting(64, "finished episodes per main-model update (K)")
     main_lr: float = setting(1e-3, "Adam learning rate of the main model")
-    pretrain_epochs: int | None = setting(None, "warm-up epochs of the main model on random paths before the agent starts "
-                                                  "(paper 4.4); default: the dataset's (10 elsewhere)")
-    warmup_stop_prob: float | None = setting(None, "per-step stop probability of the warm-up path sampler (0: full-length random "
-                                                   "FPI paths); default: the dataset's (0 elsewhere)")
+    pretrain_epochs: int | None = setting(
+        None, "warm-up epochs of the main model on random paths before the agent starts (paper 4.4); default: the dataset's (10 elsewhere)"
+    )
+    warmup_stop_prob: float | None = setting(
+        None,
+        "per-step stop probability of the warm-up path sampler (0: full-length random FPI paths); default: the dataset's (0 elsewhere)",
+    )
     train_alternatives: tuple[str, ...] | None = setting(
-        None, "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
-              "(main_models.ALTERNATIVE_PATHS); default: the dataset's (none elsewhere)")
-    fpi_solver: str | None = setting(None, "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
-                                              "(Anderson acceleration, its own work charged too); default: the main model's own "
-                                              "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py)")
-    main_grad: str | None = setting(None, "the main model's gradient through each fixed point in its warm-up and co-training "
-                                          "updates: implicit (exact, an adjoint solve per FPI step), phantom (one step from the "
-                                          "fixed point: cheaper, approximate) or unrolled; default: the main model's own "
-                                          "(main_models.TRAINING_GRADS: phantom for mlp, implicit for the others)")
+        None,
+        "paths every main-model update (warm-up and co-training) also trains on its samples: plain, random "
+        "(main_models.ALTERNATIVE_PATHS); default: the dataset's (none elsewhere)",
+    )
+    fpi_solver: str | None = setting(
+        None,
+        "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
+        "(Anderson acceleration, its own work charged too); default: the main model's own "
+        "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py)",
+    )
+    main_grad: str | None = setting(
+        None,
+        "the main model's gradient through each fixed point in its warm-up and co-training "
+        "updates: implicit (exact, an adjoint solve per FPI step), phantom (one step from the "
+        "fixed point: cheaper, approximate) or unrolled; default: the main model's own "
+        "(main_models.TRAINING_GRADS: phantom for mlp, implicit for the others)",
+    )
     seed: int = setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
-    main_model: str | None = setting(None, "a main_model.pt written by a DynaLay run: start from those co-trained weights "
-                                             "(no warm-up) instead of a fresh model")
-    save_main_model: str | None = setting(None, "write the main model to this path when the environment is closed "
-                                                  "(for clients that rebuild the env from its id, e.g. RL Zoo)")
+    main_model: str | None = setting(
+        None, "a main_model.pt written by a DynaLay run: start from those co-trained weights (no warm-up) instead of a fresh model"
+    )
+    save_main_model: str | None = setting(
+        None, "write the main model to this path when the environment is closed (for clients that rebuild the env from its id, e.g. RL Zoo)"
+    )
     progress: bool = setting(True, "show a progress bar while the main model warms up")
-    warmup_cache: str | None = setting(None, "where warmed-up main models are cached, keyed by everything that decides the "
-                                             "warm-up: default the user's cache directory ($DYNALAY_CACHE_DIR, else "
-                                             "~/.cache/dynalay); a directory; or 'off' (also DYNALAY_WARMUP_CACHE=0)")
+    warmup_cache: str | None = setting(
+        None,
+        "where warmed-up main models are cached, keyed by everything that decides the "
+        "warm-up: default the user's cache directory ($DYNALAY_CACHE_DIR, else "
+        "~/.cache/dynalay); a directory; or 'off' (also DYNALAY_WARMUP_CACHE=0)",
+    )
     observation: tuple[str, ...] = setting(
         ("activations", "lam", "progress", "confidence"),
         "the observation's feature groups (dynalay_env.OBSERVATION_GROUPS): activations, lam, progress, confidence, margin, "

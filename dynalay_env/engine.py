@@ -248,10 +248,7 @@ class DynaLayEngine:
             raise ValueError(f"actions must be integers in [0, {self.num_layers}], got dtype {actions.dtype}")
         bad = (actions < 0) | (actions > self.num_layers)
         if bool(bad.any()):
-            raise ValueError(
-                f"action {int(actions[bad][0])} out of range: valid actions are 0 (NOP) to "
-                f"{self.num_layers} (FPI on layer i)"
-            )
+            raise ValueError(f"action {int(actions[bad][0])} out of range: valid actions are 0 (NOP) to {self.num_layers} (FPI on layer i)")
 
     @outside_inference_mode
     def step(self, actions: Tensor, *, validate: bool = True, active: Tensor | None = None) -> StepOutput:

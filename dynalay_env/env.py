@@ -72,10 +72,7 @@ def _host_actions(actions: Any, engine: DynaLayEngine) -> np.ndarray:
     arr = arr.astype(np.int64)
     bad = (arr < 0) | (arr > engine.num_layers)
     if bad.any():
-        raise ValueError(
-            f"action {int(arr[bad][0])} out of range: valid actions are 0 (NOP) to "
-            f"{engine.num_layers} (FPI on layer i)"
-        )
+        raise ValueError(f"action {int(arr[bad][0])} out of range: valid actions are 0 (NOP) to {engine.num_layers} (FPI on layer i)")
     return arr
 
 
@@ -116,8 +113,11 @@ class DynaLayEnv(gym.Env):
         obs = self.engine.reset()
         self._needs_reset = False
         engine = self.engine
-        info = {"lam": np.float32(engine.lam_row[0]), "label": np.int64(engine.label[0]),
-                "difficulty": np.int64(engine.difficulty_all[engine.sample[0]])}
+        info = {
+            "lam": np.float32(engine.lam_row[0]),
+            "label": np.int64(engine.label[0]),
+            "difficulty": np.int64(engine.difficulty_all[engine.sample[0]]),
+        }
         return _np(obs[0]), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -329,8 +329,12 @@ class DynaLaySB3VecEnv(VecEnv):
         for j, (i, episode) in enumerate(zip(np.flatnonzero(dones), out.finished.info_dicts())):
             # Monitor's episode statistics: the Eq. 2 return and the number of step() calls
             length = int(episode["steps"]) + (1 if episode["steps"] < self.engine.max_steps else 0)
-            infos[i] = {"terminal_observation": final_obs[j], "TimeLimit.truncated": False, **episode,
-                        "episode": {"r": float(episode["return"]), "l": length, "t": time.perf_counter() - self._start}}
+            infos[i] = {
+                "terminal_observation": final_obs[j],
+                "TimeLimit.truncated": False,
+                **episode,
+                "episode": {"r": float(episode["return"]), "l": length, "t": time.perf_counter() - self._start},
+            }
         return _np(out.obs), _np(out.reward).astype(np.float32), dones, infos
 
     def action_masks(self) -> np.ndarray:

@@ -107,10 +107,27 @@ def _fixed_steps(path: Sequence[int], num_layers: int, max_steps: int) -> list[i
     return (steps[: steps.index(0)] if 0 in steps else steps)[:max_steps]
 
 
-def _eval_engine(model: FPINetwork, splits: DatasetSplits, *, reward: RewardConfig, max_steps: int | None, observation: Sequence[str],
-                 batch_size: int, device: str | torch.device) -> DynaLayEngine:
-    return DynaLayEngine(min(batch_size, int(splits.y_test.shape[0])), splits, model, reward=reward.fixed(reward.lam), max_steps=max_steps,
-                         mode="eval", autoreset=False, observation=tuple(observation), device=device)
+def _eval_engine(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    *,
+    reward: RewardConfig,
+    max_steps: int | None,
+    observation: Sequence[str],
+    batch_size: int,
+    device: str | torch.device,
+) -> DynaLayEngine:
+    return DynaLayEngine(
+        min(batch_size, int(splits.y_test.shape[0])),
+        splits,
+        model,
+        reward=reward.fixed(reward.lam),
+        max_steps=max_steps,
+        mode="eval",
+        autoreset=False,
+        observation=tuple(observation),
+        device=device,
+    )
 
 
 def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int]) -> _Rollout:
@@ -132,8 +149,16 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int]) -> _Rollout:
     return _Rollout(c["correct"], c["compute"], c["steps"], c["difficulty"], action_counts, c["path"])
 
 
-def _fixed_path_rollout(model: FPINetwork, splits: DatasetSplits, path: Sequence[int], *, max_steps: int, observation: Sequence[str],
-                        batch_size: int, device: str | torch.device) -> _Rollout:
+def _fixed_path_rollout(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    path: Sequence[int],
+    *,
+    max_steps: int,
+    observation: Sequence[str],
+    batch_size: int,
+    device: str | torch.device,
+) -> _Rollout:
     """What :func:`_rollout` of the fixed ``path`` records, from :func:`evaluate_fixed_path`: every
     episode takes the same steps, so no engine needs to run them one by one."""
     L = model.num_layers
@@ -154,7 +179,9 @@ def _fixed_path_rollout(model: FPINetwork, splits: DatasetSplits, path: Sequence
     return _Rollout(ev["correct"], ev["compute"], torch.full((n,), len(steps), dtype=torch.long), difficulty, counts, paths)
 
 
-def actions_per_step(paths: Tensor, steps: Tensor, difficulty: Tensor, max_steps: int, num_layers: int) -> dict[int, list[dict[str, float]]]:
+def actions_per_step(
+    paths: Tensor, steps: Tensor, difficulty: Tensor, max_steps: int, num_layers: int
+) -> dict[int, list[dict[str, float]]]:
     """Per difficulty level, for each step t: the share of each action among the episodes still
     running at t. An episode of ``steps`` FPI steps took ``path[t]`` at t < steps and answered
     (NOP) at t = steps, unless it used the whole budget T."""
@@ -214,8 +241,10 @@ def evaluate_policy(
             return _fixed_path_rollout(model, splits, chosen, max_steps=T, observation=observation, batch_size=batch_size, device=device)
         was_training = model.training
         try:
-            return _rollout(_eval_engine(model, splits, reward=reward, max_steps=T, observation=observation, batch_size=batch_size,
-                                         device=device), chosen)
+            return _rollout(
+                _eval_engine(model, splits, reward=reward, max_steps=T, observation=observation, batch_size=batch_size, device=device),
+                chosen,
+            )
         finally:
             model.train(was_training)
 
@@ -272,8 +301,9 @@ def time_policies(
         engines: dict[tuple[str, ...], DynaLayEngine] = {}
         for _, observation in policies.values():
             if tuple(observation) not in engines:
-                engines[tuple(observation)] = _eval_engine(model, splits, reward=reward, max_steps=max_steps, observation=observation,
-                                                           batch_size=batch_size, device=device)
+                engines[tuple(observation)] = _eval_engine(
+                    model, splits, reward=reward, max_steps=max_steps, observation=observation, batch_size=batch_size, device=device
+                )
         for _ in range(repeats):
             for name, (policy, observation) in policies.items():
                 engine = engines[tuple(observation)]
@@ -304,8 +334,16 @@ def time_policy(
     """The wall time of ``policy``'s evaluation rollout and of FPI on every layer's, on engines
     alike (the same ``observation``), as :func:`time_policies` measures it."""
     every_layer = list(range(1, model.num_layers + 1))
-    times = time_policies(model, splits, {"policy": (policy, observation), "fpi_all": (every_layer, observation)}, repeats=repeats,
-                          reward=reward, max_steps=max_steps, batch_size=batch_size, device=device)
+    times = time_policies(
+        model,
+        splits,
+        {"policy": (policy, observation), "fpi_all": (every_layer, observation)},
+        repeats=repeats,
+        reward=reward,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        device=device,
+    )
     return PolicyTiming(times["policy"], times["fpi_all"], repeats)
 
 
@@ -368,11 +406,16 @@ def oracle_paths(
     the full search grows as L^T for such samples.
     """
     if fallback and min_confidence > 0:
-        confident = oracle_paths(model, x, y, max_steps=max_steps, min_confidence=min_confidence, batch_size=batch_size, max_depth=max_depth)
+        confident = oracle_paths(
+            model, x, y, max_steps=max_steps, min_confidence=min_confidence, batch_size=batch_size, max_depth=max_depth
+        )
         correct = oracle_paths(model, x, y, max_steps=max_steps, batch_size=batch_size, max_depth=max_depth)
-        return OraclePaths(torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths),
-                           torch.where(confident.solved, confident.cost, correct.cost), confident.solved | correct.solved,
-                           confident.evaluated + correct.evaluated)
+        return OraclePaths(
+            torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths),
+            torch.where(confident.solved, confident.cost, correct.cost),
+            confident.solved | correct.solved,
+            confident.evaluated + correct.evaluated,
+        )
     dev = y.device
     was_training = model.training
     model.eval()

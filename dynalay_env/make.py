@@ -70,10 +70,18 @@ def new_main_model(config: EnvConfig, splits: DatasetSplits) -> FPINetwork:
 def export_main_model(engine: DynaLayEngine, path: str | Path) -> Path:
     """Write the engine's main model, with what it is, to ``path`` (weights only, atomically), for
     ``gym.make("DynaLay-v0", main_model=path)``."""
-    return save_tensors(path, {
-        "kind": MAIN_MODEL_KIND, "version": MAIN_MODEL_VERSION, "dataset": engine.splits.name, "model": engine.model_name,
-        "num_layers": engine.num_layers, "max_steps": engine.max_steps, "weights": engine.model.state_dict(),
-    })
+    return save_tensors(
+        path,
+        {
+            "kind": MAIN_MODEL_KIND,
+            "version": MAIN_MODEL_VERSION,
+            "dataset": engine.splits.name,
+            "model": engine.model_name,
+            "num_layers": engine.num_layers,
+            "max_steps": engine.max_steps,
+            "weights": engine.model.state_dict(),
+        },
+    )
 
 
 def load_main_model(path: str | Path, model: FPINetwork, splits: DatasetSplits) -> None:
@@ -135,11 +143,29 @@ def _source_digest(model: FPINetwork) -> str:
 def warmup_key(config: EnvConfig, splits: DatasetSplits, model: FPINetwork, trainer: MainModelTrainer, *, max_steps: int) -> dict[str, Any]:
     """Everything that decides a warm-up's result. ``model`` must be freshly initialised."""
     device = trainer.device
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
-                if k in ("dataset", "model", "seed", "pretrain_epochs", "warmup_stop_prob", "main_lr", "cotrain_every",
-                         "train_alternatives", "fpi_solver", "main_grad")}
+    settings = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in asdict(config).items()
+        if k
+        in (
+            "dataset",
+            "model",
+            "seed",
+            "pretrain_epochs",
+            "warmup_stop_prob",
+            "main_lr",
+            "cotrain_every",
+            "train_alternatives",
+            "fpi_solver",
+            "main_grad",
+        )
+    }
     return {
-        "kind": WARMUP_KIND, "version": WARMUP_VERSION, **settings, "max_steps": max_steps, "device": device.type,
+        "kind": WARMUP_KIND,
+        "version": WARMUP_VERSION,
+        **settings,
+        "max_steps": max_steps,
+        "device": device.type,
         "trainer": type(trainer).__qualname__,
         "torch": str(torch.__version__),
         "data": _digest(*(_tensor_bytes(t) for t in (splits.x_train, splits.y_train))),
@@ -194,8 +220,15 @@ def prepare_main_model(
     directory = cache_directory(config.warmup_cache)
 
     def train() -> None:
-        trainer.warm_up(epochs, max_steps=max_steps, stop_prob=config.warmup_stop_prob, seed=config.seed,
-                        progress=progress and config.progress, resume=resume, on_epoch=on_epoch)
+        trainer.warm_up(
+            epochs,
+            max_steps=max_steps,
+            stop_prob=config.warmup_stop_prob,
+            seed=config.seed,
+            progress=progress and config.progress,
+            resume=resume,
+            on_epoch=on_epoch,
+        )
 
     if directory is None:
         train()
@@ -208,14 +241,26 @@ def prepare_main_model(
 
     def train_and_store() -> WarmupSource:
         if resume is None and store:
-            print(f"DynaLay: warming up the {key['model'] or 'default'} main model on {key['dataset']} ({epochs} epochs; "
-                  f"pretrain_epochs=N shortens it, 0 skips it) and caching it in {path} (warmup_cache='off' or "
-                  f"{CACHE_SWITCH_ENV}=0 turns the cache off)", file=sys.stderr, flush=True)
+            print(
+                f"DynaLay: warming up the {key['model'] or 'default'} main model on {key['dataset']} ({epochs} epochs; "
+                f"pretrain_epochs=N shortens it, 0 skips it) and caching it in {path} (warmup_cache='off' or "
+                f"{CACHE_SWITCH_ENV}=0 turns the cache off)",
+                file=sys.stderr,
+                flush=True,
+            )
         start = time.perf_counter()
         train()
         if store:
-            save_tensors(path, {"kind": WARMUP_KIND, "key": key, "model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
-                                "seconds": time.perf_counter() - start})
+            save_tensors(
+                path,
+                {
+                    "kind": WARMUP_KIND,
+                    "key": key,
+                    "model": trainer.model.state_dict(),
+                    "trainer": trainer.state_dict(),
+                    "seconds": time.perf_counter() - start,
+                },
+            )
         return "trained"
 
     if replicas is not None:
@@ -231,11 +276,20 @@ def prepare_main_model(
         return train_and_store()
 
 
-def make_trainer(config: EnvConfig, model: FPINetwork, splits: DatasetSplits, *, max_steps: int,
-                 trainer_type: type[MainModelTrainer] = MainModelTrainer) -> MainModelTrainer:
+def make_trainer(
+    config: EnvConfig, model: FPINetwork, splits: DatasetSplits, *, max_steps: int, trainer_type: type[MainModelTrainer] = MainModelTrainer
+) -> MainModelTrainer:
     """The trainer of ``model`` (warm-up and co-training) with ``config``'s settings."""
-    return trainer_type(model, splits.x_train, splits.y_train, lr=config.main_lr, cotrain_every=config.cotrain_every,
-                        alternatives=config.train_alternatives, max_steps=max_steps, seed=config.seed)
+    return trainer_type(
+        model,
+        splits.x_train,
+        splits.y_train,
+        lr=config.main_lr,
+        cotrain_every=config.cotrain_every,
+        alternatives=config.train_alternatives,
+        max_steps=max_steps,
+        seed=config.seed,
+    )
 
 
 # ---- the engine ----------------------------------------------------------------------------------
@@ -293,8 +347,15 @@ def make_engine(
     )
 
 
-def build_engine(num_envs: int = 1, *, mode: str = "train", autoreset: bool = True, device: str | torch.device = "cpu",
-                 progress: bool = True, **settings: Any) -> DynaLayEngine:
+def build_engine(
+    num_envs: int = 1,
+    *,
+    mode: str = "train",
+    autoreset: bool = True,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **settings: Any,
+) -> DynaLayEngine:
     """:func:`make_engine` from the flat keyword settings of :class:`EnvConfig` (what ``gym.make``
     passes)."""
     return make_engine(EnvConfig(**settings), num_envs, mode=mode, autoreset=autoreset, device=device, progress=progress)

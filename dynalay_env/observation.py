@@ -28,7 +28,7 @@ OBSERVATION_GROUPS: dict[str, str] = {
     "margin": "the head's top-1 minus top-2 probability, and its entropy over log(classes)",
     "iterated": "per layer, 1 where it sits at its fixed point for its current input (it was solved and nothing below it changed since)",
     "residuals": "per layer, the relative fixed-point residual at its current state (costs one application of every layer per "
-                 "observation, charged to the step that needs it)",
+    "observation, charged to the step that needs it)",
 }
 """The observation's feature groups, in column order; an env observes the ones it is given."""
 DEFAULT_OBSERVATION: tuple[str, ...] = ("activations", "lam", "progress", "confidence")
@@ -81,8 +81,7 @@ class ObservationLayout:
 
     def _widths(self) -> dict[str, int]:
         L = self.num_layers
-        return {"activations": self.summary_dim, "lam": 2, "progress": L + 2, "confidence": 1, "margin": 2, "iterated": L,
-                "residuals": L}
+        return {"activations": self.summary_dim, "lam": 2, "progress": L + 2, "confidence": 1, "margin": 2, "iterated": L, "residuals": L}
 
     def group(self, name: str) -> slice:
         if name not in self.groups:

@@ -173,10 +173,12 @@ class EpisodeState:
         if unknown:
             raise ValueError(f"no episode state fields {sorted(unknown)}")
         sizes = {"": (), "L": (num_layers,), "T": (max_steps,), "D": (obs_size,)}
-        return cls(**{
-            name: torch.full((n, *sizes[spec.per_row]), fill.get(name, 0), dtype=spec.dtype, device=device)
-            for name, spec in cls.specs().items()
-        })
+        return cls(
+            **{
+                name: torch.full((n, *sizes[spec.per_row]), fill.get(name, 0), dtype=spec.dtype, device=device)
+                for name, spec in cls.specs().items()
+            }
+        )
 
     def reset_rows(self, rows: Tensor, **given: Any) -> None:
         """Start new episodes in ``rows``: every field gets its reset value, those reset

@@ -12,8 +12,8 @@ trainer. It uses Gymnasium's next-step autoreset and ``RecordEpisodeStatistics``
 from __future__ import annotations
 
 import argparse
-import typing
 import time
+import typing
 from dataclasses import dataclass, fields
 
 import gymnasium as gym
@@ -65,10 +65,16 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> 
 class Agent(nn.Module):
     def __init__(self, obs_dim: int, num_actions: int) -> None:
         super().__init__()
-        self.critic = nn.Sequential(layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)), nn.Tanh(),
-                                    layer_init(nn.Linear(64, 1), std=1.0))
-        self.actor = nn.Sequential(layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)), nn.Tanh(),
-                                   layer_init(nn.Linear(64, num_actions), std=0.01))
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, 64)), nn.Tanh(), layer_init(nn.Linear(64, 64)), nn.Tanh(), layer_init(nn.Linear(64, 1), std=1.0)
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, num_actions), std=0.01),
+        )
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x)
@@ -96,9 +102,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    envs = gym.make_vec("DynaLay-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
-                        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs, lam=args.lam,
-                        seed=args.seed)
+    envs = gym.make_vec(
+        "DynaLay-v0",
+        num_envs=args.num_envs,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        dataset=args.dataset,
+        pretrain_epochs=args.pretrain_epochs,
+        lam=args.lam,
+        seed=args.seed,
+    )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     obs_dim = envs.single_observation_space.shape[0]
     agent = Agent(obs_dim, int(envs.single_action_space.n))
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.update_epochs):
             order = torch.randperm(n)
             for start in range(0, n, minibatch_size):
-                mb = order[start:start + minibatch_size]
+                mb = order[start : start + minibatch_size]
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb], b_actions[mb])
                 ratio = (newlogprob - b_logprobs[mb]).exp()
                 mb_adv = b_advantages[mb]
@@ -177,8 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
         writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
 
     accuracy = correct / max(1, finished)
-    print(f"cleanrl ppo: {global_step} steps, {finished} episodes, training accuracy {accuracy:.3f}, "
-          f"{int(global_step / (time.time() - start_time))} steps/s, runs/{run_name}")
+    print(
+        f"cleanrl ppo: {global_step} steps, {finished} episodes, training accuracy {accuracy:.3f}, "
+        f"{int(global_step / (time.time() - start_time))} steps/s, runs/{run_name}"
+    )
     envs.close()
     writer.close()
     return {"steps": global_step, "episodes": finished, "accuracy": accuracy}

@@ -34,7 +34,16 @@ import numpy as np
 from torch import nn
 
 from agents.train import main as train_agent
-from main_models import ContractiveTanhBlock, DatasetSplits, FPILayer, FPINetwork, SolverSettings, register_dataset, register_model, split_indices
+from main_models import (
+    ContractiveTanhBlock,
+    DatasetSplits,
+    FPILayer,
+    FPINetwork,
+    SolverSettings,
+    register_dataset,
+    register_model,
+    split_indices,
+)
 
 DATASET, MODEL = "noisy-parity", "tiny-fpi"
 BITS, MAX_K = 8, 3
@@ -56,7 +65,9 @@ def load_noisy_parity(data_dir: str | None = None, *, seed: int = 0, samples: in
 def build_tiny_fpi(splits: DatasetSplits, *, hidden: int = 32, num_layers: int = 2) -> FPINetwork:
     """Linear stem, ``num_layers`` contractive tanh FPI layers, linear head."""
     features, classes = splits.input_shape[0], splits.num_classes
-    layers = [FPILayer(ContractiveTanhBlock(hidden, hidden, contraction=0.9), SolverSettings(tol=1e-3, max_iter=20)) for _ in range(num_layers)]
+    layers = [
+        FPILayer(ContractiveTanhBlock(hidden, hidden, contraction=0.9), SolverSettings(tol=1e-3, max_iter=20)) for _ in range(num_layers)
+    ]
     return FPINetwork(
         nn.Sequential(nn.Linear(features, hidden), nn.ReLU()),
         layers,
@@ -90,22 +101,62 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     #   env = gym.make("DynaLay-v0", dataset="noisy-parity", model="tiny-fpi")
     # Here the normal training entry point trains PPO on them; it ends with the baselines table.
     logdir = args.logdir or tempfile.mkdtemp(prefix="dynalay-own-task-")
-    result = train_agent([
-        "--algo", "ppo", "--dataset", DATASET, "--model", MODEL, "--lam", str(args.lam), "--seed", str(args.seed),
-        "--total-timesteps", str(args.total_timesteps), "--pretrain-epochs", str(args.pretrain_epochs),
-        "--imitation-samples", str(args.imitation_samples), "--imitation-epochs", "10", "--imitation-every", "0",
-        "--num-envs", "16", "--n-steps", "64", "--batch-size", "256", "--cotrain-every", "32",
-        "--log-every", "1024", "--detail-every", str(max(args.total_timesteps, 1)), "--checkpoint-freq", "0",
-        "--logdir", logdir, "--no-progress", "--device", "cpu", "--threads", "1",
-    ])
+    result = train_agent(
+        [
+            "--algo",
+            "ppo",
+            "--dataset",
+            DATASET,
+            "--model",
+            MODEL,
+            "--lam",
+            str(args.lam),
+            "--seed",
+            str(args.seed),
+            "--total-timesteps",
+            str(args.total_timesteps),
+            "--pretrain-epochs",
+            str(args.pretrain_epochs),
+            "--imitation-samples",
+            str(args.imitation_samples),
+            "--imitation-epochs",
+            "10",
+            "--imitation-every",
+            "0",
+            "--num-envs",
+            "16",
+            "--n-steps",
+            "64",
+            "--batch-size",
+            "256",
+            "--cotrain-every",
+            "32",
+            "--log-every",
+            "1024",
+            "--detail-every",
+            str(max(args.total_timesteps, 1)),
+            "--checkpoint-freq",
+            "0",
+            "--logdir",
+            logdir,
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     print(accuracy_by_k(result))
     return result
 
 
 def accuracy_by_k(result: dict[str, Any]) -> str:
     """Test accuracy per k of the agent and of the two fixed extremes: where iterating pays."""
-    rows = {"ppo agent": result["per_difficulty"], "FPI on every layer": result["baselines"]["fpi_all"]["per_difficulty"],
-            "plain pass (NOP)": result["baselines"]["plain"]["per_difficulty"]}
+    rows = {
+        "ppo agent": result["per_difficulty"],
+        "FPI on every layer": result["baselines"]["fpi_all"]["per_difficulty"],
+        "plain pass (NOP)": result["baselines"]["plain"]["per_difficulty"],
+    }
     lines = [f"  {'test accuracy by k (parity of k signs)':<44}" + "".join(f"{f'k={k}':>8}" for k in range(1, MAX_K + 1))]
     for name, levels in rows.items():
         lines.append(f"  {name:<44}" + "".join(f"{levels[level]['accuracy']:>8.4f}" for level in sorted(levels)))

@@ -31,15 +31,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=8192, help="environment steps to train for")
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--dataset", default="grid-lookup", help="DynaLay's task (the environment's default)")
-    parser.add_argument("--pretrain-epochs", type=int, default=None, help="warm-up epochs of DynaLay's main model (default: the task's own)")
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=None, help="warm-up epochs of DynaLay's main model (default: the task's own)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    venv = gym.make_vec("DynaLay-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
-                        autoreset_mode=gym.vector.AutoresetMode.DISABLED, dataset=args.dataset, pretrain_epochs=args.pretrain_epochs,
-                        seed=args.seed)
+    venv = gym.make_vec(
+        "DynaLay-v0",
+        num_envs=args.num_envs,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        dataset=args.dataset,
+        pretrain_epochs=args.pretrain_epochs,
+        seed=args.seed,
+    )
     env = GymWrapper(venv, categorical_action_encoding=True)  # actions as indices, as a Categorical policy samples them
     obs_dim = env.observation_spec["observation"].shape[-1]
     num_actions = env.action_spec.space.n
@@ -50,7 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     policy_net = mlp(num_actions)
     actor = ProbabilisticActor(
         TensorDictModule(policy_net, in_keys=["observation"], out_keys=["logits"]),
-        in_keys=["logits"], spec=env.action_spec, distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        in_keys=["logits"],
+        spec=env.action_spec,
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
     )
     critic = ValueOperator(mlp(1), in_keys=["observation"])
     advantage = GAE(gamma=1.0, lmbda=0.95, value_network=critic, average_gae=True)
@@ -80,10 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
     # the greedy policy on the test split, with DynaLay's evaluation (the co-trained main model frozen)
     engine = venv.engine
     with torch.no_grad():
-        report = dynalay_env.evaluate_policy(engine.model, engine.splits, lambda obs: policy_net(obs).argmax(-1),
-                                             max_steps=engine.max_steps, observation=engine.layout.groups)
-    print(f"torchrl ppo: {frames} frames, {episodes} episodes, {engine.trainer.updates} main-model updates while torchrl "
-          f"collected, test accuracy {report.accuracy:.4f}, compute {report.compute_fraction:.3f} of FPI on every layer")
+        report = dynalay_env.evaluate_policy(
+            engine.model,
+            engine.splits,
+            lambda obs: policy_net(obs).argmax(-1),
+            max_steps=engine.max_steps,
+            observation=engine.layout.groups,
+        )
+    print(
+        f"torchrl ppo: {frames} frames, {episodes} episodes, {engine.trainer.updates} main-model updates while torchrl "
+        f"collected, test accuracy {report.accuracy:.4f}, compute {report.compute_fraction:.3f} of FPI on every layer"
+    )
     return {"frames": frames, "episodes": episodes, "cotrain_updates": engine.trainer.updates, "accuracy": report.accuracy}
 
 

@@ -15,8 +15,12 @@ from .network import FPINetwork
 
 MAIN_MODELS: dict[str, str] = {"mlp": "flat", "cnn": "image", "lstm": "tokens", "grid-lstm": "grid"}
 """Each main model and the input kind it reads; :func:`register_model` adds a user's."""
-_SHAPES = {"flat": "float (N, features)", "image": "float (N, C, H, W)", "tokens": "integer token ids (N, T)",
-           "grid": "integer token grids (N, H, W)"}
+_SHAPES = {
+    "flat": "float (N, features)",
+    "image": "float (N, C, H, W)",
+    "tokens": "integer token ids (N, T)",
+    "grid": "integer token grids (N, H, W)",
+}
 _BUILT_IN: tuple[str, ...] = tuple(MAIN_MODELS)
 # Fixed rather than derived from MAIN_MODELS, so that registering a model never changes which one
 # a dataset gets by default.
@@ -61,8 +65,10 @@ MODEL_API: dict[str, dict[str, str]] = {
 """What the environment, its evaluation, baselines and co-training use of a main model, by
 purpose. :class:`FPINetwork` has all of it; a registered model's builder must return an object
 that does (checked by :func:`build_main_model`)."""
-_HOW_TO = ("build the model as an FPINetwork (main_models/network.py: FPINetwork(stem, [FPILayer(block), ...], head, "
-           "stem_flops=..., head_flops=...), whose blocks define flops_per_sample()), as examples/own_task.py does")
+_HOW_TO = (
+    "build the model as an FPINetwork (main_models/network.py: FPINetwork(stem, [FPILayer(block), ...], head, "
+    "stem_flops=..., head_flops=...), whose blocks define flops_per_sample()), as examples/own_task.py does"
+)
 
 
 def register_model(
@@ -84,8 +90,13 @@ def register_model(
     unless ``replace=True``; the built-in models cannot be replaced.
     """
     _check_name(name, "model")
-    _check_callable(builder, f"model {name!r}'s builder", "builder(splits, **options)",
-                    "give it one positional parameter, the DatasetSplits it builds for", None)
+    _check_callable(
+        builder,
+        f"model {name!r}'s builder",
+        "builder(splits, **options)",
+        "give it one positional parameter, the DatasetSplits it builds for",
+        None,
+    )
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"model {name!r}: input_kind must be one of {list(INPUT_KINDS)} (the data it reads), got {input_kind!r}")
     if training_grad not in GRAD_MODES:
@@ -176,28 +187,38 @@ def _check_built(name: str, network: Any, splits: DatasetSplits) -> None:
     missing = {group: attrs for group, attrs in missing.items() if attrs}
     if missing:
         lacks = "; ".join(f"for {group}: {', '.join(attrs)}" for group, attrs in missing.items())
-        raise TypeError(f"model {name!r}: its builder returned a {made}, which cannot report what the environment needs. "
-                        f"Add {lacks} (main_models.MODEL_API says what each is) or, simpler, {_HOW_TO}")
+        raise TypeError(
+            f"model {name!r}: its builder returned a {made}, which cannot report what the environment needs. "
+            f"Add {lacks} (main_models.MODEL_API says what each is) or, simpler, {_HOW_TO}"
+        )
     if not isinstance(network, nn.Module):
-        raise TypeError(f"model {name!r}: its builder returned a {made}, not a torch.nn.Module (the environment moves it to "
-                        f"its device, trains it and saves its state_dict); {_HOW_TO}")
+        raise TypeError(
+            f"model {name!r}: its builder returned a {made}, not a torch.nn.Module (the environment moves it to "
+            f"its device, trains it and saves its state_dict); {_HOW_TO}"
+        )
     layers = network.num_layers
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"model {name!r}: num_layers must be an integer >= 1 (the agent's actions are NOP and one per layer), got {layers!r}")
+        raise ValueError(
+            f"model {name!r}: num_layers must be an integer >= 1 (the agent's actions are NOP and one per layer), got {layers!r}"
+        )
     full = network.straightforward_flops
     try:
         flops = float(full)
     except (TypeError, ValueError):
         flops = math.nan
     if not math.isfinite(flops) or flops <= 0:
-        raise ValueError(f"model {name!r}: straightforward_flops must be a positive number (every step's cost is a fraction of it), "
-                         f"got {full!r}; give FPINetwork the stem_flops and head_flops of your stem and head")
+        raise ValueError(
+            f"model {name!r}: straightforward_flops must be a positive number (every step's cost is a fraction of it), "
+            f"got {full!r}; give FPINetwork the stem_flops and head_flops of your stem and head"
+        )
     if isinstance(network, FPINetwork):
         for j, layer in enumerate(network.layers):
             try:
                 check_grad_mode(TRAINING_GRADS[name], layer.block)
             except ValueError as err:
-                raise ValueError(f"model {name!r} was registered with training_grad {TRAINING_GRADS[name]!r}, but layer {j + 1}: {err}") from None
+                raise ValueError(
+                    f"model {name!r} was registered with training_grad {TRAINING_GRADS[name]!r}, but layer {j + 1}: {err}"
+                ) from None
     # One plain pass on two samples, in eval mode so that no power-iteration buffer moves: a
     # mismatch found here would otherwise surface as a shape error deep inside the engine.
     was_training = network.training
@@ -213,10 +234,14 @@ def _check_built(name: str, network: Any, splits: DatasetSplits) -> None:
         network.train(was_training)
     rows = x.shape[0]
     if tuple(logits.shape) != (rows, splits.num_classes):
-        raise ValueError(f"model {name!r}: readout gives logits of shape {tuple(logits.shape)} for {rows} samples; dataset "
-                         f"{splits.name!r} has {splits.num_classes} classes, so the head must output ({rows}, {splits.num_classes})")
+        raise ValueError(
+            f"model {name!r}: readout gives logits of shape {tuple(logits.shape)} for {rows} samples; dataset "
+            f"{splits.name!r} has {splits.num_classes} classes, so the head must output ({rows}, {splits.num_classes})"
+        )
     if tuple(summaries.shape) != (rows, network.summary_dim):
-        raise ValueError(f"model {name!r}: layer_summaries gives shape {tuple(summaries.shape)} but summary_dim is "
-                         f"{network.summary_dim}; the observation needs ({rows}, summary_dim)")
+        raise ValueError(
+            f"model {name!r}: layer_summaries gives shape {tuple(summaries.shape)} but summary_dim is "
+            f"{network.summary_dim}; the observation needs ({rows}, summary_dim)"
+        )
     if tuple(step.shape) != (layers,) or not bool(torch.isfinite(step).all()) or bool((step < 0).any()):
         raise ValueError(f"model {name!r}: fpi_step_flops must give one finite, non-negative FLOP count per row, got {step.tolist()}")

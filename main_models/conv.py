@@ -106,8 +106,16 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
 
 
 def build_conv_fpi_network(
-    in_channels: int, image_size: tuple[int, int], num_classes: int, *, channels: int = 32, num_layers: int = 3,
-    layer_resolution: int = 8, contraction: float = 0.9, solver: SolverSettings = ACCELERATED, summary_bins: int = 16,
+    in_channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    *,
+    channels: int = 32,
+    num_layers: int = 3,
+    layer_resolution: int = 8,
+    contraction: float = 0.9,
+    solver: SolverSettings = ACCELERATED,
+    summary_bins: int = 16,
 ) -> FPINetwork:
     """FPI-CNN: a strided conv stem, ``num_layers`` contractive conv FPI layers, a pooled linear head.
 

@@ -53,5 +53,6 @@ def add_runtime_flags(parser: argparse.ArgumentParser, *, device: str | None = "
     ``--device`` with that default."""
     if device is not None:
         parser.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (0: torch's default); the small models here run fastest on 1")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (0: torch's default); the small models here run fastest on 1"
+    )

@@ -138,7 +138,7 @@ class Anderson:
         k_max = int(iterations.max()) if iterations.numel() else 0
         j = torch.arange(1, max(k_max, 1), dtype=torch.float64, device=iterations.device)
         n = j.clamp(max=self.memory)
-        per = 2 * n * state_numel + torch.where(j >= 2, n ** 3 + 3 * n ** 2 + 2 * n * state_numel, 0.0)
+        per = 2 * n * state_numel + torch.where(j >= 2, n**3 + 3 * n**2 + 2 * n * state_numel, 0.0)
         cumulative = torch.cat([torch.zeros(2, dtype=torch.float64, device=iterations.device), per.cumsum(0)])
         return cumulative[iterations.clamp(min=0)]
 
@@ -540,8 +540,7 @@ class FPILayer(nn.Module):
             # for the whole unrolled solve instead of recomputing them each iteration.
             with parametrize.cached():
                 step, row_args = self._prepare(u)
-                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter,
-                                         solver=self.forward_solver)
+                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter, solver=self.forward_solver)
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
             solved = solve_together([self.problem(u.detach(), z0.detach())])[0]
@@ -625,13 +624,21 @@ class FPILayer(nn.Module):
                     # that must be rebuilt whenever the active rows are compacted.
                     vjp, row_args = adjoint_prepare(z_star, u, f_star)
                     solved = fixed_point_solve(
-                        lambda g, *a: vjp(g, *a[:-1]) + a[-1], grad, (*row_args, grad),
-                        tol=tol, max_iter=self.backward_max_iter, solver=self.adjoint_solver,
+                        lambda g, *a: vjp(g, *a[:-1]) + a[-1],
+                        grad,
+                        (*row_args, grad),
+                        tol=tol,
+                        max_iter=self.backward_max_iter,
+                        solver=self.adjoint_solver,
                     )
                 else:
                     solved = fixed_point_solve(
-                        _AdjointVJP(self.block), grad, (z_star, u, grad),
-                        tol=tol, max_iter=self.backward_max_iter, solver=self.adjoint_solver,
+                        _AdjointVJP(self.block),
+                        grad,
+                        (z_star, u, grad),
+                        tol=tol,
+                        max_iter=self.backward_max_iter,
+                        solver=self.adjoint_solver,
                     )
             self.last_backward_stats = solved._replace(z=solved.z.new_empty(0))
             return solved.z

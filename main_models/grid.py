@@ -141,8 +141,15 @@ GRID_AXES: tuple[Axis, ...] = ("row", "col", "row")
 
 
 def build_grid_lstm_fpi_network(
-    vocab_size: int, spatial: tuple[int, int], num_classes: int, *, embed_dim: int = 16, hidden: int = 32,
-    axes: tuple[Axis, ...] = GRID_AXES, solver: SolverSettings = SolverSettings(), summary_bins: int = 16,
+    vocab_size: int,
+    spatial: tuple[int, int],
+    num_classes: int,
+    *,
+    embed_dim: int = 16,
+    hidden: int = 32,
+    axes: tuple[Axis, ...] = GRID_AXES,
+    solver: SolverSettings = SolverSettings(),
+    summary_bins: int = 16,
 ) -> FPINetwork:
     """Grid-LSTM for token grids (B, H, W): 3x3 conv embedding stem, one axis-wise Jacobi LSTM FPI
     layer per entry of ``axes`` (rows, columns, rows by default), a linear head on the bottom-right
@@ -154,8 +161,16 @@ def build_grid_lstm_fpi_network(
     stem = GridConvEmbedding(vocab_size, embed_dim)
     blocks = [AxisLSTMBlock(embed_dim if j == 0 else hidden, hidden, (h, w), axis) for j, axis in enumerate(axes)]
     head = LastStepHead(hidden, num_classes, spatial_dims=2)
-    return assemble_network(stem, blocks, head, solver=solver, default_max_iter=max(h, w) + 1,
-                            stem_flops=stem.flops_per_sample((h, w)), head_flops=head.flops_per_sample(), summary_bins=summary_bins)
+    return assemble_network(
+        stem,
+        blocks,
+        head,
+        solver=solver,
+        default_max_iter=max(h, w) + 1,
+        stem_flops=stem.flops_per_sample((h, w)),
+        head_flops=head.flops_per_sample(),
+        summary_bins=summary_bins,
+    )
 
 
 __all__ = ["GRID_AXES", "AxisLSTMBlock", "GridConvEmbedding", "build_grid_lstm_fpi_network"]

@@ -176,8 +176,17 @@ class LastStepHead(nn.Module):
 
 
 def build_lstm_fpi_network(
-    vocab_size: int, seq_len: int, num_classes: int, *, embed_dim: int = 32, hidden: int = 64, num_layers: int = 3,
-    context: int = 3, pad_id: int = 0, solver: SolverSettings = SolverSettings(), summary_bins: int = 16,
+    vocab_size: int,
+    seq_len: int,
+    num_classes: int,
+    *,
+    embed_dim: int = 32,
+    hidden: int = 64,
+    num_layers: int = 3,
+    context: int = 3,
+    pad_id: int = 0,
+    solver: SolverSettings = SolverSettings(),
+    summary_bins: int = 16,
 ) -> FPINetwork:
     """FPI-LSTM for token sequences (B, T): causal-conv embedding stem, ``num_layers`` Jacobi LSTM
     FPI layers, a linear head on the last position. Serves sequence classification and next-token

@@ -57,8 +57,10 @@ class FPINetwork(nn.Module):
 
         return all(
             not any(True for _ in p.buffers())
-            for m in self.modules() if parametrize.is_parametrized(m)
-            for plist in m.parametrizations.values() for p in plist
+            for m in self.modules()
+            if parametrize.is_parametrized(m)
+            for plist in m.parametrizations.values()
+            for p in plist
         )
 
     def __init__(
@@ -118,8 +120,15 @@ class FPINetwork(nn.Module):
             table[j] = layer.solver_overhead_flops(counts, numel)
         return table
 
-    def configure_solver(self, solver: str | None = None, *, tol: float | None = None, max_iter: int | None = None,
-                         anderson_memory: int | None = None, grad: str | None = None) -> None:
+    def configure_solver(
+        self,
+        solver: str | None = None,
+        *,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        anderson_memory: int | None = None,
+        grad: str | None = None,
+    ) -> None:
         """Change how every FPI layer solves and differentiates (the weights stay): the solver, its
         tolerance, its cap, Anderson's memory, the gradient mode. Each layer's settings are replaced
         (``dataclasses.replace``) by ones that differ in what is given; a new ``max_iter`` raises the
@@ -243,8 +252,11 @@ class FPINetwork(nn.Module):
             inputs = [(state.u if j == 0 else z[j - 1])[rows] for j, rows in todo]
             exact = [self.layers[j].solves_exactly(u) for (j, _), u in zip(todo, inputs)]
             with torch.no_grad(), parametrize.cached():
-                problems = [self.layers[j].problem(u.detach(), z[j][rows].detach())
-                            for ((j, rows), u, direct) in zip(todo, inputs, exact) if not direct]
+                problems = [
+                    self.layers[j].problem(u.detach(), z[j][rows].detach())
+                    for ((j, rows), u, direct) in zip(todo, inputs, exact)
+                    if not direct
+                ]
                 iterated = iter(solve_together(problems))
             for (j, rows), u, direct in zip(todo, inputs, exact):
                 solved = self.layers[j].exact_solve(u) if direct else self.layers[j].differentiate(u, next(iterated))
@@ -349,8 +361,14 @@ def assemble_network(
 
 
 def build_mlp_fpi_network(
-    in_features: int, num_classes: int, *, hidden: int = 64, num_layers: int = 3, contraction: float = 0.9,
-    solver: SolverSettings = ACCELERATED, summary_bins: int = 16,
+    in_features: int,
+    num_classes: int,
+    *,
+    hidden: int = 64,
+    num_layers: int = 3,
+    contraction: float = 0.9,
+    solver: SolverSettings = ACCELERATED,
+    summary_bins: int = 16,
 ) -> FPINetwork:
     """The default main model for flat inputs (the bundled digits): linear stem, L contractive
     tanh FPI layers, linear head."""

@@ -34,8 +34,7 @@ def parse_fpi_layers(text: str, num_layers: int | None = None) -> list[int]:
         layers = [int(part) for part in text.split(",")]
     except ValueError:
         raise ValueError(
-            f"--fpi-layers must be a comma-separated list of layer numbers in {upper} "
-            f"(e.g. '', '1', '1,2', '1,2,3'), got {text!r}"
+            f"--fpi-layers must be a comma-separated list of layer numbers in {upper} (e.g. '', '1', '1,2', '1,2,3'), got {text!r}"
         ) from None
     if any(layer < 1 or (num_layers is not None and layer > num_layers) for layer in layers):
         raise ValueError(f"--fpi-layers entries must be layer numbers in {upper}, got {text!r}")
@@ -167,8 +166,9 @@ def run_baseline(
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
     trainer = MainModelTrainer(model, splits.x_train, splits.y_train, lr=lr)
-    losses = trainer.train_epochs(epochs, fixed_paths(path, dev), generator=generator, batch_size=batch_size, progress=progress,
-                                  desc=f"train path {path or 'plain'}")
+    losses = trainer.train_epochs(
+        epochs, fixed_paths(path, dev), generator=generator, batch_size=batch_size, progress=progress, desc=f"train path {path or 'plain'}"
+    )
     train_seconds = time.perf_counter() - train_start
 
     eval_start = time.perf_counter()

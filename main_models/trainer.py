@@ -79,8 +79,16 @@ class MainModelTrainer:
     """
 
     def __init__(
-        self, model: FPINetwork, x: Tensor, y: Tensor, *, lr: float = 1e-3, cotrain_every: int = 64,
-        alternatives: Sequence[str] = (), max_steps: int | None = None, seed: int = 0,
+        self,
+        model: FPINetwork,
+        x: Tensor,
+        y: Tensor,
+        *,
+        lr: float = 1e-3,
+        cotrain_every: int = 64,
+        alternatives: Sequence[str] = (),
+        max_steps: int | None = None,
+        seed: int = 0,
     ) -> None:
         unknown = [a for a in alternatives if a not in ALTERNATIVE_PATHS]
         if unknown:
@@ -143,8 +151,9 @@ class MainModelTrainer:
             if name == "plain":
                 alt = self.model.readout(self.model.straightforward(x))
             else:
-                alt, _ = self.model.run_paths(x, random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(
-                    index.numel(), self.generator))
+                alt, _ = self.model.run_paths(
+                    x, random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(index.numel(), self.generator)
+                )
             loss = loss + F.cross_entropy(alt, y, reduction=reduction)
         return loss / (1 + len(self.alternatives))
 
@@ -213,8 +222,9 @@ class MainModelTrainer:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed + 1)
         sampler = random_paths(max_steps, self.model.num_layers, stop_prob, self.device)
-        return self.train_epochs(epochs, sampler, generator=generator, batch_size=batch_size, progress=progress, desc="warm-up",
-                                 resume=resume, on_epoch=on_epoch)
+        return self.train_epochs(
+            epochs, sampler, generator=generator, batch_size=batch_size, progress=progress, desc="warm-up", resume=resume, on_epoch=on_epoch
+        )
 
     # ---- co-training -------------------------------------------------------------------------
     def record(self, index: Tensor, paths: Tensor) -> None:

@@ -15,16 +15,40 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents import evaluate, train
 from agents.algorithms import ALGORITHMS
-from agents.settings import resolve
 from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.reinforce import EpisodeBuffer
+from agents.settings import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_RUN = ["--dataset", "digits", "--imitation-samples", "64", "--imitation-epochs", "2", "--total-timesteps", "512", "--num-envs", "8",
-            "--pretrain-epochs", "1", "--cotrain-every", "16",
-            "--checkpoint-freq", "256", "--log-every", "128", "--no-progress", "--device", "cpu"]
-TINY_AGENT = {"ppo": ["--n-steps", "64", "--batch-size", "64"], "a2c": ["--n-steps", "4"],
-              "dqn": ["--batch-size", "64", "--learning-starts", "64"], "reinforce": ["--n-steps", "4"]}
+TINY_RUN = [
+    "--dataset",
+    "digits",
+    "--imitation-samples",
+    "64",
+    "--imitation-epochs",
+    "2",
+    "--total-timesteps",
+    "512",
+    "--num-envs",
+    "8",
+    "--pretrain-epochs",
+    "1",
+    "--cotrain-every",
+    "16",
+    "--checkpoint-freq",
+    "256",
+    "--log-every",
+    "128",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+TINY_AGENT = {
+    "ppo": ["--n-steps", "64", "--batch-size", "64"],
+    "a2c": ["--n-steps", "4"],
+    "dqn": ["--batch-size", "64", "--learning-starts", "64"],
+    "reinforce": ["--n-steps", "4"],
+}
 
 
 def tiny(algo: str) -> list[str]:
@@ -56,15 +80,32 @@ def test_each_algorithm_trains_logs_and_checkpoints(algo, tmp_path):
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["compute_fraction"] > 0
     # where the training time went: every phase accounted for, adding up to the training time
     breakdown = evaluation["train_time_breakdown_seconds"]
-    assert set(breakdown) == {"fpi_solves", "observations", "episode_resets", "env_bookkeeping", "cotrain_updates",
-                              "logging_eval_checkpoints", "imitation_refresh", "agent"}
+    assert set(breakdown) == {
+        "fpi_solves",
+        "observations",
+        "episode_resets",
+        "env_bookkeeping",
+        "cotrain_updates",
+        "logging_eval_checkpoints",
+        "imitation_refresh",
+        "agent",
+    }
     assert all(v >= 0 for v in breakdown.values()) and breakdown["fpi_solves"] > 0 and breakdown["cotrain_updates"] > 0
     assert sum(breakdown.values()) == pytest.approx(evaluation["train_seconds"], rel=0.05)
     assert evaluation["train_sps"] == pytest.approx(evaluation["timesteps"] / evaluation["train_seconds"], rel=1e-6)
     tags = _scalars(run)
-    expected = {"charts/episode_reward", "charts/train_accuracy", "charts/compute", "charts/action_freq/NOP", "paths/accuracy/NOP",
-                "paths/accuracy/L1,L2,L3",
-                "losses/main_model_ce", "eval/accuracy", "eval/compute_fraction", "charts/SPS"}
+    expected = {
+        "charts/episode_reward",
+        "charts/train_accuracy",
+        "charts/compute",
+        "charts/action_freq/NOP",
+        "paths/accuracy/NOP",
+        "paths/accuracy/L1,L2,L3",
+        "losses/main_model_ce",
+        "eval/accuracy",
+        "eval/compute_fraction",
+        "charts/SPS",
+    }
     assert expected <= tags, expected - tags
     if algo == "ppo":  # SB3's own tags land in the same run directory
         assert "rollout/ep_rew_mean" in tags
@@ -134,9 +175,35 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     script = str(ROOT / "agents" / "train.py")
     # the default task; a small imitation warm-start (the default's 2000 oracle searches cost half a minute,
     # and nothing here depends on them)
-    argv = [sys.executable, script, "--algo", "ppo", "--total-timesteps", "3072", "--num-envs", "8", "--n-steps", "32",
-            "--batch-size", "64", "--pretrain-epochs", "0", "--imitation-samples", "64", "--imitation-epochs", "2",
-            "--checkpoint-freq", "512", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "killed"]
+    argv = [
+        sys.executable,
+        script,
+        "--algo",
+        "ppo",
+        "--total-timesteps",
+        "3072",
+        "--num-envs",
+        "8",
+        "--n-steps",
+        "32",
+        "--batch-size",
+        "64",
+        "--pretrain-epochs",
+        "0",
+        "--imitation-samples",
+        "64",
+        "--imitation-epochs",
+        "2",
+        "--checkpoint-freq",
+        "512",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "killed",
+    ]
     run = tmp_path / "killed"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
@@ -153,8 +220,9 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert 512 <= killed_at < 3072
     assert not (run / "eval.json").exists()
 
-    resumed = subprocess.run([sys.executable, script, "--resume", str(run), "--no-progress", "--device", "cpu"],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, script, "--resume", str(run), "--no-progress", "--device", "cpu"], capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed ppo run {run} at step {killed_at} of 3072" in resumed.stdout
     final = load_checkpoint(run)
@@ -162,7 +230,6 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert json.loads((run / "eval.json").read_text())["timesteps"] == final["timesteps"]
     # the co-trained main model continued from the checkpoint's state rather than starting over
     assert final["engine"]["trainer"]["updates"] > load_checkpoint_updates
-
 
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path):
@@ -219,8 +286,13 @@ def test_evaluate_reports_tradeoff_and_writes_figures(tmp_path, capsys):
         assert abs(sum(r["sequences_per_level"][-1].values()) - 1) < 1e-6  # digits: one level, -1
         assert all(abs(sum(step.values()) - 1) < 1e-6 for step in r["actions_per_step"][-1])
     assert [r["lam"] for r in out["results"]] == [0.0, 0.01, 0.05]
-    for name in ("layer_selection_lam0.png", "layer_selection_lam0.01.png", "layer_selection_lam0.05.png", "tradeoff_lam0-0.01-0.05.png",
-                 "decisions_lam0.05.png"):
+    for name in (
+        "layer_selection_lam0.png",
+        "layer_selection_lam0.01.png",
+        "layer_selection_lam0.05.png",
+        "tradeoff_lam0-0.01-0.05.png",
+        "decisions_lam0.05.png",
+    ):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = run / "eval" / "lam0-0.01-0.05"
     acc = EventAccumulator(str(events))

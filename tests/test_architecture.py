@@ -71,7 +71,7 @@ def test_no_import_cycles(graph):
         state[node] = 1
         for dep in edges.get(node, ()):
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep):] + [dep] if dep in stack else [node, dep]
+                cycle = stack[stack.index(dep) :] + [dep] if dep in stack else [node, dep]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep, stack + [dep])

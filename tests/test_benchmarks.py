@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import load_script
+
 from main_models.device import local_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,9 +27,14 @@ def test_mean_std_leaves_out_what_a_seed_does_not_have(harness):
     assert harness.mean_std([0.25]) == {"mean": 0.25, "std": 0.0, "n": 1}
     assert harness.mean_std([None, None]) == {"mean": None, "std": 0.0, "n": 0}
     assert harness.stats([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": None}], ("a", "b")) == {
-        "a": {"mean": 2.0, "std": pytest.approx(2**0.5), "n": 2}, "b": {"mean": 2.0, "std": 0.0, "n": 1}}
-    assert [harness.pm({"mean": 0.5, "std": 0.1, "n": 2}, 2), harness.pm({"mean": 0.5, "std": 0.0, "n": 1}), harness.pm({"mean": None})] \
-        == ["0.50 ± 0.10", "0.500", "n/a"]
+        "a": {"mean": 2.0, "std": pytest.approx(2**0.5), "n": 2},
+        "b": {"mean": 2.0, "std": 0.0, "n": 1},
+    }
+    assert [
+        harness.pm({"mean": 0.5, "std": 0.1, "n": 2}, 2),
+        harness.pm({"mean": 0.5, "std": 0.0, "n": 1}),
+        harness.pm({"mean": None}),
+    ] == ["0.50 ± 0.10", "0.500", "n/a"]
     assert harness.fmt(None) == "n/a" and harness.fmt(1 / 3, 2) == "0.33"
     assert harness.markdown_table(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]
     with pytest.raises(SystemExit, match="ran with different plan"):
@@ -43,6 +48,7 @@ def test_per_seed_runs_resume_from_their_result_file(harness, tmp_path):
         def run() -> dict:
             ran.append((seed, setting))
             return {"dataset": "d", "seed": seed, "value": seed + setting, "plan": ("p",)}
+
         return harness.Job({"dataset": "d", "seed": seed, "setting": setting}, run)
 
     def write(result: dict) -> None:
@@ -52,7 +58,13 @@ def test_per_seed_runs_resume_from_their_result_file(harness, tmp_path):
     summarise = lambda entries: harness.by_task(entries, "plan")  # noqa: E731
     first = harness.collect("b", tmp_path, summarise, write, jobs=[job(0, 0.5), job(1, 0.5)])
     assert ran == [(0, 0.5), (1, 0.5)] and written == [1, 2] and first["seconds"] >= 0
-    assert first["per_seed"][0] == {"dataset": "d", "seed": 0, "value": 0.5, "plan": ["p"], "job": {"dataset": "d", "seed": 0, "setting": 0.5}}
+    assert first["per_seed"][0] == {
+        "dataset": "d",
+        "seed": 0,
+        "value": 0.5,
+        "plan": ["p"],
+        "job": {"dataset": "d", "seed": 0, "setting": 0.5},
+    }
     # the same command again runs nothing; a seed with another setting runs
     again = harness.collect("b", tmp_path, summarise, write, jobs=[job(0, 0.5), job(1, 0.25)])
     assert ran[2:] == [(1, 0.25)] and again["per_seed"][0] == first["per_seed"][0]
@@ -65,9 +77,14 @@ def test_per_seed_runs_resume_from_their_result_file(harness, tmp_path):
 
 
 def test_pareto_figure_draws_points_curves_error_bars_and_a_line(harness, tmp_path):
-    series = [harness.Series([0.2, 0.5], [0.8, 0.9], "s", names=["NOP", "L1"]),
-              harness.curve([{"compute_fraction": {"mean": 0.6}, "accuracy": {"mean": 0.95}}, {"compute_fraction": 0.3, "accuracy": 0.85}], "o-", "rule"),
-              harness.Series([0.4], [0.9], "o", "agent", xerr=[0.01], yerr=[0.02]), harness.Series([0.4], label="target")]
+    series = [
+        harness.Series([0.2, 0.5], [0.8, 0.9], "s", names=["NOP", "L1"]),
+        harness.curve(
+            [{"compute_fraction": {"mean": 0.6}, "accuracy": {"mean": 0.95}}, {"compute_fraction": 0.3, "accuracy": 0.85}], "o-", "rule"
+        ),
+        harness.Series([0.4], [0.9], "o", "agent", xerr=[0.01], yerr=[0.02]),
+        harness.Series([0.4], label="target"),
+    ]
     assert series[1].x == [0.3, 0.6] and series[1].y == [0.85, 0.95]
     harness.pareto_figure(tmp_path / "p.png", {"a": series, "b": series[:1]}, log_x=True)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -84,7 +101,9 @@ def test_local_device_gives_each_rank_its_own_gpu():
 
 
 def _run(name: str) -> dict:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--json"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--json"], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -107,7 +126,16 @@ def test_backward_quick():
     modes = {(r["mode"], r["forward_iterations"]) for r in out["rows"]}
     assert modes == {(m, k) for m in ("unrolled", "implicit", "implicit-tol1e-5", "phantom") for k in (10, 30)}
     for row in out["rows"]:
-        assert {"seconds", "backward_seconds", "memory_bytes", "memory_kind", "time_vs_unrolled", "backward_time_vs_unrolled", "memory_vs_unrolled", "cosine_to_unrolled"} <= set(row)
+        assert {
+            "seconds",
+            "backward_seconds",
+            "memory_bytes",
+            "memory_kind",
+            "time_vs_unrolled",
+            "backward_time_vs_unrolled",
+            "memory_vs_unrolled",
+            "cosine_to_unrolled",
+        } <= set(row)
         if row["mode"].startswith("implicit"):
             # the implicit gradient is the unrolled one, up to the solvers' tolerances
             assert row["cosine_to_unrolled"] > 0.999 and row["adjoint_iterations"] >= 1
@@ -125,7 +153,8 @@ def test_solver_quick():
     assert out["benchmark"] == "solver"
     rows = out["rows"]
     assert {(r["model"], r["solver"], r["tol"]) for r in rows} == {
-        (m, s, t) for m in ("mlp", "lstm") for s in ("picard", "anderson-m3", "anderson-m5") for t in (1e-2, 1e-3, 1e-4, 1e-5)}
+        (m, s, t) for m in ("mlp", "lstm") for s in ("picard", "anderson-m3", "anderson-m5") for t in (1e-2, 1e-3, 1e-4, 1e-5)
+    }
     for r in rows:
         assert {"evaluations_per_solve", "max_evaluations", "converged_fraction", "seconds", "accuracy", "compute"} <= set(r)
         assert 1 <= r["evaluations_per_solve"] <= r["max_evaluations"] <= r["max_iter"]
@@ -152,7 +181,9 @@ def test_warmup_paths_quick():
 def test_adaptive_vs_fixed_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--quick", "--json", "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -164,19 +195,46 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert table["model0"]["compute_fraction"]["mean"] < table["model1"]["compute_fraction"]["mean"] < 1.0
     for algo in ("ppo", "reinforce"):
         agent = table[f"agent_{algo}"]
-        assert {"accuracy", "compute_fraction", "time_ratio", "gap_to_model3", "oracle_accuracy", "gap_to_oracle",
-                "level_compute", "hard_over_easy_compute", "target"} <= set(agent)
+        assert {
+            "accuracy",
+            "compute_fraction",
+            "time_ratio",
+            "gap_to_model3",
+            "oracle_accuracy",
+            "gap_to_oracle",
+            "level_compute",
+            "hard_over_easy_compute",
+            "target",
+        } <= set(agent)
         assert sorted(agent["level_compute"], key=int) == ["0", "1", "2", "3", "4"]
         assert agent["gap_to_oracle"]["mean"] == pytest.approx(agent["accuracy"]["mean"] - agent["oracle_accuracy"]["mean"])
         assert 0 <= agent["oracle_accuracy"]["mean"] <= 1 and agent["compute_fraction"]["mean"] > 0
-        assert set(agent["target"]) == {"accuracy_within_0.5_points_of_model3", "compute_at_most_0.4", "wall_time_at_most_0.5",
-                                        "more_compute_on_harder_levels", "all"}
+        assert set(agent["target"]) == {
+            "accuracy_within_0.5_points_of_model3",
+            "compute_at_most_0.4",
+            "wall_time_at_most_0.5",
+            "more_compute_on_harder_levels",
+            "all",
+        }
     assert [p["lam"] for p in table["lambda_agent"]] == [0.0, 0.01]
 
     # the saved runs reproduce the recorded accuracy and compute (checked by --retime) and get new wall times
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(tmp_path / "adaptive_vs_fixed.json"),
-         "--retime", "--timing-repeats", "2", "--json", "--out-dir", str(tmp_path / "retimed")], capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
+            "--merge",
+            str(tmp_path / "adaptive_vs_fixed.json"),
+            "--retime",
+            "--timing-repeats",
+            "2",
+            "--json",
+            "--out-dir",
+            str(tmp_path / "retimed"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     retimed = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -194,8 +252,19 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     second.write_text(json.dumps({"benchmark": "adaptive_vs_fixed", "per_seed": [other]}))
     merged_dir = tmp_path / "merged"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(tmp_path / "adaptive_vs_fixed.json"),
-         str(second), "--json", "--out-dir", str(merged_dir)], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
+            "--merge",
+            str(tmp_path / "adaptive_vs_fixed.json"),
+            str(second),
+            "--json",
+            "--out-dir",
+            str(merged_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     merged = json.loads(proc.stdout.strip().splitlines()[-1])["summary"]["digits-graded"]
@@ -203,14 +272,34 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert acc0["n"] == 2 and acc0["mean"] == pytest.approx(entry["baselines"]["model0"]["accuracy"] + 0.05)
     assert acc0["std"] == pytest.approx(0.1 / 2**0.5)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(merged_dir / "adaptive_vs_fixed.json"),
-         "--markdown", "--out-dir", str(tmp_path / "md")], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
+            "--merge",
+            str(merged_dir / "adaptive_vs_fixed.json"),
+            "--markdown",
+            "--out-dir",
+            str(tmp_path / "md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "#### digits-graded (2 seeds)" in proc.stdout and f"| Model 0 (plain) | {acc0['mean']:.4f} ± {acc0['std']:.4f} |" in proc.stdout
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--merge", str(second), str(second), "--out-dir", str(merged_dir)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
+            "--merge",
+            str(second),
+            str(second),
+            "--out-dir",
+            str(merged_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0 and "seed 1 appears in both" in proc.stderr
 
@@ -220,8 +309,21 @@ def test_introspection_quick(tmp_path):
     """The introspection benchmark end to end at smoke size: the agent beside every baseline, the lambda
     sweep against the fixed-lambda agents, the figures, and a merge of two seeds."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--quick", "--tasks", "digits", "--seeds", "0", "--json",
-         "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "introspection.py"),
+            "--quick",
+            "--tasks",
+            "digits",
+            "--seeds",
+            "0",
+            "--json",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -245,16 +347,36 @@ def test_introspection_quick(tmp_path):
     second = tmp_path / "second.json"
     second.write_text(json.dumps({"benchmark": "introspection", "per_seed": [other]}))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--merge", str(tmp_path / "introspection.json"), str(second),
-         "--out-dir", str(tmp_path / "merged")], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "introspection.py"),
+            "--merge",
+            str(tmp_path / "introspection.json"),
+            str(second),
+            "--out-dir",
+            str(tmp_path / "merged"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "#### digits (seeds 0, 1" in proc.stdout and "learnable ceiling" in proc.stdout
     merged = json.loads((tmp_path / "merged" / "introspection.json").read_text())["summary"]["digits"]["agent"]["accuracy"]
     assert merged["n"] == 2 and merged["std"] == pytest.approx(0.1 / 2**0.5)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "introspection.py"), "--merge", str(second), str(second), "--out-dir", str(tmp_path / "m2")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "introspection.py"),
+            "--merge",
+            str(second),
+            str(second),
+            "--out-dir",
+            str(tmp_path / "m2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0 and "appears twice" in proc.stderr
 
@@ -295,10 +417,37 @@ def test_distributed_quick():
 def test_inference_time_quick(tmp_path):
     from agents import train
 
-    train.main(["--dataset", "digits", "--total-timesteps", "256", "--num-envs", "8", "--pretrain-epochs", "1", "--imitation-samples", "64",
-                "--n-steps", "16", "--batch-size", "64", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "r"])
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference_time.py"), str(tmp_path / "r"), "--quick", "--json"],
-                          capture_output=True, text=True, timeout=600)
+    train.main(
+        [
+            "--dataset",
+            "digits",
+            "--total-timesteps",
+            "256",
+            "--num-envs",
+            "8",
+            "--pretrain-epochs",
+            "1",
+            "--imitation-samples",
+            "64",
+            "--n-steps",
+            "16",
+            "--batch-size",
+            "64",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--logdir",
+            str(tmp_path),
+            "--run-name",
+            "r",
+        ]
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference_time.py"), str(tmp_path / "r"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["benchmark"] == "inference_time" and out["batch"] == 256 and out["single_samples"] == 20
@@ -313,9 +462,31 @@ def test_inference_time_quick(tmp_path):
 
 @slow
 def test_agent_vs_rule_quick(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
-                           "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1",
-                           "--dataset", "digits"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "agent_vs_rule.py"),
+            "--quick",
+            "--json",
+            "--out-dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--lambda-seeds",
+            "0",
+            "--digits-seeds",
+            "0",
+            "--lams",
+            "0.01",
+            "0.1",
+            "1",
+            "--dataset",
+            "digits",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     (grid,), (lam,), (digits,) = out["grid_lookup"], out["lambda_agent"], out["digits"]
@@ -328,7 +499,29 @@ def test_agent_vs_rule_quick(tmp_path):
     assert {"within_half_a_point_of_the_best_fixed_path", "compute_at_most_0.3"} <= set(digits)
     assert Path(out["figures"][0]).is_file()
     # a second call finds every run and comparison in place and only aggregates
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agent_vs_rule.py"), "--quick", "--json", "--out-dir", str(tmp_path),
-                            "--seeds", "0", "--lambda-seeds", "0", "--digits-seeds", "0", "--lams", "0.01", "0.1", "1",
-                            "--dataset", "digits"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "agent_vs_rule.py"),
+            "--quick",
+            "--json",
+            "--out-dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--lambda-seeds",
+            "0",
+            "--digits-seeds",
+            "0",
+            "--lams",
+            "0.01",
+            "0.1",
+            "1",
+            "--dataset",
+            "digits",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["grid_lookup"] == out["grid_lookup"]

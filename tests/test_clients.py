@@ -207,8 +207,33 @@ def test_a_loop_under_any_grad_mode_cotrains(mode):
 
 # ---- a trained system is the agent and its main model ------------------------------------------------
 def test_the_saved_main_model_travels_with_the_agent(tmp_path):
-    train.main(["--dataset", "digits", "--imitation-samples", "64", "--algo", "ppo", "--total-timesteps", "1024", "--num-envs", "8", "--n-steps", "64", "--batch-size", "64",
-                "--pretrain-epochs", "2", "--no-progress", "--device", "cpu", "--logdir", str(tmp_path), "--run-name", "r"])
+    train.main(
+        [
+            "--dataset",
+            "digits",
+            "--imitation-samples",
+            "64",
+            "--algo",
+            "ppo",
+            "--total-timesteps",
+            "1024",
+            "--num-envs",
+            "8",
+            "--n-steps",
+            "64",
+            "--batch-size",
+            "64",
+            "--pretrain-epochs",
+            "2",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--logdir",
+            str(tmp_path),
+            "--run-name",
+            "r",
+        ]
+    )
     run = tmp_path / "r"
     recorded = json.loads((run / "eval.json").read_text())
     ours = evaluate.load_run(run, "cpu")

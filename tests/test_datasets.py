@@ -105,7 +105,9 @@ def skip_md5(monkeypatch):
 
 def test_registry_and_unknown_names():
     assert {"digits", "digits-graded", "parity", "grid-lookup", "cifar10", "cifar100", "imdb", "wikitext2"} <= set(DATASETS)
-    with pytest.raises(ValueError, match=r"unknown dataset 'nope'; available: digits, digits-graded, parity, grid-lookup \(offline\), cifar10"):
+    with pytest.raises(
+        ValueError, match=r"unknown dataset 'nope'; available: digits, digits-graded, parity, grid-lookup \(offline\), cifar10"
+    ):
         load_dataset("nope")
     with pytest.raises(ValueError, match=r"takes no option\(s\) \['max_len'\]"):
         load_dataset("digits", max_len=3)
@@ -298,9 +300,15 @@ def test_npz_flat_with_seeded_split(tmp_path):
 def test_npz_images_tokens_and_given_test_split(tmp_path):
     rng = np.random.default_rng(0)
     img = tmp_path / "img.npz"
-    np.savez(img, x=rng.random((10, 3, 8, 8), dtype=np.float32), y=np.arange(10) % 4,
-             x_test=rng.random((4, 3, 8, 8), dtype=np.float32), y_test=np.array([0, 1, 2, 3]),
-             difficulty=np.arange(10) % 2, difficulty_test=np.array([0, 1, 0, 1]))
+    np.savez(
+        img,
+        x=rng.random((10, 3, 8, 8), dtype=np.float32),
+        y=np.arange(10) % 4,
+        x_test=rng.random((4, 3, 8, 8), dtype=np.float32),
+        y_test=np.array([0, 1, 2, 3]),
+        difficulty=np.arange(10) % 2,
+        difficulty_test=np.array([0, 1, 0, 1]),
+    )
     s = load_dataset(str(img))
     assert s.input_kind == "image" and s.x_test.shape == (4, 3, 8, 8) and s.difficulty_test.tolist() == [0, 1, 0, 1]
     tok = tmp_path / "tok.npz"
@@ -321,7 +329,10 @@ def test_npz_images_tokens_and_given_test_split(tmp_path):
         ({"x": np.zeros((4, 8, 8, 3)), "y": np.zeros(4, dtype=int)}, "looks channels-last"),
         ({"x": np.zeros((4, 2)), "y": np.zeros(4, dtype=int), "x_test": np.zeros((2, 2))}, "x_test and y_test must be given together"),
         ({"x": np.zeros((4, 2)), "y": np.zeros(4, dtype=int), "labels": np.zeros(4)}, r"unexpected arrays \['labels'\]"),
-        ({"x": np.zeros((4, 2)), "y": np.zeros(4, dtype=int), "x_test": np.zeros((2, 3)), "y_test": np.zeros(2, dtype=int)}, "differ in shape"),
+        (
+            {"x": np.zeros((4, 2)), "y": np.zeros(4, dtype=int), "x_test": np.zeros((2, 3)), "y_test": np.zeros(2, dtype=int)},
+            "differ in shape",
+        ),
         ({"x": np.array([[1, -2], [0, 1]]), "y": np.zeros(2, dtype=int)}, "negative token ids"),
         ({"x": np.array([[1, 5], [0, 1]] * 2), "y": np.zeros(4, dtype=int), "vocab_size": np.int64(4)}, r"token ids must be in \[0, 3\]"),
         ({"x": np.full((4, 2), np.nan), "y": np.zeros(4, dtype=int)}, "NaN"),

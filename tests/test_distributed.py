@@ -117,11 +117,34 @@ def test_torchrun_trains_with_two_ranks_end_to_end(tmp_path):
     assert torchrun is not None
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", str(ROOT / "agents" / "train_distributed.py"),
-         "--dataset", "digits", "--total-timesteps", "1024", "--num-envs", "16", "--pretrain-epochs", "1", "--cotrain-every", "16",
-         "--n-steps", "4",
-         "--no-progress", "--logdir", str(tmp_path), "--run-name", "ddp"],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(ROOT / "agents" / "train_distributed.py"),
+            "--dataset",
+            "digits",
+            "--total-timesteps",
+            "1024",
+            "--num-envs",
+            "16",
+            "--pretrain-epochs",
+            "1",
+            "--cotrain-every",
+            "16",
+            "--n-steps",
+            "4",
+            "--no-progress",
+            "--logdir",
+            str(tmp_path),
+            "--run-name",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     run = tmp_path / "ddp"

@@ -5,8 +5,17 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import dynalay_env
-from dynalay_env import TASK_DEFAULTS, DynaLayEnv, DynaLaySB3VecEnv, DynaLayVectorEnv, EnvConfig, build_engine, evaluate_policy, make_engine, task_defaults
+from dynalay_env import (
+    TASK_DEFAULTS,
+    DynaLayEnv,
+    DynaLaySB3VecEnv,
+    DynaLayVectorEnv,
+    EnvConfig,
+    build_engine,
+    evaluate_policy,
+    make_engine,
+    task_defaults,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import copy_state
+
 from dynalay_env import DynaLayEnv
 from main_models import DatasetSplits, build_main_model, load_dataset
 from main_models.data.grid_lookup import GRID_KINDS, grid_lookup_label, grid_regions, make_grid_lookup

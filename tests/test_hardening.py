@@ -26,8 +26,33 @@ from dynalay_env import DynaLayEnv, DynaLayVectorEnv, EnvConfig
 from main_models import load_npz
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--dataset", "digits", "--imitation-samples", "64", "--imitation-epochs", "2", "--total-timesteps", "256", "--num-envs", "8", "--pretrain-epochs", "1", "--cotrain-every", "16", "--checkpoint-freq", "128",
-        "--log-every", "128", "--no-progress", "--device", "cpu", "--n-steps", "4", "--algo", "reinforce"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--imitation-samples",
+    "64",
+    "--imitation-epochs",
+    "2",
+    "--total-timesteps",
+    "256",
+    "--num-envs",
+    "8",
+    "--pretrain-epochs",
+    "1",
+    "--cotrain-every",
+    "16",
+    "--checkpoint-freq",
+    "128",
+    "--log-every",
+    "128",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--n-steps",
+    "4",
+    "--algo",
+    "reinforce",
+]
 
 
 class Payload:
@@ -41,8 +66,20 @@ class Payload:
 
 
 def _plant_torch_file(path: Path, marker: Path) -> None:
-    torch.save({"format": 2, "phase": "train", "algo": "reinforce", "timesteps": 1, "agent": Payload(marker), "engine": {},
-                "config": {}, "key": {}, "rng": {}}, path)
+    torch.save(
+        {
+            "format": 2,
+            "phase": "train",
+            "algo": "reinforce",
+            "timesteps": 1,
+            "agent": Payload(marker),
+            "engine": {},
+            "config": {},
+            "key": {},
+            "rng": {},
+        },
+        path,
+    )
 
 
 # ---- security ----------------------------------------------------------------------------------
@@ -113,8 +150,19 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
 
 
 def test_two_runs_started_with_one_name_cannot_both_win(tmp_path):
-    argv = [sys.executable, str(ROOT / "agents" / "train.py"), *TINY, "--total-timesteps", "64", "--pretrain-epochs", "0",
-            "--logdir", str(tmp_path), "--run-name", "same"]
+    argv = [
+        sys.executable,
+        str(ROOT / "agents" / "train.py"),
+        *TINY,
+        "--total-timesteps",
+        "64",
+        "--pretrain-epochs",
+        "0",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "same",
+    ]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert sorted(rc for _, _, rc in outcomes) == [0, 1], outcomes
@@ -128,7 +176,17 @@ def test_two_runs_started_with_one_name_cannot_both_win(tmp_path):
 
 def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path):
     run = tmp_path / "w"
-    argv = [sys.executable, str(ROOT / "agents" / "train.py"), *TINY, "--pretrain-epochs", "6", "--logdir", str(tmp_path), "--run-name", "w"]
+    argv = [
+        sys.executable,
+        str(ROOT / "agents" / "train.py"),
+        *TINY,
+        "--pretrain-epochs",
+        "6",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "w",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -140,11 +198,15 @@ def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path):
     proc.wait()
     done = load_checkpoint(run)["warmup"]["epochs_done"]
     assert 1 <= done < 6
-    resumed = subprocess.run([sys.executable, str(ROOT / "agents" / "train.py"), "--resume", str(run), "--no-progress", "--device", "cpu"],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "agents" / "train.py"), "--resume", str(run), "--no-progress", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed the warm-up of {run} after epoch {done} of 6" in resumed.stdout
-    assert f"warm-up epoch 6/6" in resumed.stdout and load_checkpoint(run)["phase"] == "train"
+    assert "warm-up epoch 6/6" in resumed.stdout and load_checkpoint(run)["phase"] == "train"
 
 
 def test_a_run_killed_before_any_checkpoint_says_so(tmp_path):
@@ -166,34 +228,43 @@ def test_resume_flags_are_saved_and_the_config_holds_what_ran(tmp_path):
 
 
 # ---- bad values --------------------------------------------------------------------------------
-@pytest.mark.parametrize("settings, message", [
-    ({"lam": math.inf}, "lam must be >= 0 and finite"),
-    ({"lam": math.nan}, "lam must be >= 0 and finite"),
-    ({"lam_range": (math.nan, 0.1)}, "lam_range low must be >= 0 and finite"),
-    ({"lam_range": (0.0, math.inf)}, "lam_range high must be >= 0 and finite"),
-    ({"alpha": math.inf}, "alpha must be >= 0 and finite"),
-    ({"beta": -math.nan}, "beta must be >= 0 and finite"),
-    ({"lam": "0.1"}, "lam must be a number, got str"),
-    ({"max_steps": 2.7}, "max_steps must be an integer, got float 2.7"),
-    ({"cotrain_every": "64"}, "cotrain_every must be an integer"),
-    ({"num_envs": 4}, "num_envs is not a setting of the single-sample env: for N episodes at once use gym.make_vec"),
-    ({"no_such_setting": 1}, "no_such_setting"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"lam": math.inf}, "lam must be >= 0 and finite"),
+        ({"lam": math.nan}, "lam must be >= 0 and finite"),
+        ({"lam_range": (math.nan, 0.1)}, "lam_range low must be >= 0 and finite"),
+        ({"lam_range": (0.0, math.inf)}, "lam_range high must be >= 0 and finite"),
+        ({"alpha": math.inf}, "alpha must be >= 0 and finite"),
+        ({"beta": -math.nan}, "beta must be >= 0 and finite"),
+        ({"lam": "0.1"}, "lam must be a number, got str"),
+        ({"max_steps": 2.7}, "max_steps must be an integer, got float 2.7"),
+        ({"cotrain_every": "64"}, "cotrain_every must be an integer"),
+        ({"num_envs": 4}, "num_envs is not a setting of the single-sample env: for N episodes at once use gym.make_vec"),
+        ({"no_such_setting": 1}, "no_such_setting"),
+    ],
+)
 def test_bad_settings_are_refused_by_name(settings, message):
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
         gym.make("DynaLay-v0", **settings)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lam", "inf"], "lam must be >= 0 and finite"),
-    (["--lam-range", "nan,0.1"], "lam_range low must be >= 0 and finite"),
-    (["--beta", "nan"], "beta must be >= 0 and finite"),
-    (["--device", "tpu"], "--device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"),
-    (["--max-steps", "2.7"], "argument --max-steps: invalid int value: '2.7'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lam", "inf"], "lam must be >= 0 and finite"),
+        (["--lam-range", "nan,0.1"], "lam_range low must be >= 0 and finite"),
+        (["--beta", "nan"], "beta must be >= 0 and finite"),
+        (["--device", "tpu"], "--device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"),
+        (["--max-steps", "2.7"], "argument --max-steps: invalid int value: '2.7'"),
+    ],
+)
 def test_bad_flags_are_refused_by_name(argv, message, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "agents" / "train.py"), *argv, "--logdir", str(tmp_path), "--run-name", "x"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "agents" / "train.py"), *argv, "--logdir", str(tmp_path), "--run-name", "x"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-800:]
     assert not (tmp_path / "x").exists()
 
@@ -219,14 +290,24 @@ def test_every_face_refuses_float_actions_alike():
     env.step(np.int64(0))  # integers of any kind are fine
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": np.zeros((6, 3), np.float32), "y": np.array([0, 1, 0, 1, 0, 10**9])}, "map them to a dense range"),
-    ({"x": np.zeros((2, 3), np.float32), "y": np.array([0, 1])}, "the test split has no samples"),
-    ({"x": np.zeros((6, 3), np.float32), "y": np.zeros(6, np.int64), "x_test": np.zeros((0, 3), np.float32),
-      "y_test": np.zeros(0, np.int64)}, "the test split has no samples"),
-    ({"x": np.zeros((6, 0), np.float32), "y": np.zeros(6, np.int64)}, "have no features"),
-    ({"x": np.array([[1, 2], [3, 10**8]] * 3), "y": np.zeros(6, np.int64)}, "vocabulary of 100000001 entries"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.zeros((6, 3), np.float32), "y": np.array([0, 1, 0, 1, 0, 10**9])}, "map them to a dense range"),
+        ({"x": np.zeros((2, 3), np.float32), "y": np.array([0, 1])}, "the test split has no samples"),
+        (
+            {
+                "x": np.zeros((6, 3), np.float32),
+                "y": np.zeros(6, np.int64),
+                "x_test": np.zeros((0, 3), np.float32),
+                "y_test": np.zeros(0, np.int64),
+            },
+            "the test split has no samples",
+        ),
+        ({"x": np.zeros((6, 0), np.float32), "y": np.zeros(6, np.int64)}, "have no features"),
+        ({"x": np.array([[1, 2], [3, 10**8]] * 3), "y": np.zeros(6, np.int64)}, "vocabulary of 100000001 entries"),
+    ],
+)
 def test_npz_that_would_fail_later_is_refused_at_load_time(arrays, message, tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from test_agents import TINY_AGENT, TINY_RUN, _scalars
 
 from agents import train
 from agents.algorithms import ALGORITHMS, make_agent
@@ -14,8 +15,6 @@ from agents.compare import CONFIDENCE_RULE_OBSERVATION, simple_baselines, simple
 from agents.imitation import demonstrations, fit_to_actions, imitation_warm_start
 from dynalay_env import build_engine, evaluate_policy, oracle_paths
 from dynalay_env.baselines import rule_orders, sweep
-
-from test_agents import TINY_AGENT, TINY_RUN, _scalars
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,14 @@ def warm():
 def test_imitation_fits_every_agents_policy_to_the_oracle(warm, algo):
     settings = ALGORITHMS[algo]()
     agent = make_agent(algo, settings, warm, reward_weight=0.2, seed=0, device=torch.device("cpu"), total_timesteps=64)
-    demos = demonstrations(warm.model, warm.splits.x_train[:300], warm.splits.y_train[:300], max_steps=warm.max_steps,
-                           observation=warm.layout.groups, reward=warm.reward)
+    demos = demonstrations(
+        warm.model,
+        warm.splits.x_train[:300],
+        warm.splits.y_train[:300],
+        max_steps=warm.max_steps,
+        observation=warm.layout.groups,
+        reward=warm.reward,
+    )
     policy = agent.policy()
     before = float((policy(demos.obs) == demos.actions).float().mean())
     done = imitation_warm_start(warm, agent, samples=300, epochs=20, seed=0)
@@ -78,7 +83,11 @@ def test_a_report_of_fpi_on_every_layer_is_reused_not_recomputed(warm):
     ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=warm.max_steps)
     alone = evaluate_policy(model, splits, [2], max_steps=warm.max_steps)
     shared = evaluate_policy(model, splits, [2], max_steps=warm.max_steps, reference=ref)
-    assert (shared.accuracy, shared.compute_fraction, shared.fpi_all_accuracy) == (alone.accuracy, alone.compute_fraction, alone.fpi_all_accuracy)
+    assert (shared.accuracy, shared.compute_fraction, shared.fpi_all_accuracy) == (
+        alone.accuracy,
+        alone.compute_fraction,
+        alone.fpi_all_accuracy,
+    )
     assert shared.seconds != shared.seconds  # NaN: nothing was timed
 
 
@@ -92,12 +101,20 @@ def test_the_short_comparison_names_the_cheapest_fixed_path_and_rule_as_accurate
     assert fixed["path"] == "NOP" or fixed["compute_fraction"] <= result["plain"]["compute_fraction"]
     assert all(p["compute_fraction"] >= rule["compute_fraction"] for p in result["confidence_curve"] if p["accuracy"] >= goal)
     table = simple_baselines_table(result, "ppo agent")
-    assert "ppo agent" in table and f"cheapest fixed path as accurate: {fixed['path']}" in table and "confidence rule as accurate: tau" in table
+    assert (
+        "ppo agent" in table
+        and f"cheapest fixed path as accurate: {fixed['path']}" in table
+        and "confidence rule as accurate: tau" in table
+    )
 
 
 def test_a_run_warm_starts_refreshes_and_prints_its_comparison(tmp_path, capsys):
-    argv = TINY_RUN + ["--algo", "ppo"] + TINY_AGENT["ppo"] + ["--logdir", str(tmp_path), "--run-name", "im", "--imitation-every", "256",
-                                                                "--total-timesteps", "1024"]
+    argv = (
+        TINY_RUN
+        + ["--algo", "ppo"]
+        + TINY_AGENT["ppo"]
+        + ["--logdir", str(tmp_path), "--run-name", "im", "--imitation-every", "256", "--total-timesteps", "1024"]
+    )
     result = train.main(argv)
     out = capsys.readouterr().out
     assert "imitation warm-start: the oracle's sequences for 64 train samples" in out
@@ -108,8 +125,12 @@ def test_a_run_warm_starts_refreshes_and_prints_its_comparison(tmp_path, capsys)
     assert saved["train_time_breakdown_seconds"]["imitation_refresh"] > 0
     assert "charts/imitation_agreement" in _scalars(tmp_path / "im")
     # without imitation, RL starts from a random policy
-    off = train.main(TINY_RUN + ["--algo", "reinforce"] + TINY_AGENT["reinforce"] + ["--logdir", str(tmp_path), "--run-name", "off",
-                                                                                      "--imitation-samples", "0"])
+    off = train.main(
+        TINY_RUN
+        + ["--algo", "reinforce"]
+        + TINY_AGENT["reinforce"]
+        + ["--logdir", str(tmp_path), "--run-name", "off", "--imitation-samples", "0"]
+    )
     assert off["imitation"] is None and "charts/imitation_agreement" not in _scalars(tmp_path / "off")
     with pytest.raises(SystemExit, match="--imitation-samples and --imitation-every must be >= 0"):
         train.main(TINY_RUN + ["--imitation-samples", "-1", "--logdir", str(tmp_path), "--run-name", "bad"])
@@ -123,8 +144,9 @@ def test_demonstrations_answer_at_once_where_lambda_makes_the_sequence_dearer_th
     dear = demonstrations(warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups, reward=RewardConfig(lam=100.0))
     assert (free.actions > 0).any() and (dear.actions == 0).all() and dear.obs.shape[0] == 200  # one NOP per episode
     # across a lambda range, the cheap end iterates and the dear end does not
-    mixed = demonstrations(warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups,
-                           reward=RewardConfig(lam_range=(0.0, 100.0)))
+    mixed = demonstrations(
+        warm.model, x, y, max_steps=warm.max_steps, observation=warm.layout.groups, reward=RewardConfig(lam_range=(0.0, 100.0))
+    )
     assert 0 < int((mixed.actions > 0).sum()) < int((free.actions > 0).sum())
 
 
@@ -136,12 +158,19 @@ def test_the_one_rollout_confidence_sweep_is_the_rule_run_tau_by_tau(warm):
     taus = [0.0, 0.5, 0.8, 0.95, 1.0]
     ref = evaluate_policy(model, splits, [1, 2, 3], max_steps=T)
     for order in ([1, 2, 3], [2, 3, 1]):
-        swept = sweep("confidence", model, splits, taus=taus, max_steps=T, observation=CONFIDENCE_RULE_OBSERVATION, reference=ref,
-                      order=order)
+        swept = sweep(
+            "confidence", model, splits, taus=taus, max_steps=T, observation=CONFIDENCE_RULE_OBSERVATION, reference=ref, order=order
+        )
         layout = ObservationLayout(model.num_layers, model.summary_dim, CONFIDENCE_RULE_OBSERVATION)
         for tau, point in zip(taus, swept):
-            run = evaluate_policy(model, splits, confidence_threshold(layout, T, tau, order), max_steps=T,
-                                  observation=CONFIDENCE_RULE_OBSERVATION, reference=ref)
+            run = evaluate_policy(
+                model,
+                splits,
+                confidence_threshold(layout, T, tau, order),
+                max_steps=T,
+                observation=CONFIDENCE_RULE_OBSERVATION,
+                reference=ref,
+            )
             assert point["accuracy"] == pytest.approx(run.accuracy, abs=1.5 / len(splits.y_test))
             assert point["compute_fraction"] == pytest.approx(run.compute_fraction, rel=1e-4)
             assert point["order"] == order and point["tau"] == tau

@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from agents.imitation import demonstrations, learnable_ceiling
-from dynalay_env import DEFAULT_OBSERVATION, OBSERVATION_GROUPS, EnvConfig, ObservationLayout, RewardConfig, build_engine, evaluate_policy, make_engine, oracle_paths
-from dynalay_env import evaluation
+from dynalay_env import (
+    DEFAULT_OBSERVATION,
+    OBSERVATION_GROUPS,
+    EnvConfig,
+    ObservationLayout,
+    RewardConfig,
+    build_engine,
+    evaluate_policy,
+    evaluation,
+    make_engine,
+    oracle_paths,
+)
 from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, confidence_threshold, residual_threshold, sweep
 from dynalay_env.evaluation import sequence_name, time_policies, time_policy
 from main_models import DatasetSplits, MainModelTrainer, evaluate_fixed_path
@@ -158,7 +168,11 @@ def test_threshold_sweeps_trace_a_curve_from_the_plain_path_to_every_layer(warm)
     assert points[1]["compute_fraction"] == pytest.approx(1.0)  # tau 1: every layer, then answer
     residual = sweep("residual", warm.model, warm.splits, max_steps=warm.max_steps, observation=ALL, taus=(10.0,))
     assert residual[0]["compute"] > 1.0  # the probe is paid even when the rule answers at once
-    curve = [{"compute_fraction": 0.2, "accuracy": 0.9}, {"compute_fraction": 0.6, "accuracy": 0.95}, {"compute_fraction": 1.0, "accuracy": 0.94}]
+    curve = [
+        {"compute_fraction": 0.2, "accuracy": 0.9},
+        {"compute_fraction": 0.6, "accuracy": 0.95},
+        {"compute_fraction": 1.0, "accuracy": 0.94},
+    ]
     assert accuracy_at_compute(curve, 0.4) == pytest.approx(0.925) and accuracy_at_compute(curve, 1.0) == pytest.approx(0.95)
     assert compute_at_accuracy(curve, 0.94) == 0.6 and compute_at_accuracy(curve, 0.99) is None
 
@@ -174,8 +188,14 @@ def test_imitating_the_oracle_learns_what_the_observation_reveals():
     engine = make_engine(EnvConfig(splits.name, pretrain_epochs=0, cotrain=False, seed=0, observation=DEFAULT_OBSERVATION), data=splits)
     trainer = MainModelTrainer(engine.model, splits.x_train, splits.y_train, alternatives=("plain",), max_steps=engine.max_steps)
     trainer.warm_up(15, max_steps=engine.max_steps)
-    demos = demonstrations(engine.model, splits.x_train[:50], splits.y_train[:50], max_steps=engine.max_steps,
-                           observation=DEFAULT_OBSERVATION, reward=RewardConfig())
+    demos = demonstrations(
+        engine.model,
+        splits.x_train[:50],
+        splits.y_train[:50],
+        max_steps=engine.max_steps,
+        observation=DEFAULT_OBSERVATION,
+        reward=RewardConfig(),
+    )
     assert demos.episodes == 50 and demos.obs.shape[1] == engine.layout.size
     assert int((demos.actions == 0).sum()) == 50  # every demonstrated episode ends with its answer
     ceiling = learnable_ceiling(engine.model, splits, max_steps=engine.max_steps, observation=DEFAULT_OBSERVATION, epochs=40)
@@ -188,10 +208,13 @@ def test_comparison_puts_an_agent_beside_every_baseline_and_checks_the_targets(w
 
     assert increasing_paths(3) == [[], [1], [2], [3], [1, 2], [1, 3], [2, 3], [1, 2, 3]]
     model, splits = warm.model, warm.splits
-    small = DatasetSplits("digits", splits.x_train[:200], splits.y_train[:200], splits.x_test[:120], splits.y_test[:120], splits.num_classes)
+    small = DatasetSplits(
+        "digits", splits.x_train[:200], splits.y_train[:200], splits.x_test[:120], splits.y_test[:120], splits.num_classes
+    )
     plain = lambda obs: torch.zeros(obs.shape[0], dtype=torch.long)  # noqa: E731
-    result = compare_to_baselines(model, small, plain, reward=RewardConfig(lam=0.005), max_steps=6, observation=DEFAULT_OBSERVATION,
-                                  ceiling_train_limit=100)
+    result = compare_to_baselines(
+        model, small, plain, reward=RewardConfig(lam=0.005), max_steps=6, observation=DEFAULT_OBSERVATION, ceiling_train_limit=100
+    )
     fixed = result["fixed_paths"]
     assert list(fixed) == ["NOP", "L1", "L2", "L3", "L1,L2", "L1,L3", "L2,L3", "L1,L2,L3"]
     # the plain policy is the fixed NOP path, and every layer is the reference
@@ -200,7 +223,9 @@ def test_comparison_puts_an_agent_beside_every_baseline_and_checks_the_targets(w
     assert fixed["L1,L2,L3"]["compute_fraction"] == pytest.approx(1.0) and result["fpi_all_accuracy"] == fixed["L1,L2,L3"]["accuracy"]
     cheapest = result["cheapest_fixed_path_at_fpi_all_accuracy"]
     assert fixed[cheapest["path"]]["accuracy"] >= result["fpi_all_accuracy"] - 0.005
-    assert all(p["compute_fraction"] >= cheapest["compute_fraction"] for p in fixed.values() if p["accuracy"] >= result["fpi_all_accuracy"] - 0.005)
+    assert all(
+        p["compute_fraction"] >= cheapest["compute_fraction"] for p in fixed.values() if p["accuracy"] >= result["fpi_all_accuracy"] - 0.005
+    )
     # the oracle is at least as accurate as anything else, at no more compute than FPI everywhere
     assert result["oracle"]["accuracy"] >= max(p["accuracy"] for p in fixed.values())
     assert len(result["confidence_curve"]) > 5 and len(result["residual_curve"]) > 5
@@ -209,11 +234,21 @@ def test_comparison_puts_an_agent_beside_every_baseline_and_checks_the_targets(w
     assert result["headroom"] == pytest.approx(cheapest["compute_fraction"] / ceiling["compute_fraction"])
     assert result["ceiling_reaches_fpi_all_accuracy"] == (ceiling["accuracy"] >= result["fpi_all_accuracy"] - 0.005)
     # on part of the test split, everything is measured on that part
-    part = compare_to_baselines(model, small, plain, reward=RewardConfig(lam=0.005), max_steps=6, observation=DEFAULT_OBSERVATION,
-                                ceiling_train_limit=50, test_limit=40)
+    part = compare_to_baselines(
+        model,
+        small,
+        plain,
+        reward=RewardConfig(lam=0.005),
+        max_steps=6,
+        observation=DEFAULT_OBSERVATION,
+        ceiling_train_limit=50,
+        test_limit=40,
+    )
     assert part["test_samples"] == 40 and part["agent"]["num_samples"] == 40 and part["ceiling"]["report"]["num_samples"] == 40
     targets = result["targets"]
-    assert targets["compute_at_most_0.6_of_cheapest_fixed_path"] == (result["agent"]["compute_fraction"] <= 0.6 * cheapest["compute_fraction"])
+    assert targets["compute_at_most_0.6_of_cheapest_fixed_path"] == (
+        result["agent"]["compute_fraction"] <= 0.6 * cheapest["compute_fraction"]
+    )
     assert targets["all"] == all(v for k, v in targets.items() if k != "all")
     text = comparison_table(result)
     assert "learnable ceiling" in text and "headroom" in text and "fixed L2,L3" in text

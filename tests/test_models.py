@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import copy_state, load_script
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from test_datasets import write_cifar10, write_cifar100, write_imdb, write_wikitext2
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import copy_state, load_script
 from dynalay_env import DynaLayEnv
 from main_models import (
     TRAINING_GRADS,
@@ -33,7 +34,6 @@ from main_models import (
 )
 from main_models.conv import conv_operator_norm
 from main_models.lstm import sequential_lstm
-from test_datasets import write_cifar10, write_cifar100, write_imdb, write_wikitext2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,7 +250,10 @@ def test_model_choice_follows_the_data_and_refuses_misfits():
     assert isinstance(build_main_model(_parity()).layers[0].block, JacobiLSTMBlock)
     with pytest.raises(ValueError, match=r"unknown model 'transformer'; available: mlp, cnn, lstm"):
         build_main_model(digits, model="transformer")
-    with pytest.raises(ValueError, match=r"model 'cnn' reads float \(N, C, H, W\) inputs, but dataset 'digits' has float \(N, features\) inputs of shape \(64,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model 'cnn' reads float \(N, C, H, W\) inputs, but dataset 'digits' has float \(N, features\) inputs of shape \(64,\)",
+    ):
         build_main_model(digits, model="cnn")
     with pytest.raises(ValueError, match=r"model 'mlp' .* dataset 'parity' has integer token ids"):
         build_main_model(_parity(), model="mlp")
@@ -322,9 +325,23 @@ def test_environment_on_every_dataset_passes_both_checkers(kind, model, tmp_path
 
 def _baseline_args(tmp_path: Path, layers: str, name: str) -> list[str]:
     return [
-        "--dataset", "parity", "--data-option", "num_train=48", "--data-option", "num_test=40",
-        "--data-option", "max_len=6", "--fpi-layers", layers, "--epochs", "1", "--out", str(tmp_path / name),
-        "--no-progress", "--seed", "3",
+        "--dataset",
+        "parity",
+        "--data-option",
+        "num_train=48",
+        "--data-option",
+        "num_test=40",
+        "--data-option",
+        "max_len=6",
+        "--fpi-layers",
+        layers,
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / name),
+        "--no-progress",
+        "--seed",
+        "3",
     ]
 
 
@@ -345,7 +362,9 @@ def test_fixed_paths_writes_accuracy_compute_levels_and_per_sample_results(tmp_p
     assert float(per_sample) == pytest.approx(full["test_accuracy"])
     assert "test accuracy" in capsys.readouterr().out
 
-    oracle = fixed_paths.main(["--oracle", str(tmp_path / "m0.json"), str(tmp_path / "m3.json"), "--out", str(tmp_path / "oracle.json"), "--json"])
+    oracle = fixed_paths.main(
+        ["--oracle", str(tmp_path / "m0.json"), str(tmp_path / "m3.json"), "--out", str(tmp_path / "oracle.json"), "--json"]
+    )
     assert oracle["oracle_accuracy"] >= max(plain["test_accuracy"], full["test_accuracy"])
     assert 1.0 <= oracle["oracle_compute"] <= full["compute"]
     assert sum(oracle["choice_frequency"].values()) == pytest.approx(1.0)
@@ -378,7 +397,9 @@ def test_fixed_paths_refuses_bad_flags(tmp_path, capsys):
     # as a script, from any directory: the installed packages are found
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "fixed_paths.py"), "--fpi-layers", "9", "--dataset", "digits"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2 and "layer numbers in 1..3" in proc.stderr
 

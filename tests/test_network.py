@@ -1,6 +1,6 @@
 import torch
-
 from conftest import copy_state
+
 from main_models import FPINetwork, build_main_model, build_mlp_fpi_network, load_digits
 
 

@@ -9,8 +9,16 @@ from main_models import DatasetSplits
 def test_oracle_matches_brute_force_enumeration():
     engine = build_engine(1, dataset="digits", pretrain_epochs=0, cotrain=False, max_steps=2, seed=3)
     s = engine.splits
-    sub = DatasetSplits("digits", s.x_train[:4], s.y_train[:4], s.x_test[:48], s.y_test[:48], 10,
-                        difficulty_train=torch.zeros(4, dtype=torch.long), difficulty_test=torch.arange(48) % 2)
+    sub = DatasetSplits(
+        "digits",
+        s.x_train[:4],
+        s.y_train[:4],
+        s.x_test[:48],
+        s.y_test[:48],
+        10,
+        difficulty_train=torch.zeros(4, dtype=torch.long),
+        difficulty_test=torch.arange(48) % 2,
+    )
     model = engine.model.eval()
     best = torch.full((48,), float("inf"))
     with torch.no_grad():

@@ -9,7 +9,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from main_models import Anderson, ContractiveTanhBlock, FPILayer, Picard, SolverSettings, build_mlp_fpi_network, fixed_point_solve, make_solver
+from main_models import (
+    Anderson,
+    ContractiveTanhBlock,
+    FPILayer,
+    Picard,
+    SolverSettings,
+    build_mlp_fpi_network,
+    fixed_point_solve,
+    make_solver,
+)
 
 
 def _linear_problem(rate: float = 0.99, d: int = 48, batch: int = 6):
@@ -124,8 +133,10 @@ def test_adjoint_tolerance_matched_to_the_forward_residual_saves_iterations_not_
 def test_each_main_model_defaults_to_its_cheaper_solver():
     from main_models import build_main_model, load_dataset
 
-    solvers = {name: {layer.solver for layer in build_main_model(load_dataset(name, None, seed=0)).layers}
-               for name in ("digits", "parity", "grid-lookup")}
+    solvers = {
+        name: {layer.solver for layer in build_main_model(load_dataset(name, None, seed=0)).layers}
+        for name in ("digits", "parity", "grid-lookup")
+    }
     assert solvers == {"digits": {"anderson"}, "parity": {"picard"}, "grid-lookup": {"picard"}}
 
 
@@ -167,6 +178,6 @@ def test_the_cost_model_charges_andersons_own_work():
     net.configure_solver("picard")
     charged_extra -= float(net.path_flops(paths, iters_p).sum())
     n = torch.tensor([min(j, 3) for j in range(2, 9)], dtype=torch.float64)  # the solves after evaluations 2..8
-    uncounted_solves = 4 * float((n ** 3 + 3 * n ** 2).sum())
+    uncounted_solves = 4 * float((n**3 + 3 * n**2).sum())
     assert charged_extra == pytest.approx(anderson_counted - picard_counted + uncounted_solves)
     assert charged_extra > 0

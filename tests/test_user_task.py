@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from dynalay_env import DynaLaySB3VecEnv  # importing dynalay_env registers DynaLay-v0
@@ -30,8 +31,6 @@ from main_models import (
     unregister_dataset,
     unregister_model,
 )
-
-from conftest import load_script
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +54,14 @@ def _tiny_loader(data_dir: str | None = None, *, seed: int = 0) -> DatasetSplits
 
 def _tiny_builder(splits: DatasetSplits, *, hidden: int = 8) -> FPINetwork:
     features = splits.input_shape[0]
-    return FPINetwork(nn.Linear(features, hidden), [FPILayer(ContractiveTanhBlock(hidden, hidden)) for _ in range(2)],
-                      nn.Linear(hidden, splits.num_classes), stem_flops=2 * features * hidden, head_flops=2 * hidden * 2, summary_bins=4)
+    return FPINetwork(
+        nn.Linear(features, hidden),
+        [FPILayer(ContractiveTanhBlock(hidden, hidden)) for _ in range(2)],
+        nn.Linear(hidden, splits.num_classes),
+        stem_flops=2 * features * hidden,
+        head_flops=2 * hidden * 2,
+        summary_bins=4,
+    )
 
 
 def _register_tiny() -> None:
@@ -66,11 +71,16 @@ def _register_tiny() -> None:
 
 def test_the_example_trains_ppo_on_its_own_task_and_prints_the_baselines(tmp_path, capsys):
     example = load_script("examples/own_task.py")
-    result = example.main(["--total-timesteps", "256", "--pretrain-epochs", "1", "--imitation-samples", "0",
-                           "--logdir", str(tmp_path)])
+    result = example.main(["--total-timesteps", "256", "--pretrain-epochs", "1", "--imitation-samples", "0", "--logdir", str(tmp_path)])
     out = capsys.readouterr().out
-    for row in ("ppo agent", "FPI on every layer", "plain pass (NOP)", "cheapest fixed path as accurate", "confidence rule as accurate",
-                "test accuracy by k (parity of k signs)"):
+    for row in (
+        "ppo agent",
+        "FPI on every layer",
+        "plain pass (NOP)",
+        "cheapest fixed path as accurate",
+        "confidence rule as accurate",
+        "test accuracy by k (parity of k signs)",
+    ):
         assert row in out, row
     assert result["algo"] == "ppo" and result["timesteps"] >= 256 and 0 <= result["accuracy"] <= 1
     assert 0 < result["compute_fraction"] and 0 <= result["fpi_all_accuracy"] <= 1
@@ -104,8 +114,15 @@ def test_gym_faces_build_and_step_a_registered_dataset_and_model():
     assert terminated and info["compute"] > 1
     env.close()
 
-    vec = gym.make_vec("DynaLay-v0", num_envs=4, vectorization_mode="vector_entry_point", dataset="tiny", model="tiny-net",
-                       pretrain_epochs=0, progress=False)
+    vec = gym.make_vec(
+        "DynaLay-v0",
+        num_envs=4,
+        vectorization_mode="vector_entry_point",
+        dataset="tiny",
+        model="tiny-net",
+        pretrain_epochs=0,
+        progress=False,
+    )
     obs, _ = vec.reset(seed=0)
     obs, reward, *_ = vec.step(np.array([0, 1, 2, 0]))
     assert obs.shape == (4, engine.layout.size) and reward.shape == (4,)
@@ -128,13 +145,19 @@ def test_a_model_without_flops_or_activations_is_refused_saying_what_to_add():
         def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
             return torch.tanh(0.5 * z + u)
 
-    register_model("no-flops", lambda s: FPINetwork(nn.Linear(6, 8), [FPILayer(NoFlopsBlock())], nn.Linear(8, 2), stem_flops=96, head_flops=32),
-                   input_kind="flat")
+    register_model(
+        "no-flops",
+        lambda s: FPINetwork(nn.Linear(6, 8), [FPILayer(NoFlopsBlock())], nn.Linear(8, 2), stem_flops=96, head_flops=32),
+        input_kind="flat",
+    )
     with pytest.raises(TypeError, match=r"'no-flops'.*NoFlopsBlock.*must report flops_per_sample\(\) -> int.*add it to the block"):
         build_main_model(load_dataset("tiny"), model="no-flops")
 
-    register_model("wrong-head", lambda s: FPINetwork(nn.Linear(6, 8), [FPILayer(ContractiveTanhBlock(8, 8))], nn.Linear(8, 5),
-                                                      stem_flops=96, head_flops=80), input_kind="flat")
+    register_model(
+        "wrong-head",
+        lambda s: FPINetwork(nn.Linear(6, 8), [FPILayer(ContractiveTanhBlock(8, 8))], nn.Linear(8, 5), stem_flops=96, head_flops=80),
+        input_kind="flat",
+    )
     with pytest.raises(ValueError, match=r"'wrong-head'.*\(2, 5\).*2 classes"):
         build_main_model(load_dataset("tiny"), model="wrong-head")
 
@@ -161,16 +184,23 @@ def test_registering_a_name_twice_is_refused_unless_replaced():
         unregister_model("mlp")
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: register_dataset("", _tiny_loader), TypeError, "non-empty string"),
-    (lambda: register_dataset("my data", _tiny_loader), ValueError, "whitespace"),
-    (lambda: register_dataset("mine.npz", _tiny_loader), ValueError, r"ends in \.npz"),
-    (lambda: register_dataset("mine", "not callable"), TypeError, "must be callable"),
-    (lambda: register_dataset("mine", lambda: None), TypeError, r"loader\(data_dir, seed=seed\).*data_dir parameter"),
-    (lambda: register_model("m", _tiny_builder, input_kind="table"), ValueError, "input_kind must be one of"),
-    (lambda: register_model("m", _tiny_builder, input_kind="flat", training_grad="magic"), ValueError, "training_grad must be one of"),
-    (lambda: register_model("m", lambda: None, input_kind="flat"), TypeError, r"builder\(splits, \*\*options\).*one positional parameter"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: register_dataset("", _tiny_loader), TypeError, "non-empty string"),
+        (lambda: register_dataset("my data", _tiny_loader), ValueError, "whitespace"),
+        (lambda: register_dataset("mine.npz", _tiny_loader), ValueError, r"ends in \.npz"),
+        (lambda: register_dataset("mine", "not callable"), TypeError, "must be callable"),
+        (lambda: register_dataset("mine", lambda: None), TypeError, r"loader\(data_dir, seed=seed\).*data_dir parameter"),
+        (lambda: register_model("m", _tiny_builder, input_kind="table"), ValueError, "input_kind must be one of"),
+        (lambda: register_model("m", _tiny_builder, input_kind="flat", training_grad="magic"), ValueError, "training_grad must be one of"),
+        (
+            lambda: register_model("m", lambda: None, input_kind="flat"),
+            TypeError,
+            r"builder\(splits, \*\*options\).*one positional parameter",
+        ),
+    ],
+)
 def test_bad_names_and_arguments_are_refused_naming_the_problem(call, error, message):
     with pytest.raises(error, match=message):
         call()

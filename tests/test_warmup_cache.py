@@ -164,8 +164,9 @@ def test_envs_built_at_once_in_subprocesses_share_one_warm_up(cache):
     )
     env = {**os.environ, "DYNALAY_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
     outputs = [cache.parent / f"weights{i}.pt" for i in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for out in outputs]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT) for out in outputs
+    ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     assert sum(err.count("DynaLay: warming up") for err in errs) == 1, errs

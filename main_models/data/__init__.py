@@ -69,8 +69,9 @@ def _check_callable(function: Any, what: str, call: str, hint: str, *args: Any, 
     try:
         signature.bind(*args, **kwargs)
     except TypeError as err:
-        raise TypeError(f"{what} is called as {call}, which {getattr(function, '__name__', function)!r}{signature} cannot take "
-                        f"({err}); {hint}") from None
+        raise TypeError(
+            f"{what} is called as {call}, which {getattr(function, '__name__', function)!r}{signature} cannot take ({err}); {hint}"
+        ) from None
 
 
 def register_dataset(name: str, loader: Callable[..., DatasetSplits], *, offline: bool = True, replace: bool = False) -> None:
@@ -86,8 +87,14 @@ def register_dataset(name: str, loader: Callable[..., DatasetSplits], *, offline
     _check_name(name, "dataset")
     if name.endswith(".npz"):
         raise ValueError(f"dataset name {name!r} ends in .npz, which load_dataset reads as a path to a file; choose another name")
-    _check_callable(loader, f"dataset {name!r}'s loader", "loader(data_dir, seed=seed)",
-                    "give it a data_dir parameter (it may ignore it) and a seed keyword", None, seed=0)
+    _check_callable(
+        loader,
+        f"dataset {name!r}'s loader",
+        "loader(data_dir, seed=seed)",
+        "give it a data_dir parameter (it may ignore it) and a seed keyword",
+        None,
+        seed=0,
+    )
     if not isinstance(offline, bool):
         raise TypeError(f"dataset {name!r}: offline must be True or False, got {offline!r}")
     if name in _BUILT_IN:
@@ -116,8 +123,10 @@ def unregister_dataset(name: str) -> None:
 def _available() -> str:
     offline = [n for n in DATASETS if n in OFFLINE_DATASETS]
     files = [n for n in DATASETS if n not in OFFLINE_DATASETS]
-    return (f"{', '.join(offline)} (offline), {', '.join(files)} (files under data_dir), or a path ending in .npz "
-            f"(main_models.register_dataset adds a name)")
+    return (
+        f"{', '.join(offline)} (offline), {', '.join(files)} (files under data_dir), or a path ending in .npz "
+        f"(main_models.register_dataset adds a name)"
+    )
 
 
 def load_dataset(

@@ -65,8 +65,7 @@ def _load_cifar(name: str, data_dir: str | None, *, seed: int, download: bool | 
             ds = cls(str(root), train=train, download=want_download)
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
             raise ValueError(
-                f"{name}: the files in {folder} fail torchvision's integrity check ({err}); "
-                f"delete {folder} and download again"
+                f"{name}: the files in {folder} fail torchvision's integrity check ({err}); delete {folder} and download again"
             ) from err
         except (KeyError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
             raise ValueError(f"{name}: malformed CIFAR pickle in {folder}: {type(err).__name__}: {err}") from err

@@ -20,6 +20,7 @@ import torch
 
 from .splits import DatasetSplits, split_indices
 
+
 def _digits_split(seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits as (N, 8, 8) images in [0, 1], int64 labels, and the seeded
     (train, test) indices that ``digits`` and ``digits-graded`` share."""
@@ -39,8 +40,15 @@ def load_digits(data_dir: str | None = None, *, seed: int = 0, test_fraction: fl
     """
     images, labels, train, test = _digits_split(seed, test_fraction)
     x = images.reshape(len(labels), -1).astype(np.float32)
-    return DatasetSplits.from_arrays("digits", x, labels, train, test, num_classes=10,
-                                     meta={"source": "sklearn.datasets.load_digits", "split_seed": seed, "input_kind": "flat"})
+    return DatasetSplits.from_arrays(
+        "digits",
+        x,
+        labels,
+        train,
+        test,
+        num_classes=10,
+        meta={"source": "sklearn.datasets.load_digits", "split_seed": seed, "input_kind": "flat"},
+    )
 
 
 DIGITS_NOISE: tuple[float, ...] = (0.0, 0.15, 0.3, 0.45, 0.6)
@@ -59,8 +67,10 @@ def corrupt_digits(images: np.ndarray, levels: np.ndarray, rng: np.random.Genera
     rows = np.arange(h)[None, :, None]
     cols = np.arange(w)[None, None, :]
     inside = (
-        (rows >= top[:, None, None]) & (rows < (top + side)[:, None, None])
-        & (cols >= left[:, None, None]) & (cols < (left + side)[:, None, None])
+        (rows >= top[:, None, None])
+        & (rows < (top + side)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + side)[:, None, None])
     )
     noise = rng.standard_normal(images.shape) * np.asarray(DIGITS_NOISE)[levels][:, None, None]
     return np.clip(np.where(inside, 0.0, images) + noise, 0.0, 1.0)
@@ -110,9 +120,7 @@ PARITY_PAD, PARITY_ZERO, PARITY_ONE = 0, 1, 2
 """Token ids of the parity task: pad (front), bit 0, bit 1."""
 
 
-def make_parity(
-    num: int, max_len: int, rng: np.random.Generator, *, min_len: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_parity(num: int, max_len: int, rng: np.random.Generator, *, min_len: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``num`` bit strings of uniform length in [min_len, max_len], front-padded to ``max_len``.
 
     Returns token ids (num, max_len) int64, parity labels (num,) and lengths (num,)."""

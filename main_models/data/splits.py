@@ -71,8 +71,7 @@ class DatasetSplits:
                 raise ValueError(f"dataset {self.name!r}: {part} has {d.shape[0]} difficulty levels but {y.shape[0]} labels")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise ValueError(
-                    f"dataset {self.name!r}: {part} labels must be in [0, {self.num_classes - 1}], "
-                    f"found [{int(y.min())}, {int(y.max())}]"
+                    f"dataset {self.name!r}: {part} labels must be in [0, {self.num_classes - 1}], found [{int(y.min())}, {int(y.max())}]"
                 )
         kind = self.meta.get("input_kind") or infer_input_kind(self.x_train)
         if kind not in INPUT_KINDS:
@@ -91,7 +90,15 @@ class DatasetSplits:
 
     @classmethod
     def from_arrays(
-        cls, name: str, x: np.ndarray, y: np.ndarray, train: Any, test: Any, *, num_classes: int, meta: dict,
+        cls,
+        name: str,
+        x: np.ndarray,
+        y: np.ndarray,
+        train: Any,
+        test: Any,
+        *,
+        num_classes: int,
+        meta: dict,
         difficulty: np.ndarray | None = None,
     ) -> "DatasetSplits":
         """Split numpy arrays by the index arrays (or slices) ``train`` and ``test``."""
@@ -125,7 +132,13 @@ class DatasetSplits:
         expensive analysis on part of a split."""
         tr, te = slice(0, num_train), slice(0, num_test)
         return DatasetSplits(
-            self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te], self.num_classes, dict(self.meta),
+            self.name,
+            self.x_train[tr],
+            self.y_train[tr],
+            self.x_test[te],
+            self.y_test[te],
+            self.num_classes,
+            dict(self.meta),
             None if self.difficulty_train is None else self.difficulty_train[tr],
             None if self.difficulty_test is None else self.difficulty_test[te],
         )
