@@ -26,7 +26,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import harness
 
@@ -249,33 +249,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def markdown(out: dict[str, Any]) -> str:
-    f, pm, s = harness.fmt, harness.pm, out["grid_lookup_summary"]
-    rows = [
-        [
-            seed,
-            f(g["agent_accuracy"], 4),
-            f(g["fpi_all_accuracy"], 4),
-            f(g["agent_compute"]),
-            f(g["rule_compute_at_fpi_all_accuracy"]),
-            f(g["rule_compute_at_agent_accuracy"]),
-            f"{f(g['ceiling_accuracy'], 4)}, {f(g['ceiling_compute'])}",
-            f(g["gap_closed"], 2),
-        ]
-        for seed, g in zip(out["seeds"], out["grid_lookup"])
+def _grid_lookup_row(label: Any, f: Callable[..., str], g: dict[str, Any]) -> list[Any]:
+    """One row of the grid-lookup table: ``g``'s values (one seed's, or the summary's) written by ``f``."""
+    return [
+        label,
+        f(g["agent_accuracy"], 4),
+        f(g["fpi_all_accuracy"], 4),
+        f(g["agent_compute"]),
+        f(g["rule_compute_at_fpi_all_accuracy"]),
+        f(g["rule_compute_at_agent_accuracy"]),
+        f"{f(g['ceiling_accuracy'], 4)}, {f(g['ceiling_compute'])}",
+        f(g["gap_closed"], 2),
     ]
-    rows.append(
-        [
-            "mean ± std",
-            pm(s["agent_accuracy"], 4),
-            pm(s["fpi_all_accuracy"], 4),
-            pm(s["agent_compute"]),
-            pm(s["rule_compute_at_fpi_all_accuracy"]),
-            pm(s["rule_compute_at_agent_accuracy"]),
-            f"{pm(s['ceiling_accuracy'], 4)}, {pm(s['ceiling_compute'])}",
-            pm(s["gap_closed"], 2),
-        ]
-    )
+
+
+def markdown(out: dict[str, Any]) -> str:
+    rows = [_grid_lookup_row(seed, harness.fmt, g) for seed, g in zip(out["seeds"], out["grid_lookup"])]
+    rows.append(_grid_lookup_row("mean ± std", harness.pm, out["grid_lookup_summary"]))
     lines = harness.markdown_table(
         [
             "seed",

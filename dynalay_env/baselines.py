@@ -24,8 +24,8 @@ from torch import Tensor
 from main_models import DatasetSplits, FPINetwork
 
 from .config import RewardConfig, default_max_steps
-from .engine import DynaLayEngine, ObservationLayout
-from .evaluation import EvalReport, drive, evaluate_policy
+from .engine import ObservationLayout
+from .evaluation import EvalReport, _eval_engine, drive, evaluate_policy
 
 Policy = Callable[[Tensor], Tensor]
 DEFAULT_TAUS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
@@ -123,15 +123,13 @@ def _confidence_sweep(
     far, gives every tau's episodes exactly as the rule would run them. The rule reads only the
     confidence and the step, so it is charged for nothing else."""
     L = len(order)
-    engine = DynaLayEngine(
-        int(splits.y_test.shape[0]),
-        splits,
+    engine = _eval_engine(
         model,
-        reward=reward.fixed(reward.lam),
+        splits,
+        reward=reward,
         max_steps=max_steps,
-        mode="eval",
-        autoreset=False,
         observation=("progress", "confidence"),
+        batch_size=int(splits.y_test.shape[0]),
         device=device,
     )
     n = engine.num_samples

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .data import _check_callable, _check_name
+from .data import _check_callable, _check_free, _check_name
 from .data.splits import INPUT_KINDS, DatasetSplits
 from .fpi import GRAD_MODES, check_grad_mode
 from .network import FPINetwork
@@ -101,10 +101,7 @@ def register_model(
         raise ValueError(f"model {name!r}: input_kind must be one of {list(INPUT_KINDS)} (the data it reads), got {input_kind!r}")
     if training_grad not in GRAD_MODES:
         raise ValueError(f"model {name!r}: training_grad must be one of {list(GRAD_MODES)}, got {training_grad!r}")
-    if name in _BUILT_IN:
-        raise ValueError(f"model {name!r} is built in and cannot be replaced; register yours under another name")
-    if name in MAIN_MODELS and not replace:
-        raise ValueError(f"model {name!r} is already registered; pass replace=True to replace it")
+    _check_free(name, "model", _BUILT_IN, MAIN_MODELS, replace)
     MAIN_MODELS[name] = input_kind
     TRAINING_GRADS[name] = training_grad
     _REGISTERED[name] = builder

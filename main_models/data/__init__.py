@@ -74,6 +74,14 @@ def _check_callable(function: Any, what: str, call: str, hint: str, *args: Any, 
         ) from None
 
 
+def _check_free(name: str, what: str, built_in: tuple[str, ...], registered: Any, replace: bool) -> None:
+    """Refuse to register ``name`` over a built-in entry, or over a registered one unless ``replace``."""
+    if name in built_in:
+        raise ValueError(f"{what} {name!r} is built in and cannot be replaced; register yours under another name")
+    if name in registered and not replace:
+        raise ValueError(f"{what} {name!r} is already registered; pass replace=True to replace it")
+
+
 def register_dataset(name: str, loader: Callable[..., DatasetSplits], *, offline: bool = True, replace: bool = False) -> None:
     """Make ``name`` a dataset, so that ``load_dataset(name)``, ``gym.make("DynaLay-v0", dataset=name)``
     and ``agents/train.py --dataset name`` load it.
@@ -97,10 +105,7 @@ def register_dataset(name: str, loader: Callable[..., DatasetSplits], *, offline
     )
     if not isinstance(offline, bool):
         raise TypeError(f"dataset {name!r}: offline must be True or False, got {offline!r}")
-    if name in _BUILT_IN:
-        raise ValueError(f"dataset {name!r} is built in and cannot be replaced; register yours under another name")
-    if name in DATASETS and not replace:
-        raise ValueError(f"dataset {name!r} is already registered; pass replace=True to replace it")
+    _check_free(name, "dataset", _BUILT_IN, DATASETS, replace)
     DATASETS[name] = loader
     if name in OFFLINE_DATASETS:
         OFFLINE_DATASETS.remove(name)
