@@ -56,6 +56,33 @@ def load_script(relative: str) -> ModuleType:
     return sys.modules[name]
 
 
+def tiny_run_argv(*, total_timesteps: int, checkpoint_freq: int) -> list[str]:
+    """The flags of agents/train.py for a tiny training run on digits, on the CPU (no --algo, --logdir or --run-name)."""
+    return [
+        "--dataset",
+        "digits",
+        "--imitation-samples",
+        "64",
+        "--imitation-epochs",
+        "2",
+        "--total-timesteps",
+        str(total_timesteps),
+        "--num-envs",
+        "8",
+        "--pretrain-epochs",
+        "1",
+        "--cotrain-every",
+        "16",
+        "--checkpoint-freq",
+        str(checkpoint_freq),
+        "--log-every",
+        "128",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+
+
 # ---- running the suite on several workers (pytest-xdist, ``-n auto`` in pyproject.toml) ----------
 MAX_WORKERS = 4  # beyond this the longest single tests bound the run, and each worker costs a torch import
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_argv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import evaluate, train
@@ -20,29 +21,7 @@ from agents.reinforce import EpisodeBuffer
 from agents.settings import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_RUN = [
-    "--dataset",
-    "digits",
-    "--imitation-samples",
-    "64",
-    "--imitation-epochs",
-    "2",
-    "--total-timesteps",
-    "512",
-    "--num-envs",
-    "8",
-    "--pretrain-epochs",
-    "1",
-    "--cotrain-every",
-    "16",
-    "--checkpoint-freq",
-    "256",
-    "--log-every",
-    "128",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
+TINY_RUN = tiny_run_argv(total_timesteps=512, checkpoint_freq=256)
 TINY_AGENT = {
     "ppo": ["--n-steps", "64", "--batch-size", "64"],
     "a2c": ["--n-steps", "4"],

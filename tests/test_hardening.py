@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_argv
 
 import dynalay_env  # noqa: F401  (registers DynaLay-v0)
 from agents import evaluate, train
@@ -26,33 +27,7 @@ from dynalay_env import DynaLayEnv, DynaLayVectorEnv, EnvConfig
 from main_models import load_npz
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--dataset",
-    "digits",
-    "--imitation-samples",
-    "64",
-    "--imitation-epochs",
-    "2",
-    "--total-timesteps",
-    "256",
-    "--num-envs",
-    "8",
-    "--pretrain-epochs",
-    "1",
-    "--cotrain-every",
-    "16",
-    "--checkpoint-freq",
-    "128",
-    "--log-every",
-    "128",
-    "--no-progress",
-    "--device",
-    "cpu",
-    "--n-steps",
-    "4",
-    "--algo",
-    "reinforce",
-]
+TINY = tiny_run_argv(total_timesteps=256, checkpoint_freq=128) + ["--n-steps", "4", "--algo", "reinforce"]
 
 
 class Payload:
