@@ -107,7 +107,9 @@ class MainModelTrainer:
         self.x = x
         self.y = y
         self.cotrain_every = cotrain_every
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self._lr = lr
+        self._optimizer: torch.optim.Adam | None = None
+        self._optimizer_state: dict | None = None
         self.updates = 0
         """Co-training steps taken."""
         self.last_loss = float("nan")
@@ -118,6 +120,18 @@ class MainModelTrainer:
     @property
     def device(self) -> torch.device:
         return self.y.device
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        """Adam over the model's parameters, made at its first use: making a torch optimizer imports
+        torch._dynamo (about a second), which building an environment, with its warm-up loaded from
+        the cache, should not pay before it trains anything."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self._lr)
+            if self._optimizer_state is not None:
+                self._optimizer.load_state_dict(self._optimizer_state)
+                self._optimizer_state = None
+        return self._optimizer
 
     def step(self, index: Tensor, paths: Tensor) -> float:
         """One optimizer step on the mean cross-entropy of samples ``index`` along ``paths``.
@@ -242,7 +256,7 @@ class MainModelTrainer:
     def state_dict(self) -> dict:
         """Optimizer, co-training buffer and counters (the model's weights are saved by its owner)."""
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state if self._optimizer_state is not None else self.optimizer.state_dict(),
             "buffer_index": self._buffer_index.cpu(),
             "buffer_path": (self._buffer_path if self._buffer_path is not None else torch.empty(0, 0, dtype=torch.long)).cpu(),
             "updates": self.updates,
@@ -255,8 +269,12 @@ class MainModelTrainer:
         if missing:
             raise ValueError(f"main-model trainer state is missing {sorted(missing)}")
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
+            if self._optimizer is not None:
+                self._optimizer.load_state_dict(state["optimizer"])
+            else:  # kept until the optimizer is made; checked now as Adam would check it
+                self._check_optimizer_state(state["optimizer"])
+                self._optimizer_state = state["optimizer"]
+        except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"optimizer state does not match the main model: {err}") from None
         self._buffer_index = state["buffer_index"].to(self.device, torch.long)
         path = state["buffer_path"].to(self.device, torch.long)
@@ -265,3 +283,15 @@ class MainModelTrainer:
         self.last_loss = float(state["last_loss"])
         if "generator" in state:
             self.generator.set_state(state["generator"])
+
+    def _check_optimizer_state(self, state: dict) -> None:
+        """What ``Optimizer.load_state_dict`` checks (one group of as many parameters), and that each
+        parameter's moments have its shape."""
+        params = list(self.model.parameters())
+        groups = state["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(params):
+            raise ValueError(f"the state has {[len(g['params']) for g in groups]} parameters per group, the model 1 group of {len(params)}")
+        for index, moments in state["state"].items():
+            shape = params[groups[0]["params"].index(index)].shape
+            if moments["exp_avg"].shape != shape:
+                raise ValueError(f"parameter {index} has shape {tuple(shape)}, its state {tuple(moments['exp_avg'].shape)}")

@@ -75,6 +75,12 @@ def test_a_second_gym_make_loads_the_warm_up_and_gets_the_same_main_model(cache,
     assert len(warm_ups) == 2 and len(list(cache.glob("*.pt"))) == 1
     assert_same(weights(first), weights(uncached))
 
+    # a co-training update from the loaded optimizer state (applied when the optimizer is first made) is the same update
+    for env in (second, uncached):
+        engine = env.unwrapped.engine
+        engine.trainer.step(torch.arange(16), torch.full((16, engine.max_steps), 2, dtype=torch.long))
+    assert_same(weights(second), weights(uncached))
+
     # the same episodes and rewards follow from either
     for env in (second, uncached):
         env.reset(seed=3)

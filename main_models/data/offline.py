@@ -1,6 +1,6 @@
 """Datasets that need no download: bundled with scikit-learn or generated from a seed.
 
-* ``digits`` (the default): scikit-learn's bundled 8x8 handwritten digits.
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits.
 
 The others carry a known per-sample difficulty level (0 = easiest) in ``difficulty_train`` /
 ``difficulty_test``, because adaptive compute only means something where extra iteration helps,
@@ -15,6 +15,8 @@ and the fixed-path baselines report accuracy and compute per level:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -24,12 +26,28 @@ from .splits import DatasetSplits, split_indices
 def _digits_split(seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits as (N, 8, 8) images in [0, 1], int64 labels, and the seeded
     (train, test) indices that ``digits`` and ``digits-graded`` share."""
-    from sklearn.datasets import load_digits as _sk_load_digits
-
-    bunch = _sk_load_digits()
-    labels = bunch.target.astype(np.int64)
+    table = _bundled_digits()
+    images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     train, test = split_indices(len(labels), test_fraction, seed)
-    return bunch.images / 16.0, labels, train, test
+    return images / 16.0, labels, train, test
+
+
+def _bundled_digits() -> np.ndarray:
+    """scikit-learn's digits.csv.gz (64 pixel columns, then the label), read where scikit-learn keeps
+    it without importing scikit-learn: its import (scipy, pandas) took longer than everything else a
+    cached ``gym.make`` does. The same numbers as ``sklearn.datasets.load_digits``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the digits datasets need scikit-learn (pip install scikit-learn)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a layout of another scikit-learn version: ask it
+        from sklearn.datasets import load_digits as _sk_load_digits
+
+        bunch = _sk_load_digits()
+        return np.column_stack([bunch.data, bunch.target])
+    return np.loadtxt(path, delimiter=",")
 
 
 def load_digits(data_dir: str | None = None, *, seed: int = 0, test_fraction: float = 0.2) -> DatasetSplits:
