@@ -230,6 +230,16 @@ def prepare_main_model(
             on_epoch=on_epoch,
         )
 
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a read-only home must not stop an environment from being built
+            print(
+                f"DynaLay: cannot use the warm-up cache {directory} ({err.strerror or err}); warming up without it",
+                file=sys.stderr,
+                flush=True,
+            )
+            directory = None
     if directory is None:
         train()
         return "trained"
@@ -237,7 +247,6 @@ def prepare_main_model(
     fresh = trainer.model if resume is None else new_main_model(config, splits)
     key = warmup_key(config, splits, fresh, trainer, max_steps=max_steps)
     path = _cache_path(directory, key)
-    directory.mkdir(parents=True, exist_ok=True)
 
     def train_and_store() -> WarmupSource:
         if resume is None and store:

@@ -135,6 +135,14 @@ def test_the_cache_can_be_turned_off(cache, warm_ups, monkeypatch, tmp_path):
     assert cache_directory("off") is None and cache_directory(str(tmp_path)) == tmp_path
 
 
+def test_an_unusable_cache_directory_warms_up_without_the_cache(cache, warm_ups, tmp_path, capfd):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    env = gym.make("DynaLay-v0", **TINY, warmup_cache=str(blocked / "cache"))
+    assert len(warm_ups) == 1 and "cannot use the warm-up cache" in capfd.readouterr().err
+    assert_same(weights(env), weights(gym.make("DynaLay-v0", **TINY, warmup_cache="off")))
+
+
 def test_the_default_cache_lives_in_the_users_cache_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("DYNALAY_CACHE_DIR", raising=False)
     monkeypatch.delenv("DYNALAY_WARMUP_CACHE", raising=False)
