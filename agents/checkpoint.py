@@ -4,7 +4,7 @@ A checkpoint holds only tensors and plain values (dicts, lists, tuples, strings,
 None): agent and main-model weights, optimizer states, counters, RNG states as tensors, DQN's replay
 buffer as tensors. It is read with ``torch.load(weights_only=True)``, whose unpickler refuses any
 other object, so a crafted file is refused before anything in it can execute. The same holds for
-the warm-up cache and for exported main models (``main_model.pt``).
+the warm-up cache (dynalay_env/make.py) and for exported main models (``main_model.pt``).
 """
 
 from __future__ import annotations
@@ -56,14 +56,6 @@ def load_checkpoint(run_dir: Path, *, map_location: str | torch.device = "cpu") 
     for key in ("phase", "algo", "timesteps", "agent", "engine", "config"):
         if key not in payload:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}")
-    return payload
-
-
-def load_warmup(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A cached warmed-up main model (see ``agents/train.py --warmup-cache``)."""
-    payload = read_safely(path, "warm-up cache", map_location=map_location)
-    if not {"engine", "rng", "key"} <= set(payload):
-        raise CheckpointError(f"warm-up cache {path} is not a DynaLay warm-up file of format {FORMAT_VERSION}")
     return payload
 
 
