@@ -158,6 +158,7 @@ def load_parity(
     num_test: int = 2000,
     max_len: int = 15,
     levels: int = 5,
+    min_len: int = 1,
 ) -> DatasetSplits:
     """Synthetic parity of variable-length bit strings (Graves 2016 ACT; Banino et al. 2021
     PonderNet), the offline default for the FPI-LSTM. Deterministic from ``seed``.
@@ -166,12 +167,18 @@ def load_parity(
     (lengths 1..15, 5 levels) level 0 holds lengths 1-3, which fit the LSTM stem's causal window
     of 3 tokens, so the plain pass can answer them; every longer level needs the recurrence, i.e.
     FPI, and about one Jacobi iteration per position. ``data_dir`` is ignored (generated data).
+
+    ``min_len`` draws lengths in [min_len, max_len] instead, the levels then being equal buckets of
+    that range: ``min_len=16, max_len=30`` is a test set longer than anything the default trains on
+    (benchmarks/transfer.py). With the default ``min_len=1`` the data is what it always was.
     """
     if max_len < 1 or levels < 1 or num_train < 1 or num_test < 1:
         raise ValueError("max_len, levels, num_train and num_test must be >= 1")
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"min_len must be in [1, max_len={max_len}], got {min_len}")
     rng = np.random.default_rng([seed, 2])
-    x, y, lengths = make_parity(num_train + num_test, max_len, rng)
-    level = ((lengths - 1) * levels) // max_len
+    x, y, lengths = make_parity(num_train + num_test, max_len, rng, min_len=min_len)
+    level = ((lengths - min_len) * levels) // (max_len - min_len + 1)
     return DatasetSplits.from_arrays(
         "parity",
         x,
@@ -186,7 +193,8 @@ def load_parity(
             "vocab_size": 3,
             "pad_id": PARITY_PAD,
             "max_len": max_len,
-            "difficulty": f"length bucket: {levels} equal buckets of lengths 1..{max_len}",
+            **({"min_len": min_len} if min_len != 1 else {}),
+            "difficulty": f"length bucket: {levels} equal buckets of lengths {min_len}..{max_len}",
         },
         difficulty=level,
     )
