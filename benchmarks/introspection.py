@@ -70,6 +70,16 @@ TASKS: dict[str, TaskPlan] = {
         lam_grid=LAM_GRID,
         flags=["--warmup-stop-prob", "0.3", "--train-alternatives", "plain"],
     ),
+    # Reachability through walls (main_models/data/grid_reach.py): how many layers, and which, a
+    # route needs differs per input; the same warm-up and plain-path training as grid-lookup.
+    "grid-reach": TaskPlan(
+        "grid-reach",
+        lam=0.05,
+        second_lam=0.01,
+        lam_range=(0.001, 1.0),
+        lam_grid=LAM_GRID,
+        flags=["--warmup-stop-prob", "0.3", "--train-alternatives", "plain"],
+    ),
     "digits": TaskPlan("digits", lam=0.005, second_lam=0.05, lam_range=(0.001, 1.0), lam_grid=LAM_GRID),
     "parity": TaskPlan(
         "parity",
@@ -218,7 +228,7 @@ def _targets(dataset: str, t: dict) -> dict[str, Any]:
     """The decision targets, on the means over seeds."""
     acc, comp = t["agent"]["accuracy"]["mean"], t["agent"]["compute_fraction"]["mean"]
     targets: dict[str, Any] = {}
-    if dataset == "grid-lookup":
+    if dataset in ("grid-lookup", "grid-reach"):
         targets.update(
             decision_targets(
                 acc,

@@ -127,6 +127,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # agent iterates elsewhere, and lambda 0.05 prices a row solve below the accuracy it buys.
     # Four warm-up epochs, because co-training goes on improving every path the agent uses.
     "grid-lookup": {"lam": 0.05, "pretrain_epochs": 4, "warmup_stop_prob": 0.3, "train_alternatives": ("plain",)},
+    # The same reasons on the reachability task (main_models/data/grid_reach.py): most inputs are
+    # answered by the plain pass, the rest need one to three solved layers.
+    "grid-reach": {"lam": 0.05, "pretrain_epochs": 4, "warmup_stop_prob": 0.3, "train_alternatives": ("plain",)},
 }
 """Per dataset name: the task settings a run of it needs (benchmarks/README.md, "Introspection").
 ``gym.make``, ``train.py`` and the evaluation read them through :class:`EnvConfig`; an explicit

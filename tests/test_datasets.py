@@ -106,7 +106,7 @@ def skip_md5(monkeypatch):
 def test_registry_and_unknown_names():
     assert {"digits", "digits-graded", "parity", "grid-lookup", "cifar10", "cifar100", "imdb", "wikitext2"} <= set(DATASETS)
     with pytest.raises(
-        ValueError, match=r"unknown dataset 'nope'; available: digits, digits-graded, parity, grid-lookup \(offline\), cifar10"
+        ValueError, match=r"unknown dataset 'nope'; available: digits, digits-graded, parity, grid-lookup, grid-reach \(offline\), cifar10"
     ):
         load_dataset("nope")
     with pytest.raises(ValueError, match=r"takes no option\(s\) \['max_len'\]"):

@@ -6,7 +6,8 @@ or generated, no download; :mod:`.offline`):
 * ``digits`` (default): scikit-learn's bundled 8x8 handwritten digits, flat -> MLP;
 * ``digits-graded``: the same digits corrupted at a known level 0..4 per sample, flat -> MLP;
 * ``parity``: variable-length bit strings, level = length bucket, tokens -> LSTM;
-* ``grid-lookup``: token grids with a question in the corner, level = question kind, grid -> grid-LSTM.
+* ``grid-lookup``: token grids with a question in the corner, level = question kind, grid -> grid-LSTM;
+* ``grid-reach``: grids of walls, is the corner reachable from a source, level = route shape, grid -> grid-LSTM.
 
 From files under ``data_dir`` (default ``$DYNALAY_DATA_DIR`` or ``./data``), in their real format
 (:mod:`.files`):
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 from .files import load_cifar10, load_cifar100, load_imdb, load_npz, load_wikitext2
 from .grid_lookup import load_grid_lookup
+from .grid_reach import load_grid_reach
 from .offline import load_digits, load_digits_graded, load_parity
 from .splits import INPUT_KINDS, DatasetSplits, infer_input_kind, split_indices
 
@@ -35,6 +37,7 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "digits-graded": load_digits_graded,
     "parity": load_parity,
     "grid-lookup": load_grid_lookup,
+    "grid-reach": load_grid_reach,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "imdb": load_imdb,
@@ -42,7 +45,7 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
 }
 """Loaders by name; each is called as ``loader(data_dir, seed=seed, **options)``."""
 
-OFFLINE_DATASETS: list[str] = ["digits", "digits-graded", "parity", "grid-lookup"]
+OFFLINE_DATASETS: list[str] = ["digits", "digits-graded", "parity", "grid-lookup", "grid-reach"]
 """Datasets that need no files (bundled with scikit-learn or generated); :func:`register_dataset`
 adds a user's (a list, updated in place, so that every importer sees them)."""
 _BUILT_IN: tuple[str, ...] = tuple(DATASETS)
