@@ -105,20 +105,11 @@ def tuned_confidence_curve(
     goal = reference.fpi_all_accuracy - TOLERANCE
     reaching = [p for p in fixed.values() if p["accuracy"] >= goal]
     cheapest = min(reaching, key=lambda p: p["compute_fraction"])["path"] if reaching else None
+    on_the_test_split = {"reward": reward, "max_steps": max_steps, "device": device, "reference": reference}
     return [
         point
         for order in rule_orders(model.num_layers, cheapest)
-        for point in sweep(
-            "confidence",
-            model,
-            splits,
-            max_steps=max_steps,
-            observation=CONFIDENCE_RULE_OBSERVATION,
-            reward=reward,
-            device=device,
-            reference=reference,
-            order=order,
-        )
+        for point in sweep("confidence", model, splits, observation=CONFIDENCE_RULE_OBSERVATION, order=order, **on_the_test_split)
     ]
 
 
@@ -157,33 +148,13 @@ def compare_to_baselines(
         model, splits, policy, reward=reward, max_steps=max_steps, observation=observation, device=device, reference=ref
     )
     fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
+    on_the_test_split = {"reward": reward, "max_steps": max_steps, "device": device, "reference": ref}
     confidence = tuned_confidence_curve(model, splits, fixed, ref, reward=reward, max_steps=max_steps, device=device)
-    residual = (
-        sweep(
-            "residual",
-            model,
-            splits,
-            max_steps=max_steps,
-            observation=RESIDUAL_RULE_OBSERVATION,
-            reward=reward,
-            device=device,
-            reference=ref,
-        )
-        if residual_rule
-        else []
-    )
+    residual = sweep("residual", model, splits, observation=RESIDUAL_RULE_OBSERVATION, **on_the_test_split) if residual_rule else []
     best = oracle(model, splits, max_steps=max_steps, device=device, reference=ref)
-    ceiling = learnable_ceiling(
-        model,
-        splits,
-        max_steps=max_steps,
-        observation=observation,
-        reward=reward,
-        min_confidence=ceiling_min_confidence,
-        train_limit=ceiling_train_limit,
-        seed=seed,
-        reference=ref,
-    )
+    # the imitation of the oracle reads what the agent reads, and is trained on the same seed
+    imitation = {"observation": observation, "min_confidence": ceiling_min_confidence, "train_limit": ceiling_train_limit, "seed": seed}
+    ceiling = learnable_ceiling(model, splits, max_steps=max_steps, reward=reward, reference=ref, **imitation)
 
     reference = fixed[sequence_name(range(1, model.num_layers + 1))]["accuracy"]
     goal = reference - TOLERANCE

@@ -43,10 +43,7 @@ class RunSettings:
     threads: int = setting(1, "torch CPU threads (0: torch's default); the small models here run fastest on 1")
     reward_weight: float = setting(0.2, "the paper's gamma: weight of the reward in the agent's loss (Eq. 3)")
     imitation_samples: int = setting(
-        2000,
-        "imitation warm-start: before RL, fit the agent's policy to the oracle's cheapest "
-        "confident action sequences for this many train samples, on the warmed-up main model "
-        "(0: RL from a random policy)",
+        2000, "before RL, fit the policy to the oracle's cheapest confident actions on this many train samples (0: RL from a random policy)"
     )
     imitation_epochs: int = setting(30, "epochs of the imitation warm-start's fit")
     imitation_every: int = setting(
@@ -60,9 +57,7 @@ class RunSettings:
     log_every: int = setting(2048, "log training charts every this many steps")
     detail_every: int = setting(
         10240,
-        "evaluate every fixed path on the test split (paths/accuracy/*) and render the decisions "
-        "figure (charts/decisions) every this many steps, and at the end: each costs far more "
-        "than the scalar charts written every --log-every steps",
+        "evaluate every fixed path (paths/accuracy/*) and draw charts/decisions every this many steps and at the end (dearer than --log-every)",
     )
     run_name: str | None = setting(None, "run directory name under --logdir (default <algo>-<dataset>-s<seed>-<time>)")
     logdir: str = setting("runs", "parent directory of run directories")

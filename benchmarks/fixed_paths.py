@@ -105,19 +105,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         try:
             parse_fpi_layers(args.fpi_layers)
             options = dict(parse_option(o) for o in args.data_option)
-            result = run_baseline(
-                args.dataset,
-                fpi_layers=args.fpi_layers,
-                model_name=args.model,
-                data_dir=args.data_dir,
-                data_options=options,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                device=args.device,
-                progress=args.progress,
-            )
+            training = {k: getattr(args, k) for k in ("fpi_layers", "data_dir", "epochs", "batch_size", "lr", "seed", "device", "progress")}
+            result = run_baseline(args.dataset, model_name=args.model, data_options=options, **training)
         except (ValueError, FileNotFoundError) as err:
             parser.exit(2, f"error: {err}\n")
     if args.out:

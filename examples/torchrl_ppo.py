@@ -39,15 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    venv = gym.make_vec(
-        "DynaLay-v0",
-        num_envs=args.num_envs,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        dataset=args.dataset,
-        pretrain_epochs=args.pretrain_epochs,
-        seed=args.seed,
-    )
+    task = {"dataset": args.dataset, "pretrain_epochs": args.pretrain_epochs, "seed": args.seed}
+    # autoreset off: torchrl resets the finished envs itself, by a mask
+    venv = gym.make_vec("DynaLay-v0", args.num_envs, "vector_entry_point", autoreset_mode=gym.vector.AutoresetMode.DISABLED, **task)
     env = GymWrapper(venv, categorical_action_encoding=True)  # actions as indices, as a Categorical policy samples them
     obs_dim = env.observation_spec["observation"].shape[-1]
     num_actions = env.action_spec.space.n

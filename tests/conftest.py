@@ -1,7 +1,9 @@
 import atexit
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -54,6 +56,25 @@ def load_script(relative: str) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def run_script(relative: str, *args: object, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a script of the repository (e.g. benchmarks/introspection.py) in a fresh interpreter, as a user
+    would from a shell, with its output captured as text."""
+    argv = [sys.executable, str(ROOT / relative), *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def script_json(relative: str, *args: object, timeout: float = 600) -> dict:
+    """:func:`run_script`, which must succeed: the JSON its last line of output holds (``--json``)."""
+    proc = run_script(relative, *args, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def quiet_run_flags(logdir: Path, run_name: str) -> list[str]:
+    """The train.py flags that put a test's run at ``logdir/run_name``, on the CPU, without a progress bar."""
+    return ["--no-progress", "--device", "cpu", "--logdir", str(logdir), "--run-name", run_name]
 
 
 def tiny_run_argv(*, total_timesteps: int, checkpoint_freq: int) -> list[str]:

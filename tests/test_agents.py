@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run_argv
+from conftest import quiet_run_flags, tiny_run_argv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import evaluate, train
@@ -175,13 +175,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
         "2",
         "--checkpoint-freq",
         "512",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--logdir",
-        str(tmp_path),
-        "--run-name",
-        "killed",
+        *quiet_run_flags(tmp_path, "killed"),
     ]
     run = tmp_path / "killed"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

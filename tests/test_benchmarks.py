@@ -3,13 +3,11 @@ deselect with ``-m "not slow"``; they check structure, never timings), and the h
 scripts share does what they rely on."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, quiet_run_flags, run_script, script_json
 
 from main_models.device import local_device
 
@@ -101,11 +99,7 @@ def test_local_device_gives_each_rank_its_own_gpu():
 
 
 def _run(name: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--json"], capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return script_json(f"benchmarks/{name}.py", "--quick", "--json")
 
 
 @slow
@@ -179,14 +173,7 @@ def test_warmup_paths_quick():
 
 @slow
 def test_adaptive_vs_fixed_quick(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"), "--quick", "--json", "--out-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = script_json("benchmarks/adaptive_vs_fixed.py", "--quick", "--json", "--out-dir", tmp_path, timeout=900)
     assert out["benchmark"] == "adaptive_vs_fixed" and (tmp_path / "pareto.png").stat().st_size > 0
     table = out["summary"]["digits-graded"]
     for name in ("model0", "model1", "model2", "model3"):
@@ -195,17 +182,10 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert table["model0"]["compute_fraction"]["mean"] < table["model1"]["compute_fraction"]["mean"] < 1.0
     for algo in ("ppo", "reinforce"):
         agent = table[f"agent_{algo}"]
-        assert {
-            "accuracy",
-            "compute_fraction",
-            "time_ratio",
-            "gap_to_model3",
-            "oracle_accuracy",
-            "gap_to_oracle",
-            "level_compute",
-            "hard_over_easy_compute",
-            "target",
-        } <= set(agent)
+        keys = (
+            "accuracy compute_fraction time_ratio gap_to_model3 oracle_accuracy gap_to_oracle level_compute hard_over_easy_compute target"
+        )
+        assert set(keys.split()) <= set(agent)
         assert sorted(agent["level_compute"], key=int) == ["0", "1", "2", "3", "4"]
         assert agent["gap_to_oracle"]["mean"] == pytest.approx(agent["accuracy"]["mean"] - agent["oracle_accuracy"]["mean"])
         assert 0 <= agent["oracle_accuracy"]["mean"] <= 1 and agent["compute_fraction"]["mean"] > 0
@@ -219,25 +199,17 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert [p["lam"] for p in table["lambda_agent"]] == [0.0, 0.01]
 
     # the saved runs reproduce the recorded accuracy and compute (checked by --retime) and get new wall times
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
-            "--merge",
-            str(tmp_path / "adaptive_vs_fixed.json"),
-            "--retime",
-            "--timing-repeats",
-            "2",
-            "--json",
-            "--out-dir",
-            str(tmp_path / "retimed"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    retimed = script_json(
+        "benchmarks/adaptive_vs_fixed.py",
+        "--merge",
+        tmp_path / "adaptive_vs_fixed.json",
+        "--retime",
+        "--timing-repeats",
+        "2",
+        "--json",
+        "--out-dir",
+        tmp_path / "retimed",
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    retimed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert retimed["retimed"] is True
     for algo, agent in retimed["per_seed"][0]["agents"].items():
         assert agent["accuracy"] == out["per_seed"][0]["agents"][algo]["accuracy"]
@@ -251,56 +223,31 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     second = tmp_path / "second.json"
     second.write_text(json.dumps({"benchmark": "adaptive_vs_fixed", "per_seed": [other]}))
     merged_dir = tmp_path / "merged"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
-            "--merge",
-            str(tmp_path / "adaptive_vs_fixed.json"),
-            str(second),
-            "--json",
-            "--out-dir",
-            str(merged_dir),
-        ],
-        capture_output=True,
-        text=True,
+    merged = script_json(
+        "benchmarks/adaptive_vs_fixed.py",
+        "--merge",
+        tmp_path / "adaptive_vs_fixed.json",
+        second,
+        "--json",
+        "--out-dir",
+        merged_dir,
         timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    merged = json.loads(proc.stdout.strip().splitlines()[-1])["summary"]["digits-graded"]
+    )["summary"]["digits-graded"]
     acc0 = merged["model0"]["accuracy"]
     assert acc0["n"] == 2 and acc0["mean"] == pytest.approx(entry["baselines"]["model0"]["accuracy"] + 0.05)
     assert acc0["std"] == pytest.approx(0.1 / 2**0.5)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
-            "--merge",
-            str(merged_dir / "adaptive_vs_fixed.json"),
-            "--markdown",
-            "--out-dir",
-            str(tmp_path / "md"),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_script(
+        "benchmarks/adaptive_vs_fixed.py",
+        "--merge",
+        merged_dir / "adaptive_vs_fixed.json",
+        "--markdown",
+        "--out-dir",
+        tmp_path / "md",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "#### digits-graded (2 seeds)" in proc.stdout and f"| Model 0 (plain) | {acc0['mean']:.4f} ± {acc0['std']:.4f} |" in proc.stdout
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "adaptive_vs_fixed.py"),
-            "--merge",
-            str(second),
-            str(second),
-            "--out-dir",
-            str(merged_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script("benchmarks/adaptive_vs_fixed.py", "--merge", second, second, "--out-dir", merged_dir, timeout=300)
     assert proc.returncode != 0 and "seed 1 appears in both" in proc.stderr
 
 
@@ -308,25 +255,9 @@ def test_adaptive_vs_fixed_quick(tmp_path):
 def test_introspection_quick(tmp_path):
     """The introspection benchmark end to end at smoke size: the agent beside every baseline, the lambda
     sweep against the fixed-lambda agents, the figures, and a merge of two seeds."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "introspection.py"),
-            "--quick",
-            "--tasks",
-            "digits",
-            "--seeds",
-            "0",
-            "--json",
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    out = script_json(
+        "benchmarks/introspection.py", "--quick", "--tasks", "digits", "--seeds", "0", "--json", "--out-dir", tmp_path, timeout=900
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["benchmark"] == "introspection"
     for name in ("lambda_sweep.png", "pareto_digits.png", "introspection.json"):
         assert (tmp_path / name).stat().st_size > 0
@@ -346,38 +277,14 @@ def test_introspection_quick(tmp_path):
     other["comparison"]["agent"]["accuracy"] += 0.1
     second = tmp_path / "second.json"
     second.write_text(json.dumps({"benchmark": "introspection", "per_seed": [other]}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "introspection.py"),
-            "--merge",
-            str(tmp_path / "introspection.json"),
-            str(second),
-            "--out-dir",
-            str(tmp_path / "merged"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_script(
+        "benchmarks/introspection.py", "--merge", tmp_path / "introspection.json", second, "--out-dir", tmp_path / "merged", timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "#### digits (seeds 0, 1" in proc.stdout and "learnable ceiling" in proc.stdout
     merged = json.loads((tmp_path / "merged" / "introspection.json").read_text())["summary"]["digits"]["agent"]["accuracy"]
     assert merged["n"] == 2 and merged["std"] == pytest.approx(0.1 / 2**0.5)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "introspection.py"),
-            "--merge",
-            str(second),
-            str(second),
-            "--out-dir",
-            str(tmp_path / "m2"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script("benchmarks/introspection.py", "--merge", second, second, "--out-dir", tmp_path / "m2", timeout=300)
     assert proc.returncode != 0 and "appears twice" in proc.stderr
 
 
@@ -433,23 +340,10 @@ def test_inference_time_quick(tmp_path):
             "16",
             "--batch-size",
             "64",
-            "--no-progress",
-            "--device",
-            "cpu",
-            "--logdir",
-            str(tmp_path),
-            "--run-name",
-            "r",
+            *quiet_run_flags(tmp_path, "r"),
         ]
     )
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "inference_time.py"), str(tmp_path / "r"), "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = script_json("benchmarks/inference_time.py", tmp_path / "r", "--quick", "--json")
     assert out["benchmark"] == "inference_time" and out["batch"] == 256 and out["single_samples"] == 20
     names = list(out["rows"])
     assert names[:2] == ["agent", "fpi_all"] and names[2].startswith("fixed ") and names[3].startswith("confidence tau")
@@ -463,33 +357,13 @@ def test_inference_time_quick(tmp_path):
 @slow
 def test_agent_vs_rule_quick(tmp_path):
     argv = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "agent_vs_rule.py"),
         "--quick",
         "--json",
         "--out-dir",
-        str(tmp_path),
-        "--seeds",
-        "0",
-        "--lambda-seeds",
-        "0",
-        "--digits-seeds",
-        "0",
-        "--lams",
-        "0.01",
-        "0.1",
-        "1",
-        "--dataset",
-        "digits",
+        tmp_path,
+        *"--seeds 0 --lambda-seeds 0 --digits-seeds 0 --lams 0.01 0.1 1 --dataset digits".split(),
     ]
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = script_json("benchmarks/agent_vs_rule.py", *argv, timeout=900)
     (grid,), (lam,), (digits,) = out["grid_lookup"], out["lambda_agent"], out["digits"]
     assert 0 <= grid["agent_accuracy"] <= 1 and grid["ceiling_compute"] > 0 and grid["fpi_all_accuracy"] > 0
     if grid["gap_closed"] is not None:
@@ -500,10 +374,4 @@ def test_agent_vs_rule_quick(tmp_path):
     assert {"within_half_a_point_of_the_best_fixed_path", "compute_at_most_0.3"} <= set(digits)
     assert Path(out["figures"][0]).is_file()
     # a second call finds every run and comparison in place and only aggregates
-    again = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["grid_lookup"] == out["grid_lookup"]
+    assert script_json("benchmarks/agent_vs_rule.py", *argv, timeout=300)["grid_lookup"] == out["grid_lookup"]

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import quiet_run_flags
 from gymnasium.vector import AutoresetMode
 
 import dynalay_env  # noqa: F401  (registers DynaLay-v0)
@@ -225,13 +226,7 @@ def test_the_saved_main_model_travels_with_the_agent(tmp_path):
             "64",
             "--pretrain-epochs",
             "2",
-            "--no-progress",
-            "--device",
-            "cpu",
-            "--logdir",
-            str(tmp_path),
-            "--run-name",
-            "r",
+            *quiet_run_flags(tmp_path, "r"),
         ]
     )
     run = tmp_path / "r"
