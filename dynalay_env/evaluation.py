@@ -409,13 +409,12 @@ def oracle_paths(
         confident = oracle_paths(
             model, x, y, max_steps=max_steps, min_confidence=min_confidence, batch_size=batch_size, max_depth=max_depth
         )
-        correct = oracle_paths(model, x, y, max_steps=max_steps, batch_size=batch_size, max_depth=max_depth)
-        return OraclePaths(
-            torch.where(confident.solved.unsqueeze(1), confident.paths, correct.paths),
-            torch.where(confident.solved, confident.cost, correct.cost),
-            confident.solved | correct.solved,
-            confident.evaluated + correct.evaluated,
-        )
+        # the second search only for the rows the first left unsolved: a row's search never reads another row
+        rest = (~confident.solved).nonzero().squeeze(1)
+        correct = oracle_paths(model, x[rest], y[rest], max_steps=max_steps, batch_size=batch_size, max_depth=max_depth)
+        paths, cost, solved = confident.paths.clone(), confident.cost.clone(), confident.solved.clone()
+        paths[rest], cost[rest], solved[rest] = correct.paths, correct.cost, correct.solved
+        return OraclePaths(paths, cost, solved, confident.evaluated + correct.evaluated)
     dev = y.device
     was_training = model.training
     model.eval()
