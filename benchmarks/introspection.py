@@ -37,17 +37,19 @@ from agents.compare import TOLERANCE, decision_targets
 from agents.evaluate import evaluate_run
 from main_models import set_threads, write_json
 
+LAM_GRID = [0.001, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0]
+
 
 @dataclass
 class TaskPlan:
     dataset: str
-    lam: float
+    lam: float = 0.05
     """The fixed-lambda agent's lambda (the one compared with every baseline)."""
-    second_lam: float
+    second_lam: float = 0.01
     """A second fixed-lambda agent, to check the lambda-conditioned agent at two lambdas."""
-    lam_range: tuple[float, float]
+    lam_range: tuple[float, float] = (0.001, 1.0)
     """The lambda-conditioned agent's training range (log-uniform)."""
-    lam_grid: list[float]
+    lam_grid: list[float] = field(default_factory=lambda: list(LAM_GRID))
     """Where the lambda-conditioned agent is evaluated (both fixed lambdas among them)."""
     budget: int = 40_000
     flags: list[str] = field(default_factory=list)
@@ -57,43 +59,18 @@ class TaskPlan:
     """Compare on the first N test samples (the oracle's exact search is dear on long sequences)."""
 
 
-LAM_GRID = [0.001, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0]
+# Warm-up paths stop early with probability 0.3 per step so that short paths (the plain one
+# included) are trained as well as the full one, and every update also trains the plain path.
+SHORT_PATHS_KEPT = ["--warmup-stop-prob", "0.3", "--train-alternatives", "plain"]
 TASKS: dict[str, TaskPlan] = {
     # The canonical demo: which layer helps depends on the question in the corner (main_models/data/grid_lookup.py).
-    # Warm-up paths stop early with probability 0.3 per step so that short paths (the plain one
-    # included) are trained as well as the full one, and every update also trains the plain path.
-    "grid-lookup": TaskPlan(
-        "grid-lookup",
-        lam=0.05,
-        second_lam=0.01,
-        lam_range=(0.001, 1.0),
-        lam_grid=LAM_GRID,
-        flags=["--warmup-stop-prob", "0.3", "--train-alternatives", "plain"],
-    ),
+    "grid-lookup": TaskPlan("grid-lookup", flags=SHORT_PATHS_KEPT),
     # Reachability through walls (main_models/data/grid_reach.py): how many layers, and which, a
     # route needs differs per input; the same warm-up and plain-path training as grid-lookup.
-    "grid-reach": TaskPlan(
-        "grid-reach",
-        lam=0.05,
-        second_lam=0.01,
-        lam_range=(0.001, 1.0),
-        lam_grid=LAM_GRID,
-        flags=["--warmup-stop-prob", "0.3", "--train-alternatives", "plain"],
-    ),
-    "digits": TaskPlan("digits", lam=0.005, second_lam=0.05, lam_range=(0.001, 1.0), lam_grid=LAM_GRID),
-    "parity": TaskPlan(
-        "parity",
-        lam=0.05,
-        second_lam=0.01,
-        lam_range=(0.001, 1.0),
-        lam_grid=LAM_GRID,
-        ceiling_train_limit=1000,
-        test_limit=500,
-        flags=["--train-alternatives", "plain"],
-    ),
-    "digits-graded": TaskPlan(
-        "digits-graded", lam=0.05, second_lam=0.01, lam_range=(0.001, 1.0), lam_grid=LAM_GRID, flags=["--train-alternatives", "plain"]
-    ),
+    "grid-reach": TaskPlan("grid-reach", flags=SHORT_PATHS_KEPT),
+    "digits": TaskPlan("digits", lam=0.005, second_lam=0.05),
+    "parity": TaskPlan("parity", ceiling_train_limit=1000, test_limit=500, flags=["--train-alternatives", "plain"]),
+    "digits-graded": TaskPlan("digits-graded", flags=["--train-alternatives", "plain"]),
 }
 MARKDOWN_TAUS = (0.6, 0.7, 0.8, 0.9, 0.99)
 """The confidence thresholds the Markdown tables show (the JSON holds the whole sweep)."""
