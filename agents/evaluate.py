@@ -5,6 +5,7 @@
     python agents/evaluate.py runs/<run-name> --json               # one JSON object
 
     python agents/evaluate.py runs/<run-name> --baselines          # against fixed paths, exit rules, ceiling
+    python agents/evaluate.py runs/<grid-run> --test-dataset-options size=10   # on another test set, no retraining
 
 Reports accuracy, compute as a fraction of "FPI on every layer", per-action frequency, mean
 episode length and, on datasets with known difficulty levels, compute per level. Writes
@@ -28,9 +29,9 @@ from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.compare import compare_to_baselines, comparison_table
 from agents.metrics import decisions_figure, layer_selection_figure, tradeoff_figure
 from agents.settings import ResolvedSettings, settings_from_json
-from dynalay_env import DynaLayEngine, build_engine, evaluate_policy
+from dynalay_env import DynaLayEngine, EnvConfig, evaluate_policy, make_engine
 from dynalay_env.evaluation import time_policy
-from main_models import add_runtime_flags, resolve_device, set_threads
+from main_models import DatasetSplits, add_runtime_flags, load_dataset, resolve_device, set_threads
 
 
 @dataclass
@@ -44,15 +45,22 @@ class LoadedRun:
     checkpoint: dict[str, Any]
 
 
-def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(run_dir: Path, device: str | torch.device = "cpu", data: DatasetSplits | None = None) -> LoadedRun:
     """Rebuild the run in ``run_dir`` from its checkpoint; refused with :class:`CheckpointError`
-    when the checkpoint is missing, corrupt or does not fit its own configuration."""
+    when the checkpoint is missing, corrupt or does not fit its own configuration.
+
+    ``data`` replaces the run's dataset (its test split is what an evaluation runs on), e.g. the
+    same task at another difficulty (:func:`load_test_data`). The main model is built for ``data``'s
+    input shape and given the trained weights, so a grid-LSTM trained on 6x6 grids runs on 8x8
+    ones and an FPI-LSTM trained on strings of 15 runs on 30: their weights do not depend on the
+    size, while their FLOPs (the cost model) and their solver's iteration cap do, and both follow
+    the new size. Data the weights do not fit (another vocabulary or class count) is refused."""
     dev = resolve_device(device)
     checkpoint = load_checkpoint(run_dir, map_location=dev)
     try:
         settings = settings_from_json(checkpoint["config"], ALGORITHMS)
         env = replace(settings.env, pretrain_epochs=0, cotrain=False)
-        engine = build_engine(settings.run.num_envs, device=dev, **asdict(env))
+        engine = make_engine(EnvConfig(**asdict(env)), settings.run.num_envs, device=dev, data=data)
         agent = make_agent(
             settings.run.algo,
             settings.agent,
@@ -64,9 +72,32 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> LoadedRun:
         )
         engine.load_state_dict(checkpoint["engine"])
     except (ValueError, TypeError) as err:
+        if data is not None:
+            raise CheckpointError(f"the run in {run_dir} does not fit the test data {data.name!r} ({data.meta}): {err}") from None
         raise CheckpointError(f"checkpoint in {run_dir} does not fit its own configuration: {err}") from None
     agent.load_state(checkpoint["agent"])
     return LoadedRun(settings, engine, agent, checkpoint)
+
+
+def load_test_data(dataset: str, options: dict[str, Any], data_dir: str | None = None) -> DatasetSplits:
+    """The run's dataset with loader ``options`` (e.g. ``{"size": 10}`` for grid-lookup, ``{"min_len":
+    16, "max_len": 30}`` for parity), from the same seed the run's own data comes from (0)."""
+    return load_dataset(dataset, data_dir, seed=0, **options)
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as loader options; a value is read as JSON where it parses (10, 0.5,
+    true, [1, 2]) and kept as a string otherwise."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"a dataset option is KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def evaluate_run(
@@ -79,8 +110,12 @@ def evaluate_run(
     ceiling_train_limit: int | None = 4000,
     baseline_test_limit: int | None = None,
     residual_rule: bool = False,
+    data: DatasetSplits | None = None,
 ) -> dict:
-    loaded = load_run(run_dir, device)
+    """Evaluate the run in ``run_dir`` at each of ``lams`` (default: its own lambda) on its test split,
+    or on ``data``'s (see :func:`load_run`), with no retraining; the module docstring says what it
+    reports."""
+    loaded = load_run(run_dir, device, data)
     settings, engine = loaded.settings, loaded.engine
     lams = list(lams) if lams else [settings.env.lam]
     if any(lam < 0 for lam in lams):
@@ -101,6 +136,7 @@ def evaluate_run(
         "algo": algo,
         "timesteps": timesteps,
         "dataset": settings.env.dataset,
+        **({"test_data": engine.splits.meta} if data is not None else {}),
         "trained_lam": settings.env.lam,
         "trained_lam_range": settings.env.lam_range,
         "results": results,
@@ -171,6 +207,8 @@ def _write_figures(run_dir: Path, results: list[dict], algo: str, step: int) -> 
 
 def _table(out: dict) -> str:
     lines = [f"{out['algo']} run {out['run_dir']} after {out['timesteps']} steps, dataset {out['dataset']}"]
+    if "test_data" in out:
+        lines.append(f"tested on: {out['test_data']}")
     lines.append(f"{'lambda':>8} | {'accuracy':>8} | {'compute':>8} | {'fraction':>8} | {'ep.len':>6} | actions (NOP, L1..)")
     for r in out["results"]:
         freq = " ".join(f"{v:.2f}" for v in r["action_frequency"])
@@ -224,9 +262,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="timed rollouts of the agent and of FPI on every layer; wall "
         "times are their median, 0 times nothing (benchmarks/inference_time.py measures wall time properly)",
     )
+    parser.add_argument(
+        "--test-dataset-options",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="evaluate on the run's dataset loaded with these options instead of its own test split, e.g. size=10 (grid-lookup) "
+        "or min_len=16 max_len=30 (parity): a harder test set, with no retraining",
+    )
     args = parser.parse_args(argv)
     try:
         set_threads(args.threads)
+        data = None
+        if args.test_dataset_options:
+            options = parse_options(args.test_dataset_options)
+            env = load_checkpoint(args.run_dir)["config"]["env"]
+            data = load_test_data(env["dataset"], options, env.get("data_dir"))
         out = evaluate_run(
             args.run_dir,
             args.lam,
@@ -237,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ceiling_train_limit=args.ceiling_train_limit,
             baseline_test_limit=args.baseline_test_limit,
             residual_rule=args.residual_rule,
+            data=data,
         )
     except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
