@@ -38,6 +38,7 @@ It prints the summary as Markdown tables (``--json``: the whole result as one li
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -290,14 +291,21 @@ def _policy_stats(rows: list[dict]) -> dict[str, Any]:
     return out
 
 
+def set_order(sets: dict[str, dict[str, Any]]) -> list[str]:
+    """The sets from easiest to hardest: the training range, then by input size (a bigger grid, a
+    longer string). Not their order in the file: result files are written with sorted keys."""
+    return sorted(sets, key=lambda n: (n != TRAIN_SET, math.prod(sets[n]["input_shape"]), n))
+
+
 def summarise(entries: list[dict]) -> dict[str, Any]:
     """Mean +- std over seeds per task and set, and the targets."""
     out: dict[str, Any] = {}
     for dataset, rows in harness.by_task(entries, "plan").items():
         t: dict[str, Any] = {"seeds": [r["seed"] for r in rows], "plan": rows[0]["plan"]}
         t["rule"] = [{"seed": r["seed"], **{k: r["rule"][k] for k in ("tau", "order", "reaches_fpi_all_accuracy")}} for r in rows]
+        t["set_order"] = set_order(rows[0]["sets"])
         t["sets"] = {}
-        for name in rows[0]["sets"]:
+        for name in t["set_order"]:
             per = [r["sets"][name] for r in rows]
             t["sets"][name] = {
                 "options": per[0]["options"],
@@ -306,8 +314,8 @@ def summarise(entries: list[dict]) -> dict[str, Any]:
                 **{p: _policy_stats([s[p] for s in per]) for p in POLICIES},
                 "rule_accuracy_at_agent_compute": harness.mean_std([s["rule_accuracy_at_agent_compute"] for s in per]),
             }
-        t["per_seed_targets"] = [{"seed": r["seed"], **targets(r["sets"])} for r in rows]
-        t["targets"] = targets({name: _means(s) for name, s in t["sets"].items()})
+        t["per_seed_targets"] = [{"seed": r["seed"], **targets({n: r["sets"][n] for n in t["set_order"]})} for r in rows]
+        t["targets"] = targets({name: _means(t["sets"][name]) for name in t["set_order"]})
         out[dataset] = t
     return out
 
@@ -321,9 +329,11 @@ def _means(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets on one seed's sets (or on the means), the training range first:
+    """The issue's targets on one seed's sets (or on the means), in :func:`set_order`:
 
-    * the agent's compute, in plain passes of each set's inputs, rises from set to set;
+    * the agent's compute, in plain passes of each set's inputs, rises from set to set (and, apart,
+      whether the FPI steps it chooses per input do: the solver alone makes compute rise, since a
+      solve on a bigger input takes more iterations);
     * on each harder set, the agent's accuracy is within 2 points of FPI on every layer's there;
     * on each harder set it beats the tuned rule: more accurate than the rule's tau curve at the
       agent's compute (None where the curve does not reach down to it), and, apart, more accurate
@@ -332,7 +342,12 @@ def targets(sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
     names = list(sets)
     home, harder = sets[names[0]], names[1:]
     computes = [sets[n]["agent"]["compute"] for n in names]
-    out: dict[str, Any] = {"agent_compute_rises": all(b > a for a, b in zip(computes, computes[1:]))}
+    steps = [sets[n]["agent"]["fpi_steps"] for n in names]
+    out: dict[str, Any] = {
+        "agent_compute_rises": all(b > a for a, b in zip(computes, computes[1:])),
+        # apart from the solver: a solve of a bigger input takes more iterations whatever the agent chose
+        "agent_fpi_steps_rise": all(b > a for a, b in zip(steps, steps[1:])),
+    }
     for n in harder:
         s = sets[n]
         agent, rule, fpi = s["agent"], s["rule"], s["fpi_all"]
@@ -371,7 +386,8 @@ def markdown(summary: dict) -> str:
         taus = ", ".join(f"τ {r['tau']:g} order {','.join(map(str, r['order']))}" for r in t["rule"])
         lines += [f"#### {task}: trained on {t['plan']['train_range']} (seeds {', '.join(map(str, t['seeds']))})", ""]
         lines += [f"Tuned rule per seed: {taus}.", ""]
-        for name, s in t["sets"].items():
+        for name in t["set_order"]:
+            s = t["sets"][name]
             shape = "x".join(map(str, s["input_shape"]))
             lines += [f"**{name}** (inputs {shape}, {s['num_samples']} test samples)", ""]
             rows = [

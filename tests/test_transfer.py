@@ -147,9 +147,9 @@ def test_tune_rule_takes_the_cheapest_point_as_accurate_as_fpi_all_or_else_the_m
     assert transfer.tune_rule(curve[:2], 1.0) == {"tau": 0.9, "order": [1, 2, 3], "reaches_fpi_all_accuracy": False}
 
 
-def _set(agent: tuple[float, float, float], rule: tuple[float, float], fpi: float, at: float | None) -> dict:
+def _set(agent: tuple[float, float, float], rule: tuple[float, float], fpi: float, at: float | None, steps: float = 0.4) -> dict:
     return {
-        "agent": {"accuracy": agent[0], "compute": agent[1], "compute_fraction": agent[2]},
+        "agent": {"accuracy": agent[0], "compute": agent[1], "compute_fraction": agent[2], "fpi_steps": steps},
         "rule": {"accuracy": rule[0], "compute_fraction": rule[1]},
         "fpi_all": {"accuracy": fpi},
         "rule_accuracy_at_agent_compute": at,
@@ -163,13 +163,19 @@ def test_targets_read_each_harder_set_against_the_training_range():
         "10x10": _set((0.90, 3.0, 0.25), (0.93, 0.20), 0.95, None),
     }
     t = transfer.targets(sets)
-    assert t["agent_compute_rises"] is True
+    assert t["agent_compute_rises"] is True and t["agent_fpi_steps_rise"] is False  # the solver's doing, not the agent's
     assert t["8x8"]["agent_within_2_points_of_fpi_all"] and t["8x8"]["agent_above_rule_curve_at_its_compute"]
     assert t["8x8"]["agent_dominates_tuned_rule"] and t["8x8"]["fpi_all_accuracy_drop"] == pytest.approx(0.01)
     assert not t["10x10"]["agent_within_2_points_of_fpi_all"] and t["10x10"]["agent_above_rule_curve_at_its_compute"] is None
     assert not t["10x10"]["agent_dominates_tuned_rule"] and t["10x10"]["agent_compute_ratio_to_train_range"] == pytest.approx(1.5)
     sets["10x10"]["agent"]["compute"] = 2.4
     assert transfer.targets(sets)["agent_compute_rises"] is False
+
+
+def test_sets_run_from_the_training_range_to_the_biggest_inputs_whatever_the_file_order():
+    sets = {name: {"input_shape": shape} for name, shape in [("10x10", [10, 10]), ("8x8", [8, 8]), ("train range", [6, 6])]}
+    assert transfer.set_order(sets) == ["train range", "8x8", "10x10"]
+    assert transfer.set_order({"lengths 16-30": {"input_shape": [30]}, "train range": {"input_shape": [15]}})[0] == "train range"
 
 
 def test_level_names_say_what_each_level_holds():
@@ -188,8 +194,8 @@ def test_transfer_quick(tmp_path):
     )
     assert out["benchmark"] == "transfer" and (tmp_path / "transfer.json").stat().st_size > 0
     entry = out["per_seed"][0]
-    assert list(entry["sets"]) == ["train range", "8x8", "10x10"]
-    assert [s["input_shape"] for s in entry["sets"].values()] == [[6, 6], [8, 8], [10, 10]]
+    assert transfer.set_order(entry["sets"]) == ["train range", "8x8", "10x10"]
+    assert [entry["sets"][n]["input_shape"] for n in ("train range", "8x8", "10x10")] == [[6, 6], [8, 8], [10, 10]]
     for s in entry["sets"].values():
         assert s["num_samples"] == transfer.QUICK_LIMIT
         assert s["fpi_all"]["compute_fraction"] == pytest.approx(1.0) and s["plain"]["compute"] == pytest.approx(1.0)
@@ -197,11 +203,11 @@ def test_transfer_quick(tmp_path):
             assert sum(s[policy]["action_frequency"]) == pytest.approx(1.0)
             assert sum(level["count"] for level in s[policy]["per_level"].values()) == transfer.QUICK_LIMIT
     # FPI on every layer costs more plain passes on bigger grids: its solves need more iterations
-    fpi = [s["fpi_all"]["compute"] for s in entry["sets"].values()]
+    fpi = [entry["sets"][n]["fpi_all"]["compute"] for n in ("train range", "8x8", "10x10")]
     assert fpi[0] < fpi[1] < fpi[2]
     assert entry["rule"]["order"] and 0 <= entry["rule"]["tau"] <= 1
     t = out["summary"]["grid-lookup"]
-    assert set(t["targets"]) == {"agent_compute_rises", "8x8", "10x10"}
+    assert set(t["targets"]) == {"agent_compute_rises", "agent_fpi_steps_rise", "8x8", "10x10"}
     assert math.isclose(t["sets"]["8x8"]["agent"]["accuracy"]["mean"], entry["sets"]["8x8"]["agent"]["accuracy"])
     again = run_script("benchmarks/transfer.py", "--quick", "--tasks", "grid-lookup", "--seeds", "0", "--out-dir", tmp_path, timeout=600)
     assert again.returncode == 0 and "already in" in again.stderr and "#### grid-lookup: trained on 6x6 grids" in again.stdout
