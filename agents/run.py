@@ -81,6 +81,10 @@ class RunDirectory:
                 raise SystemExit(f"error: run directory {path} is in use by another running process") from None
         return handle
 
+    def release(self) -> None:
+        """Give the directory up (its lock); a training entry point does so when it returns or fails."""
+        self._lock.close()
+
 
 class TrainingRun:
     """Logs, evaluates and checkpoints one run; an algorithm's loop calls it as its :class:`Hooks`."""

@@ -31,6 +31,15 @@ from main_models import resolve_device, set_threads, write_json
 
 
 def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None) -> dict:
+    held: list[RunDirectory] = []  # the run directory, locked from its claim until the run returns or fails
+    try:
+        return _train(argv, forced, held)
+    finally:
+        for directory in held:
+            directory.release()
+
+
+def _train(argv: Sequence[str] | None, forced: dict[str, Any] | None, held: list[RunDirectory]) -> dict:
     # 1. settings: defaults < resumed config < YAML < flags
     settings = resolve(argv, ALGORITHMS, forced, description=__doc__.splitlines()[0])
     run, env = settings.run, settings.env
@@ -50,7 +59,8 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     # 2. the run directory: a resumed run is locked before its checkpoint is read
     checkpoint = None
     if settings.resume is not None:
-        run_dir = RunDirectory.claim(settings.resume, "resume").path
+        held.append(RunDirectory.claim(settings.resume, "resume"))
+        run_dir = held[-1].path
         try:
             checkpoint = load_checkpoint(run_dir, map_location=device)
         except CheckpointError as err:
@@ -80,7 +90,7 @@ def main(argv: Sequence[str] | None = None, forced: dict[str, Any] | None = None
     # 4. a new run claims its directory only now that its configuration is known to be valid; it warms
     #    up the main model (checkpointing every epoch), and a resumed run restores both models
     if checkpoint is None:
-        RunDirectory.claim(run_dir, "overwrite" if settings.overwrite else "new")
+        held.append(RunDirectory.claim(run_dir, "overwrite" if settings.overwrite else "new"))
     write_json(run_dir / "config.json", {**settings.to_json(), "effective_agent": agent.effective_settings()})
     warm_start = None
     if checkpoint is None or checkpoint["phase"] == "warmup":

@@ -139,13 +139,16 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
+    held: list[RunDirectory] = []  # rank 0's run directory, locked from its claim until the run returns or fails
     try:
-        return _train(settings, device)
+        return _train(settings, device, held)
     finally:
+        for directory in held:
+            directory.release()
         dist.destroy_process_group()
 
 
-def _train(settings: Any, device: torch.device) -> dict | None:
+def _train(settings: Any, device: torch.device, held: list[RunDirectory]) -> dict | None:
     run, env = settings.run, settings.env
     rank, world = dist.get_rank(), dist.get_world_size()
     if run.num_envs % world or run.num_envs < world:
@@ -168,7 +171,7 @@ def _train(settings: Any, device: torch.device) -> dict | None:
     claimed, message = True, ""
     if rank == 0:
         try:
-            RunDirectory.claim(run_dir, "overwrite" if settings.overwrite else "new")
+            held.append(RunDirectory.claim(run_dir, "overwrite" if settings.overwrite else "new"))
             write_json(run_dir / "config.json", {**settings.to_json(), "world_size": world, "backend": dist.get_backend()})
         except SystemExit as err:
             claimed, message = False, str(err)

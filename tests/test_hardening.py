@@ -149,6 +149,30 @@ def test_two_runs_started_with_one_name_cannot_both_win(tmp_path):
     assert json.loads((tmp_path / "same" / "eval.json").read_text())["timesteps"] >= 64
 
 
+def test_a_training_run_holds_its_directory_until_it_ends(tmp_path):
+    """While a run trains, an --overwrite (or --resume) of its directory is refused and its files stay;
+    once it has ended, the directory can be taken again."""
+    base = [sys.executable, str(ROOT / "agents" / "train.py"), *TINY, "--pretrain-epochs", "0", "--logdir", str(tmp_path)]
+    first = subprocess.Popen([*base, "--run-name", "r", "--total-timesteps", "1000000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "r" / "config.json").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None and (tmp_path / "r" / "config.json").exists(), (
+            first.stderr.read().decode()[-800:] if first.poll() else ""
+        )
+        for flag in (["--run-name", "r", "--overwrite"], ["--resume", str(tmp_path / "r")]):
+            again = subprocess.run([*base, *flag], capture_output=True, text=True, timeout=300)
+            assert again.returncode == 1 and "is in use by another running process" in again.stderr, again.stderr[-800:]
+        assert (tmp_path / "r" / "config.json").exists()
+    finally:
+        first.kill()
+        first.wait()
+    # in this process too, a finished main() has let its directory go
+    train.main([*TINY, "--total-timesteps", "16", "--pretrain-epochs", "0", "--logdir", str(tmp_path), "--run-name", "r", "--overwrite"])
+    RunDirectory.claim(tmp_path / "r", "overwrite").release()
+
+
 def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path):
     run = tmp_path / "w"
     argv = [
