@@ -1,5 +1,5 @@
 """Harder than training: an agent, its co-trained main model and a tuned confidence rule, fitted on one
-difficulty range and evaluated on a harder one with no retraining (issue 18).
+difficulty range and evaluated on a harder one with no retraining.
 
 For each task and seed it trains one PPO run with agents/train.py on the training range (the task's
 usual flags), then, on the same frozen weights:
@@ -60,7 +60,7 @@ from main_models.data.grid_lookup import GRID_KINDS
 TRAIN_SET = "train range"
 """The name of the training range's own test split among each seed's sets."""
 WITHIN = 0.02
-"""The issue's bar: the agent within 2 points of FPI on every layer on each harder set."""
+"""The bar: the agent within 2 points of FPI on every layer on each harder set."""
 
 
 @dataclass
@@ -329,7 +329,7 @@ def _means(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets on one seed's sets (or on the means), in :func:`set_order`:
+    """The targets on one seed's sets (or on the means), in :func:`set_order`:
 
     * the agent's compute, in plain passes of each set's inputs, rises from set to set (and, apart,
       whether the FPI steps it chooses per input do: the solver alone makes compute rise, since a

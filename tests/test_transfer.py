@@ -1,4 +1,4 @@
-"""Harder than training (issue 18): a run trained on one size or length evaluated on another with no
+"""Harder than training: a run trained on one size or length evaluated on another with no
 retraining (agents.evaluate.load_run(data=...)), parity's length range, and benchmarks/transfer.py."""
 
 from __future__ import annotations
