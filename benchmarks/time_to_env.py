@@ -3,10 +3,17 @@
 Each gym.make is timed in a fresh Python process (the way a user meets it), with the warm-up cache in
 a new directory: the first call warms the main model up and stores it, the second loads it. Import
 time is reported apart. The cnn's warm-up epoch is timed on a generated file of 28x28 grey images in
-the real .npz format (the label is the quadrant that holds a bright square, under noise).
+the real .npz format (the label is the quadrant that holds a bright square, under noise), in CPU
+seconds (what the epoch itself costs, whatever else runs on the machine) and wall seconds.
+
+``--grads implicit phantom`` times the epoch with each training gradient, and ``--accuracy-seeds N``
+trains the cnn for 10 epochs with each of them on the bundled digits as 1x8x8 images (an image task
+that file's easy quadrants cannot tell apart) and reports every fixed path's test accuracy, seed by
+seed: what the cheaper gradient costs in accuracy.
 
     python benchmarks/time_to_env.py --json > benchmarks/results/time_to_env.json
     python benchmarks/time_to_env.py --quick          # digits and 1,000 images only
+    python benchmarks/time_to_env.py --skip-make --grads implicit phantom --accuracy-seeds 5 --json
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from pathlib import Path
 
 import harness
 import numpy as np
+from solver import digits_as_images
 
-from main_models import set_threads
+from main_models import TRAINING_GRADS, DatasetSplits, evaluate_fixed_path, load_dataset, set_threads
+from main_models.fpi import GRAD_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
@@ -59,37 +68,73 @@ def make_twice(settings: dict, cache: Path, threads: int) -> dict:
     return {"settings": settings, "first": runs[0], "second": runs[1]}
 
 
-def cnn_epoch_seconds(data: Path, epochs: int, seed: int = 0) -> dict:
-    """Seconds per warm-up epoch of the default cnn on ``data`` (the warm-up gym.make runs)."""
+def cnn_epoch_seconds(data: Path | DatasetSplits, epochs: int, seed: int = 0, grad: str | None = None) -> dict:
+    """Seconds per warm-up epoch of the cnn on ``data`` (the warm-up gym.make runs), with its default
+    training gradient or ``grad``; and every fixed path's test accuracy after them."""
     from dynalay_env import EnvConfig, make_engine, make_trainer
 
-    config = EnvConfig(str(data), pretrain_epochs=0, warmup_cache="off", seed=seed)
-    engine = make_engine(config)
+    name = data.name if isinstance(data, DatasetSplits) else str(data)
+    config = EnvConfig(name, pretrain_epochs=0, warmup_cache="off", seed=seed, main_grad=grad)
+    engine = make_engine(config, data=data if isinstance(data, DatasetSplits) else None)
     trainer = make_trainer(config, engine.model, engine.splits, max_steps=engine.max_steps)
-    start = time.perf_counter()
+    cpu, wall = time.process_time(), time.perf_counter()
     losses = trainer.warm_up(epochs, max_steps=engine.max_steps, stop_prob=config.warmup_stop_prob, seed=seed)
-    seconds = time.perf_counter() - start
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    s, layers = engine.splits, engine.model.num_layers
+    paths = {"plain": [], **{f"L{i}": [i] for i in range(1, layers + 1)}, "FPI on every layer": list(range(1, layers + 1))}
+    accuracy = {k: float(evaluate_fixed_path(engine.model, s.x_test, s.y_test, p)["correct"].float().mean()) for k, p in paths.items()}
     return {
         "train_samples": int(engine.splits.y_train.shape[0]),
         "epochs": epochs,
-        "seconds_per_epoch": seconds / epochs,
+        "grad": grad or TRAINING_GRADS[engine.model_name],
+        "seconds_per_epoch": wall / epochs,
+        "cpu_seconds_per_epoch": cpu / epochs,
         "losses": losses,
+        "test_accuracy": accuracy,
         "model": engine.model_name,
     }
 
 
+def grad_accuracy(grads: list[str], seeds: int, epochs: int, quick: bool = False) -> dict:
+    """The cnn trained ``epochs`` warm-up epochs with each gradient on the digits as images, per seed
+    (``quick``: on 200 of them, tested on 100)."""
+    digits = digits_as_images(load_dataset("digits", None, seed=0))
+    if quick:
+        digits = digits.head(200, 100)
+    runs = {g: [cnn_epoch_seconds(digits, epochs, seed, g) for seed in range(seeds)] for g in grads}
+    return {
+        grad: {
+            "per_seed": [r["test_accuracy"] for r in rows],
+            "fpi_all_accuracy": harness.mean_std([r["test_accuracy"]["FPI on every layer"] for r in rows]),
+            "cpu_seconds_per_epoch": harness.mean_std([r["cpu_seconds_per_epoch"] for r in rows]),
+        }
+        for grad, rows in runs.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = harness.parser(__doc__, quick="digits and 1,000 images only")
+    parser = harness.parser(__doc__, quick="digits and at most 1,000 images only, one epoch in the accuracy comparison")
     parser.add_argument("--images", type=int, default=5000, help="images in the generated file (80%% train)")
     parser.add_argument("--epochs", type=int, default=1, help="cnn warm-up epochs to time")
     parser.add_argument("--skip-make", action="store_true", help="time only the cnn's warm-up epoch")
+    parser.add_argument(
+        "--grads", nargs="+", choices=GRAD_MODES, help="time the cnn's epoch with each of these training gradients (default: its own)"
+    )
+    parser.add_argument("--accuracy-seeds", type=int, default=0, help="seeds of the gradients' accuracy comparison on digits as images")
     args = parser.parse_args(argv)
+    if args.accuracy_seeds < 0 or args.epochs < 1 or args.images < 10:
+        parser.error("--accuracy-seeds must be >= 0, --epochs >= 1 and --images >= 10")
     set_threads(args.threads)
     threads = args.threads
-    images = 1000 if args.quick else args.images
+    images = min(args.images, 1000) if args.quick else args.images
     with tempfile.TemporaryDirectory() as tmp:
         data = write_images(Path(tmp) / "images.npz", images)
-        result: dict = {"cnn_warmup": cnn_epoch_seconds(data, args.epochs), "threads": threads}
+        grads = args.grads or [None]
+        result: dict = {"cnn_warmup": [cnn_epoch_seconds(data, args.epochs, grad=g) for g in grads], "threads": threads}
+        if args.accuracy_seeds:
+            result["cnn_grad_accuracy"] = grad_accuracy(
+                args.grads or ["implicit", "phantom"], args.accuracy_seeds, 1 if args.quick else 10, args.quick
+            )
         if not args.skip_make:
             tasks = (
                 {"digits": {"dataset": "digits"}}
@@ -103,8 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _text(result: dict) -> list[str]:
-    cnn = result["cnn_warmup"]
-    lines = [f"cnn warm-up on {cnn['train_samples']} train images: {cnn['seconds_per_epoch']:.1f} s per epoch"]
+    lines = [
+        f"cnn warm-up on {cnn['train_samples']} train images, {cnn['grad']} gradient: {cnn['cpu_seconds_per_epoch']:.1f} CPU s "
+        f"({cnn['seconds_per_epoch']:.1f} s wall) per epoch"
+        for cnn in result["cnn_warmup"]
+    ]
+    for grad, row in result.get("cnn_grad_accuracy", {}).items():
+        acc = row["fpi_all_accuracy"]
+        lines.append(f"cnn on digits as images, {grad}: FPI on every layer {acc['mean']:.4f} ± {acc['std']:.4f} over {acc['n']} seeds")
     for name, row in result.get("gym_make", {}).items():
         lines.append(
             f"gym.make {name}: first {row['first']['make_seconds']:.2f} s, second {row['second']['make_seconds']:.2f} s "

@@ -27,14 +27,14 @@ _BUILT_IN: tuple[str, ...] = tuple(MAIN_MODELS)
 _DEFAULT_FOR_KIND: dict[str, str] = {kind: model for model, kind in MAIN_MODELS.items()}
 
 
-TRAINING_GRADS: dict[str, str] = {"mlp": "phantom", "cnn": "implicit", "lstm": "exact", "grid-lstm": "exact"}
+TRAINING_GRADS: dict[str, str] = {"mlp": "phantom", "cnn": "phantom", "lstm": "exact", "grid-lstm": "exact"}
 """The gradient through each fixed point that the environment's warm-up and co-training use by
-default, per main model. The phantom step halves an update's time on the mlp at the same final
-accuracy (benchmarks/README.md, "Training throughput"). The Jacobi LSTMs keep the implicit gradient:
-one phantom step backpropagates through a single time step of the recurrence, and on the
-canonical grid-lookup demo it cost 2.5 points of FPI-on-every-layer accuracy (0.9735 vs 0.9985)
-and 4.4 of the agent's (0.9545 vs 0.9980). The cnn keeps it until measured. A registered model
-has the ``training_grad`` it was registered with."""
+default, per main model (``main_grad=`` / ``--main-grad`` overrides it). The phantom step (no
+adjoint solve) halves an update's time on the mlp and the cnn, at an accuracy within the seeds'
+spread of the implicit gradient's. The Jacobi LSTMs backpropagate through their scan instead: one
+phantom step reaches a single time step of the recurrence, and costs them accuracy. Measurements:
+benchmarks/README.md, "Training throughput" and "Time to an environment". A registered model has the
+``training_grad`` it was registered with."""
 
 _REGISTERED: dict[str, Callable[..., FPINetwork]] = {}
 """The builders of the models added by :func:`register_model`."""

@@ -375,3 +375,30 @@ def test_agent_vs_rule_quick(tmp_path):
     assert Path(out["figures"][0]).is_file()
     # a second call finds every run and comparison in place and only aggregates
     assert script_json("benchmarks/agent_vs_rule.py", *argv, timeout=300)["grid_lookup"] == out["grid_lookup"]
+
+
+@slow
+def test_time_to_env_times_each_training_gradient_and_compares_their_accuracy():
+    out = script_json(
+        "benchmarks/time_to_env.py",
+        "--quick",
+        "--skip-make",
+        "--images",
+        "100",
+        "--grads",
+        "implicit",
+        "phantom",
+        "--accuracy-seeds",
+        "1",
+        "--json",
+    )
+    assert [row["grad"] for row in out["cnn_warmup"]] == ["implicit", "phantom"] and "gym_make" not in out
+    for row in out["cnn_warmup"]:
+        assert row["train_samples"] == 80 and row["model"] == "cnn" and row["cpu_seconds_per_epoch"] > 0
+        assert set(row["test_accuracy"]) == {"plain", "L1", "L2", "L3", "FPI on every layer"}
+    implicit, phantom = out["cnn_warmup"]
+    assert implicit["losses"] != phantom["losses"]  # the two gradients train different models from one seed
+    for grad in ("implicit", "phantom"):
+        accuracy = out["cnn_grad_accuracy"][grad]
+        assert accuracy["fpi_all_accuracy"]["n"] == 1
+        assert accuracy["fpi_all_accuracy"]["mean"] == accuracy["per_seed"][0]["FPI on every layer"]
