@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from main_models import add_runtime_flags
+from main_models import add_runtime_flags, set_threads
 
 COMPUTE_LABEL = "compute (fraction of FPI on every layer)"
 
@@ -34,6 +34,25 @@ def parser(doc: str, *, quick: str | None = None, device: str | None = None) -> 
         parser.add_argument("--quick", action="store_true", help=quick)
     add_runtime_flags(parser, device=device)
     return parser
+
+
+def seeds_parser(doc: str, *, quick: str, tasks: Iterable[str], default_tasks: Sequence[str], out_dir: str) -> argparse.ArgumentParser:
+    """:func:`parser` for a benchmark run per task and seed, resumable and mergeable: ``--tasks``,
+    ``--seeds``, ``--merge`` (summarise earlier result files instead of running) and ``--out-dir``."""
+    parsed = parser(doc, quick=quick)
+    parsed.add_argument("--tasks", nargs="+", choices=sorted(tasks), default=list(default_tasks), help="tasks to run")
+    parsed.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parsed.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="summarise earlier result files instead of running")
+    parsed.add_argument("--out-dir", type=Path, default=Path(out_dir))
+    return parsed
+
+
+def parse_seeds_args(parsed: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse a :func:`seeds_parser`'s flags, set the torch threads and make the output directory."""
+    args = parsed.parse_args(argv)
+    set_threads(args.threads)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def show(result: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], Iterable[str]]) -> dict[str, Any]:

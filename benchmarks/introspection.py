@@ -35,7 +35,7 @@ import numpy as np
 from agents import train
 from agents.compare import TOLERANCE, decision_targets
 from agents.evaluate import evaluate_run
-from main_models import set_threads, write_json
+from main_models import write_json
 
 LAM_GRID = [0.001, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0]
 
@@ -80,29 +80,9 @@ QUICK = dict(budget=512, flags=["--pretrain-epochs", "1", "--n-steps", "32", "--
 
 
 def _train(plan: TaskPlan, seed: int, run_dir: Path, *, lam: float, lam_range: tuple[float, float] | None = None) -> dict:
-    argv = [
-        "--algo",
-        "ppo",
-        "--dataset",
-        plan.dataset,
-        "--seed",
-        str(seed),
-        "--total-timesteps",
-        str(plan.budget),
-        "--lam",
-        str(lam),
-        "--logdir",
-        str(run_dir.parent),
-        "--run-name",
-        run_dir.name,
-        "--no-progress",
-        "--overwrite",
-        "--checkpoint-freq",
-        "0",
-        "--warmup-cache",
-        str(run_dir.parent / "warmup"),
-        *plan.flags,
-    ]
+    argv = ["--algo", "ppo", "--dataset", plan.dataset, "--seed", str(seed), "--total-timesteps", str(plan.budget), "--lam", str(lam)]
+    argv += ["--logdir", str(run_dir.parent), "--run-name", run_dir.name, "--no-progress", "--overwrite", "--checkpoint-freq", "0"]
+    argv += ["--warmup-cache", str(run_dir.parent / "warmup"), *plan.flags]
     if lam_range is not None:
         argv += ["--lam-range", f"{lam_range[0]},{lam_range[1]}", "--lam-dist", "log-uniform"]
     return train.main(argv)
@@ -370,15 +350,10 @@ def _write(result: dict, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = harness.parser(__doc__, quick="tiny budgets and 1 warm-up epoch (a smoke test, not a measurement)")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["grid-lookup", "digits"], help="tasks to run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    quick = "tiny budgets and 1 warm-up epoch (a smoke test, not a measurement)"
+    parser = harness.seeds_parser(__doc__, quick=quick, tasks=TASKS, default_tasks=["grid-lookup", "digits"], out_dir="runs/introspection")
     parser.add_argument("--budget", type=int, help="override every agent's environment-step budget")
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="summarise earlier result files instead of running")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/introspection"))
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    args = harness.parse_seeds_args(parser, argv)
     jobs = []
     for task in [] if args.merge else args.tasks:
         plan = replace(TASKS[task], **(QUICK if args.quick else {}))

@@ -54,7 +54,7 @@ from agents.evaluate import LoadedRun, load_run, load_test_data
 from dynalay_env import EvalReport, evaluate_policy
 from dynalay_env.baselines import accuracy_at_compute, confidence_threshold, rule_orders, sweep
 from dynalay_env.engine import ObservationLayout
-from main_models import set_threads, write_json
+from main_models import write_json
 from main_models.data.grid_lookup import GRID_KINDS
 
 TRAIN_SET = "train range"
@@ -457,14 +457,9 @@ def _targets_text(targets: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = harness.parser(__doc__, quick="a tiny run, 96 test samples per set (a smoke test, not a measurement)")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["grid-lookup", "parity"], help="tasks to run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="summarise earlier result files instead of running")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/transfer"))
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    quick = "a tiny run, 96 test samples per set (a smoke test, not a measurement)"
+    parser = harness.seeds_parser(__doc__, quick=quick, tasks=TASKS, default_tasks=["grid-lookup", "parity"], out_dir="runs/transfer")
+    args = harness.parse_seeds_args(parser, argv)
     jobs = []
     for task in [] if args.merge else args.tasks:
         plan = TASKS[task]
