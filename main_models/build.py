@@ -57,7 +57,8 @@ MODEL_API: dict[str, dict[str, str]] = {
         "straightforward": "straightforward(x) -> PathState: the plain pass",
         "fpi_step": "fpi_step(state, choice) -> (state, iterations): FPI on each row's chosen layer, then the layers above once",
         "readout": "readout(state) -> logits",
-        "run_paths": "run_paths(x, paths) -> (logits, iterations): replay action paths with autograd (co-training)",
+        "run_paths": "run_paths(x, paths, start=None) -> (logits, iterations): replay action paths with autograd (co-training), "
+        "from the plain pass start when it is given",
         "rollout_weights": "rollout_weights(): a context manager for graph-free rollouts",
         "configure_solver": "configure_solver(solver, grad=...): how the layers solve and differentiate",
     },
@@ -193,6 +194,15 @@ def _check_built(name: str, network: Any, splits: DatasetSplits) -> None:
             f"model {name!r}: its builder returned a {made}, not a torch.nn.Module (the environment moves it to "
             f"its device, trains it and saves its state_dict); {_HOW_TO}"
         )
+    _check_callable(
+        network.run_paths,
+        f"model {name!r}'s run_paths",
+        "run_paths(x, paths, start=state)",
+        "co-training replays the paths from a plain pass it has computed once (see MODEL_API)",
+        None,
+        None,
+        start=None,
+    )
     layers = network.num_layers
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise ValueError(

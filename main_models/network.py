@@ -278,14 +278,16 @@ class FPINetwork(nn.Module):
             downstream |= choice == j + 1
         return PathState(state.u, z), iterations
 
-    def run_paths(self, x: Tensor, paths: Tensor, *, per_step: bool = False) -> tuple[Tensor, Tensor]:
+    def run_paths(self, x: Tensor, paths: Tensor, *, per_step: bool = False, start: PathState | None = None) -> tuple[Tensor, Tensor]:
         """Logits after following each row's action path. ``paths`` is (B, T) of 0..L, 0-padded.
 
         This is how a fixed path (Model 0-3) or an agent's recorded path is replayed with autograd
         for training. Returns logits and the total FPI iterations of each row, or with
         ``per_step`` the iterations of every step, (B, T), as :meth:`path_flops` takes them.
+        ``start``: ``straightforward(x)`` when the caller has it already (a training step that
+        also trains the plain path computes it once); the steps leave it intact under autograd.
         """
-        state = self.straightforward(x)
+        state = self.straightforward(x) if start is None else start
         step_iterations = torch.zeros(paths.shape, dtype=torch.long, device=x.device)
         for t in range(paths.shape[1]):
             if not bool((paths[:, t] > 0).any()):

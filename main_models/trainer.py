@@ -159,15 +159,15 @@ class MainModelTrainer:
         """Cross-entropy of samples ``index`` along ``paths``, averaged with the alternatives' (see
         the class); ``reduction="sum"`` sums over the samples instead of averaging."""
         x, y = self.x[index], self.y[index]
-        logits, _ = self.model.run_paths(x, paths)
+        plain = self.model.straightforward(x)  # every path starts from it: computed once for all of them
+        logits, _ = self.model.run_paths(x, paths, start=plain)
         loss = F.cross_entropy(logits, y, reduction=reduction)
         for name in self.alternatives:
             if name == "plain":
-                alt = self.model.readout(self.model.straightforward(x))
+                alt = self.model.readout(plain)
             else:
-                alt, _ = self.model.run_paths(
-                    x, random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(index.numel(), self.generator)
-                )
+                random = random_paths(self.max_steps, self.model.num_layers, 0.0, self.device)(index.numel(), self.generator)
+                alt, _ = self.model.run_paths(x, random, start=plain)
             loss = loss + F.cross_entropy(alt, y, reduction=reduction)
         return loss / (1 + len(self.alternatives))
 

@@ -161,6 +161,17 @@ def test_a_model_without_flops_or_activations_is_refused_saying_what_to_add():
     with pytest.raises(ValueError, match=r"'wrong-head'.*\(2, 5\).*2 classes"):
         build_main_model(load_dataset("tiny"), model="wrong-head")
 
+    class OldReplay(FPINetwork):  # a model of its own whose path replay cannot start from a given plain pass
+        def run_paths(self, x: torch.Tensor, paths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return super().run_paths(x, paths)
+
+    layers = [FPILayer(ContractiveTanhBlock(8, 8))]
+    register_model(
+        "old-replay", lambda s: OldReplay(nn.Linear(6, 8), layers, nn.Linear(8, 2), stem_flops=96, head_flops=32), input_kind="flat"
+    )
+    with pytest.raises(TypeError, match=r"'old-replay'.*run_paths.*start=.*plain pass"):
+        build_main_model(load_dataset("tiny"), model="old-replay")
+
     register_model("exact-tanh", _tiny_builder, input_kind="flat", training_grad="exact")
     with pytest.raises(ValueError, match="registered with training_grad 'exact'.*exact_fixed_point"):
         build_main_model(load_dataset("tiny"), model="exact-tanh")
