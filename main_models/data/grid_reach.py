@@ -19,6 +19,13 @@ of the shortest such path, which decides which layers must be solved:
 * 4 ``column-row``: down, then right along the last row (L2 then L3);
 * 5 ``row-column-row``: right, down, right (L1, L2 and L3).
 
+Those are the layers that carry each shape cell by cell. Measured on trained models
+(benchmarks/README.md, "A second task family: grid-reach"), the single-run kinds behave so (a row
+layer answers row routes, not column ones; L2 the reverse), but L2 then L3 also answers most
+composite routes (kinds 3-5) nearly as well as FPI on every layer, presumably because on a 6 x 6
+grid a column's LSTM state holds enough of that column for the row layer after it to line the
+columns up.
+
 How a sample is built (kind k, label y): walls are drawn independently with ``wall_prob``, the
 route's cells are opened, and one route cell, the *cut*, is chosen strictly between S and T and,
 for kinds 1-5, outside the 3 x 3 bottom-right corner (so that neither the plain pass nor the
