@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .splits import DatasetSplits
+from .splits import DatasetSplits, apportion, generated_splits, parse_mix
 
 GRID_KINDS: tuple[str, ...] = ("local", "row", "column", "grid")
 """Query kinds by difficulty level."""
@@ -95,19 +95,6 @@ def grid_regions(size: tuple[int, int], *, guard: bool = True) -> dict[str, np.n
     }
 
 
-def _apportion(num: int, mix: Sequence[float]) -> np.ndarray:
-    """Exact counts per kind summing to ``num``, proportional to ``mix`` (largest remainder)."""
-    p = np.asarray(mix, dtype=np.float64)
-    if p.shape != (len(GRID_KINDS),) or (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"mix must be {len(GRID_KINDS)} non-negative weights, got {tuple(mix)}")
-    p = p / p.sum()
-    raw = p * num
-    counts = np.floor(raw).astype(np.int64)
-    for i in np.argsort(-(raw - counts), kind="stable")[: num - counts.sum()]:
-        counts[i] += 1
-    return counts
-
-
 def _place(grid: np.ndarray, mask: np.ndarray, count: int, value: int, rng: np.random.Generator) -> None:
     """Write ``value`` at ``count`` distinct random cells of ``mask`` (all of them if fewer)."""
     cells = np.flatnonzero(mask)
@@ -146,7 +133,7 @@ def make_grid_lookup(
         reg["far"] & (cols != w - 1),  # other columns
         None,  # grid: "no" means no X anywhere
     ]
-    counts = _apportion(num, mix)
+    counts = apportion(num, mix, GRID_KINDS)
     kinds = np.repeat(np.arange(len(GRID_KINDS)), counts)
     labels = np.concatenate([rng.permutation(np.arange(c) >= c // 2 + c % 2) for c in counts]).astype(np.int64)
     order = rng.permutation(num)
@@ -192,23 +179,18 @@ def load_grid_lookup(
     ``seed``; ``data_dir`` is ignored (generated data)."""
     if num_train < 1 or num_test < 1:
         raise ValueError("num_train and num_test must be >= 1")
-    if isinstance(mix, str):
-        mix = tuple(float(p) for p in mix.split(","))
-    mix = tuple(float(p) for p in mix)
+    mix = parse_mix(mix)
     guard = bool(guard)
     rng = np.random.default_rng([seed, 3])
     shape = (int(size), int(size))
     opts = dict(mix=mix, num_background=num_background, distractor_prob=distractor_prob, guard=guard)
-    x_tr, y_tr, k_tr = make_grid_lookup(num_train, shape, rng, **opts)
-    x_te, y_te, k_te = make_grid_lookup(num_test, shape, rng, **opts)
+    train = make_grid_lookup(num_train, shape, rng, **opts)
+    test = make_grid_lookup(num_test, shape, rng, **opts)
     ids = grid_token_ids(num_background)
-    return DatasetSplits.from_arrays(
+    return generated_splits(
         "grid-lookup",
-        np.concatenate([x_tr, x_te]),
-        np.concatenate([y_tr, y_te]),
-        slice(0, num_train),
-        slice(num_train, None),
-        num_classes=2,
+        train,
+        test,
         meta={
             "source": "synthetic grid lookup",
             "seed": seed,
@@ -221,7 +203,6 @@ def load_grid_lookup(
             "query_ids": list(ids["queries"]),  # type: ignore[arg-type]
             "difficulty": "query kind: " + "; ".join(f"{i} {t}" for i, t in enumerate(GRID_KIND_TEXT)),
         },
-        difficulty=np.concatenate([k_tr, k_te]),
     )
 
 

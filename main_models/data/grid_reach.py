@@ -48,7 +48,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .splits import DatasetSplits
+from .splits import DatasetSplits, apportion, generated_splits, parse_mix
 
 OPEN, WALL, SOURCE, TARGET = 0, 1, 2, 3
 VOCAB_SIZE = 4
@@ -184,19 +184,6 @@ def _route(kind: int, h: int, w: int, rng: np.random.Generator) -> tuple[tuple[i
     raise ValueError(f"kind must be 0..{len(REACH_KINDS) - 1}, got {kind}")
 
 
-def _apportion(num: int, mix: Sequence[float]) -> np.ndarray:
-    """Exact counts per kind summing to ``num``, proportional to ``mix`` (largest remainder)."""
-    p = np.asarray(mix, dtype=np.float64)
-    if p.shape != (len(REACH_KINDS),) or (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"mix must be {len(REACH_KINDS)} non-negative weights (one per kind {REACH_KINDS}), got {tuple(mix)}")
-    p = p / p.sum()
-    raw = p * num
-    counts = np.floor(raw).astype(np.int64)
-    for i in np.argsort(-(raw - counts), kind="stable")[: num - counts.sum()]:
-        counts[i] += 1
-    return counts
-
-
 def _draw(kind: int, h: int, w: int, wall_prob: float, rng: np.random.Generator, max_tries: int) -> tuple[np.ndarray, tuple[int, int]]:
     """One grid of ``kind`` with its cut open, and the cut (see the module docstring)."""
     for _ in range(max_tries):
@@ -237,7 +224,7 @@ def make_grid_reach(
         raise ValueError(f"the grid must be at least {MIN_SIZE} x {MIN_SIZE}, got {h} x {w}")
     if not 0.0 <= wall_prob < 1.0:
         raise ValueError(f"wall_prob must be in [0, 1), got {wall_prob}")
-    counts = _apportion(num, mix)
+    counts = apportion(num, mix, REACH_KINDS)
     kinds = np.repeat(np.arange(len(REACH_KINDS)), counts)
     labels = np.concatenate([rng.permutation(np.arange(c) >= c // 2 + c % 2) for c in counts]).astype(np.int64)
     order = rng.permutation(num)
@@ -268,20 +255,15 @@ def load_grid_reach(
     ``data_dir`` is ignored (generated data)."""
     if num_train < 1 or num_test < 1:
         raise ValueError("num_train and num_test must be >= 1")
-    if isinstance(mix, str):
-        mix = tuple(float(p) for p in mix.split(","))
-    mix = tuple(float(p) for p in mix)
+    mix = parse_mix(mix)
     rng = np.random.default_rng([seed, 5])
     shape = (int(size), int(size))
-    x_tr, y_tr, k_tr, _ = make_grid_reach(num_train, shape, rng, mix=mix, wall_prob=wall_prob)
-    x_te, y_te, k_te, _ = make_grid_reach(num_test, shape, rng, mix=mix, wall_prob=wall_prob)
-    return DatasetSplits.from_arrays(
+    train = make_grid_reach(num_train, shape, rng, mix=mix, wall_prob=wall_prob)
+    test = make_grid_reach(num_test, shape, rng, mix=mix, wall_prob=wall_prob)
+    return generated_splits(
         "grid-reach",
-        np.concatenate([x_tr, x_te]),
-        np.concatenate([y_tr, y_te]),
-        slice(0, num_train),
-        slice(num_train, None),
-        num_classes=2,
+        train,
+        test,
         meta={
             "source": "synthetic grid reachability",
             "seed": seed,
@@ -292,7 +274,6 @@ def load_grid_reach(
             "wall_prob": float(wall_prob),
             "difficulty": "route kind: " + "; ".join(f"{i} {t}" for i, t in enumerate(REACH_KIND_TEXT)),
         },
-        difficulty=np.concatenate([k_tr, k_te]),
     )
 
 

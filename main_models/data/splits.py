@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,40 @@ from torch import Tensor
 INPUT_KINDS: tuple[str, ...] = ("flat", "image", "tokens", "grid")
 """flat: float (N, F) -> MLP; image: float (N, C, H, W) -> CNN; tokens: int64 ids (N, T) -> LSTM;
 grid: int64 ids (N, H, W) -> grid-LSTM."""
+
+
+def apportion(num: int, mix: Sequence[float], kinds: Sequence[str]) -> np.ndarray:
+    """Exact counts of ``num`` samples per kind (one weight of ``mix`` per name in ``kinds``), summing to
+    ``num`` and proportional to ``mix`` (largest remainder): how the generated tasks mix their levels."""
+    p = np.asarray(mix, dtype=np.float64)
+    if p.shape != (len(kinds),) or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"mix must be {len(kinds)} non-negative weights (one per kind {tuple(kinds)}), got {tuple(mix)}")
+    p = p / p.sum()
+    raw = p * num
+    counts = np.floor(raw).astype(np.int64)
+    for i in np.argsort(-(raw - counts), kind="stable")[: num - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
+def parse_mix(mix: Sequence[float] | str) -> tuple[float, ...]:
+    """A level mix as floats; a string "0.7,0.1,0.1,0.1" is accepted for the command line."""
+    return tuple(float(p) for p in (mix.split(",") if isinstance(mix, str) else mix))
+
+
+def generated_splits(name: str, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...], *, meta: dict[str, Any]) -> DatasetSplits:
+    """A generated binary task's splits from its train and test draws, each (x, y, difficulty)."""
+    (x_tr, y_tr, k_tr), (x_te, y_te, k_te) = train[:3], test[:3]
+    return DatasetSplits.from_arrays(
+        name,
+        np.concatenate([x_tr, x_te]),
+        np.concatenate([y_tr, y_te]),
+        slice(0, len(y_tr)),
+        slice(len(y_tr), None),
+        num_classes=2,
+        meta=meta,
+        difficulty=np.concatenate([k_tr, k_te]),
+    )
 
 
 def infer_input_kind(x: Tensor) -> str:
