@@ -114,11 +114,11 @@ def setting(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
 
-TASK_SETTINGS = ("lam", "pretrain_epochs", "warmup_stop_prob", "train_alternatives")
+TASK_SETTINGS = ("lam", "pretrain_epochs", "warmup_stop_prob", "train_alternatives", "main_lr")
 """The settings whose right value depends on the task: left unset (None), they come from
 :data:`TASK_DEFAULTS`."""
 
-GENERAL_DEFAULTS: dict[str, Any] = {"lam": 0.005, "pretrain_epochs": 10, "warmup_stop_prob": 0.0, "train_alternatives": ()}
+GENERAL_DEFAULTS: dict[str, Any] = {"lam": 0.005, "pretrain_epochs": 10, "warmup_stop_prob": 0.0, "train_alternatives": (), "main_lr": 1e-3}
 """The task settings of a dataset with no entry in :data:`TASK_DEFAULTS` (a user's .npz, CIFAR, ...)."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -128,9 +128,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # Four warm-up epochs, because co-training goes on improving every path the agent uses.
     "grid-lookup": {"lam": 0.05, "pretrain_epochs": 4, "warmup_stop_prob": 0.3, "train_alternatives": ("plain",)},
     # The same reasons on the reachability task (main_models/data/grid_reach.py), with 12 warm-up
-    # epochs: its routes are learnt only after a plateau (with --main-lr 0.003, as
-    # benchmarks/introspection.py runs it; 4 epochs at 1e-3 leave the hard 30% at chance).
-    "grid-reach": {"lam": 0.05, "pretrain_epochs": 12, "warmup_stop_prob": 0.3, "train_alternatives": ("plain",)},
+    # epochs at a main learning rate of 3e-3: its routes are learnt only after a plateau (4 epochs
+    # at 1e-3 leave the hard 30% at chance; benchmarks/README.md, "A second task family").
+    "grid-reach": {"lam": 0.05, "pretrain_epochs": 12, "warmup_stop_prob": 0.3, "train_alternatives": ("plain",), "main_lr": 3e-3},
 }
 """Per dataset name: the task settings a run of it needs (benchmarks/README.md, "Introspection").
 ``gym.make``, ``train.py`` and the evaluation read them through :class:`EnvConfig`; an explicit
@@ -169,7 +169,7 @@ class EnvConfig:
     max_steps: int | None = setting(None, "step budget T per episode (default 2L)")
     cotrain: bool = setting(True, "co-train the main model on the paths the agent chose")
     cotrain_every: int = setting(64, "finished episodes per main-model update (K)")
-    main_lr: float = setting(1e-3, "Adam learning rate of the main model")
+    main_lr: float | None = setting(None, "Adam learning rate of the main model; default: the dataset's (1e-3 elsewhere)")
     pretrain_epochs: int | None = setting(
         None, "warm-up epochs of the main model on random paths before the agent starts (paper 4.4); default: the dataset's (10 elsewhere)"
     )

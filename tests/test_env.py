@@ -38,6 +38,11 @@ def test_the_bare_id_is_the_default_task_with_its_own_settings():
     digits = EnvConfig(dataset="digits")
     assert (digits.lam, digits.pretrain_epochs, digits.warmup_stop_prob, digits.train_alternatives) == (0.005, 10, 0.0, ())
     assert task_defaults("some/dir/grid-lookup")["lam"] == 0.05
+    # the main model's learning rate is a task setting too: grid-reach learns its routes at 3e-3
+    assert (digits.main_lr, config.main_lr, EnvConfig(dataset="grid-reach").main_lr) == (1e-3, 1e-3, 3e-3)
+    assert EnvConfig(dataset="grid-reach", main_lr=0.01).main_lr == 0.01
+    with pytest.raises(ValueError, match="main_lr must be > 0"):
+        EnvConfig(main_lr=0)
 
 
 def test_a_bare_dataset_is_warmed_up_and_passes_gymnasium_and_sb3_checkers():
