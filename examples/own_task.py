@@ -20,7 +20,7 @@ takes yours: ``gym.make("DynaLay-v0", dataset=name, model=name)``, every other f
 The task here is noisy parity: the label is the parity of the signs of the first k of eight noisy
 features, with k (1, 2 or 3) given as a one-hot beside them and kept as the sample's difficulty.
 k = 1 is linear and the plain pass does it; parity of three signs needs more computation, which
-FPI on a layer provides (about 62% plain, 70% with FPI on every layer, at the default budget). The
+FPI on a layer provides (the plain pass is the less accurate of the two at the default budget). The
 tables at the end show what the agent made of that against the baselines on the same main model.
 """
 

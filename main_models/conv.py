@@ -7,7 +7,7 @@ converges (Banach).
 
 Why not ``torch.nn.utils.parametrizations.spectral_norm``: on a convolution it normalises the
 reshaped (out, in*k*k) weight matrix, whose norm is not the operator norm of the convolution
-(for a random 32-channel 3x3 kernel on 8x8 maps it is ~30% *below* it), so the layer would not be
+(for a random multi-channel kernel it lies well *below* it), so the layer would not be
 contractive. :class:`ConvOperatorNorm` instead uses the exact singular values of circular
 convolution (Sedghi, Gupta & Long, "The Singular Values of Convolutional Layers", ICLR 2019):
 the zero-padded convolution on an H x W map is the restriction of the circular convolution on an

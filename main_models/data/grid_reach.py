@@ -35,6 +35,8 @@ number of runs and the shape the layers can carry. Then a "yes" sample has the c
 sample has it walled: the two labels are drawn from the same grids and differ in one cell that
 only a solve along the route can see, so nothing cheaper than the route's layers tells them apart.
 The label is the monotone reachability itself (:func:`grid_reach_label`), which the tests check.
+That holds for the single-run kinds; for the composite ones a cheaper composite (L2 then L3) also
+answers many routes (benchmarks/README.md, "A second task family: grid-reach").
 
 Routes keep their turns off the corner for the same reason as ``grid-lookup``'s guard: a single
 FPI step re-applies the layers above once, which adds a one-cell hop along each of their axes;
