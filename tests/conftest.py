@@ -143,6 +143,9 @@ def pytest_unconfigure(config):
 EXPECTED_SECONDS = {
     "tests/test_benchmarks.py::test_agent_vs_rule_quick": 59,
     "tests/test_benchmarks.py::test_adaptive_vs_fixed_quick": 51,
+    "tests/test_transfer.py::test_transfer_quick": 50,
+    "tests/test_hardening.py::test_a_training_run_holds_its_directory_until_it_ends": 25,
+    "tests/test_benchmarks.py::test_time_to_env_times_each_training_gradient_and_compares_their_accuracy": 12,
     "tests/test_readme_clients.py::test_readme_client_snippet_runs[rl-zoo]": 30,
     "tests/test_agents.py::test_killed_run_resumes_from_its_checkpoint": 30,
     "tests/test_benchmarks.py::test_distributed_quick": 28,
