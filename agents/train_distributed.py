@@ -25,6 +25,7 @@ engine and sampler); the periodic checkpoint.pt of agents/train.py is not writte
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import replace
@@ -145,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     finally:
         for directory in held:
             directory.release()
+        # The co-training DDP wrapper sits in a reference cycle (its loss module holds the trainer),
+        # so only the cyclic collector frees it and its reducer: do that while their process group
+        # is alive, not at interpreter exit after the group is gone
+        gc.collect()
         dist.destroy_process_group()
 
 

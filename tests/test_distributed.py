@@ -4,6 +4,7 @@ poisons the update, and the torchrun entry point trains end to end."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -79,6 +80,7 @@ def _rank(rank: int, world: int, scenario: str, out: str) -> None:
         # exception")
         dist.barrier()
     finally:
+        gc.collect()  # the trainer's DDP wrapper is a reference cycle: freed before its process group (train_distributed.py)
         dist.destroy_process_group()
 
 
