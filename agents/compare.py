@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from dynalay_env import EvalReport, RewardConfig, evaluate_policy, oracle, sequence_name
+from dynalay_env import EvalReport, RewardConfig, evaluate_fixed_policies, evaluate_policy, oracle, sequence_name
 from dynalay_env.baselines import accuracy_at_compute, compute_at_accuracy, rule_orders, sweep
 from main_models import DatasetSplits, FPINetwork
 
@@ -66,27 +66,43 @@ def decision_targets(
     }
 
 
+def fixed_path_reports(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    reference: EvalReport | None,
+    *,
+    reward: RewardConfig,
+    max_steps: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, EvalReport]:
+    """Every increasing fixed path's (:func:`increasing_paths`) report on the test split, by name,
+    from one pass that computes shared prefixes once. ``reference`` is FPI on every layer's report,
+    reused for that path; ``None`` evaluates it in the same pass."""
+    every_layer = list(range(1, model.num_layers + 1))
+    paths = [p for p in increasing_paths(model.num_layers) if reference is None or p != every_layer]
+    reports = evaluate_fixed_policies(model, splits, paths, reward=reward, max_steps=max_steps, device=device, reference=reference)
+    by_name = {sequence_name(p): r for p, r in zip(paths, reports)}
+    if reference is not None:
+        by_name[sequence_name(every_layer)] = reference
+    return {sequence_name(p): by_name[sequence_name(p)] for p in increasing_paths(model.num_layers)}
+
+
 def fixed_path_points(
     model: FPINetwork,
     splits: DatasetSplits,
-    reference: EvalReport,
+    reference: EvalReport | None,
     *,
     reward: RewardConfig,
     max_steps: int,
     device: str | torch.device = "cpu",
 ) -> dict[str, dict[str, Any]]:
-    """Every increasing fixed path (:func:`increasing_paths`) on the test split, by name, each with
-    its ``path``; ``reference`` is FPI on every layer's report, reused for that path."""
-    every_layer = list(range(1, model.num_layers + 1))
-    points = {}
-    for path in increasing_paths(model.num_layers):
-        report = (
-            reference
-            if path == every_layer
-            else evaluate_policy(model, splits, path, reward=reward, max_steps=max_steps, device=device, reference=reference)
-        )
-        points[sequence_name(path)] = {**_point(report), "path": path}
-    return points
+    """:func:`fixed_path_reports` as points (accuracy, compute fraction, per level), each with its ``path``."""
+    return _points(fixed_path_reports(model, splits, reference, reward=reward, max_steps=max_steps, device=device), model.num_layers)
+
+
+def _points(reports: dict[str, EvalReport], num_layers: int) -> dict[str, dict[str, Any]]:
+    paths = {sequence_name(p): p for p in increasing_paths(num_layers)}
+    return {name: {**_point(report), "path": paths[name]} for name, report in reports.items()}
 
 
 def tuned_confidence_curve(
@@ -247,9 +263,10 @@ def simple_baselines(
     accuracy, and the confidence rule's cheapest tau as accurate, on the same frozen model. No
     oracle or ceiling: ``evaluate.py RUN --baselines`` adds those."""
     every_layer = list(range(1, model.num_layers + 1))
-    ref = evaluate_policy(model, splits, every_layer, reward=reward, max_steps=max_steps, device=device)
+    reports = fixed_path_reports(model, splits, None, reward=reward, max_steps=max_steps, device=device)
+    ref = reports[sequence_name(every_layer)]
     goal = agent.accuracy - TOLERANCE
-    fixed = fixed_path_points(model, splits, ref, reward=reward, max_steps=max_steps, device=device)
+    fixed = _points(reports, model.num_layers)
     reaching = {name: p for name, p in fixed.items() if p["accuracy"] >= goal}
     cheapest = min(reaching, key=lambda name: reaching[name]["compute_fraction"]) if reaching else None
     confidence = tuned_confidence_curve(model, splits, fixed, ref, reward=reward, max_steps=max_steps, device=device)

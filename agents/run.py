@@ -20,7 +20,7 @@ from dynalay_env import (
     prepare_main_model,
     time_policy,
 )
-from main_models import EpochProgress, evaluate_fixed_path
+from main_models import EpochProgress, evaluate_fixed_paths
 
 from .algorithms import Agent
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -184,9 +184,8 @@ class TrainingRun:
         x, y = engine.splits.x_test[:limit], engine.splits.y_test[:limit]
         L = engine.num_layers
         paths = {"NOP": [], **{f"L{i}": [i] for i in range(1, L + 1)}, ",".join(f"L{i}" for i in range(1, L + 1)): list(range(1, L + 1))}
-        self.logger.log_paths(
-            {name: float(evaluate_fixed_path(engine.model, x, y, path)["correct"].float().mean()) for name, path in paths.items()}, step
-        )
+        evaluated = evaluate_fixed_paths(engine.model, x, y, list(paths.values()))
+        self.logger.log_paths({name: float(ev["correct"].float().mean()) for name, ev in zip(paths, evaluated)}, step)
 
     @property
     def main_loss(self) -> float | None:

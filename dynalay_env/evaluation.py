@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from main_models import DatasetSplits, FPINetwork, PathState, evaluate_fixed_path, per_level, resolve_device
+from main_models import DatasetSplits, FPINetwork, PathState, evaluate_fixed_paths, per_level, resolve_device
 
 from .config import RewardConfig, default_max_steps
 from .engine import DEFAULT_OBSERVATION, DynaLayEngine, ObservationLayout, StepOutput
@@ -149,20 +149,21 @@ def _rollout(engine: DynaLayEngine, policy: Policy | Sequence[int]) -> _Rollout:
     return _Rollout(c["correct"], c["compute"], c["steps"], c["difficulty"], action_counts, c["path"])
 
 
-def _fixed_path_rollout(
+def _fixed_path_rollouts(
     model: FPINetwork,
     splits: DatasetSplits,
-    path: Sequence[int],
+    paths: Sequence[Sequence[int]],
     *,
     max_steps: int,
     observation: Sequence[str],
     batch_size: int,
     device: str | torch.device,
-) -> _Rollout:
-    """What :func:`_rollout` of the fixed ``path`` records, from :func:`evaluate_fixed_path`: every
-    episode takes the same steps, so no engine needs to run them one by one."""
+) -> list[_Rollout]:
+    """What :func:`_rollout` of each fixed path records, from :func:`evaluate_fixed_paths` (shared
+    prefixes computed once): every episode takes the same steps, so no engine needs to run them one
+    by one."""
     L = model.num_layers
-    steps = _fixed_steps(path, L, max_steps)
+    steps_of = [_fixed_steps(path, L, max_steps) for path in paths]
     layout = ObservationLayout(L, model.summary_dim, tuple(observation))
     # as the environment charges it: an observation with residuals pays for their probe every time
     probe = model.residual_probe_flops / float(model.straightforward_flops) if "residuals" in layout.groups else 0.0
@@ -171,12 +172,15 @@ def _fixed_path_rollout(
     n = int(y.shape[0])
     if n == 0:
         raise ValueError(f"dataset {splits.name!r} has no test samples")
-    ev = evaluate_fixed_path(model.to(dev), x, y, steps, batch_size=min(batch_size, n), observation_cost=probe)
-    counts = torch.bincount(torch.tensor(steps, dtype=torch.long), minlength=L + 1) * n
-    counts[0] += n if len(steps) < max_steps else 0  # an episode within its budget answers with a NOP
+    evaluated = evaluate_fixed_paths(model.to(dev), x, y, steps_of, batch_size=min(batch_size, n), observation_cost=probe)
     difficulty = splits.difficulty_test.cpu() if splits.difficulty_test is not None else torch.full((n,), -1, dtype=torch.long)
-    paths = torch.tensor(steps + [0] * (max_steps - len(steps)), dtype=torch.long).expand(n, max_steps)
-    return _Rollout(ev["correct"], ev["compute"], torch.full((n,), len(steps), dtype=torch.long), difficulty, counts, paths)
+    rollouts = []
+    for steps, ev in zip(steps_of, evaluated):
+        counts = torch.bincount(torch.tensor(steps, dtype=torch.long), minlength=L + 1) * n
+        counts[0] += n if len(steps) < max_steps else 0  # an episode within its budget answers with a NOP
+        padded = torch.tensor(steps + [0] * (max_steps - len(steps)), dtype=torch.long).expand(n, max_steps)
+        rollouts.append(_Rollout(ev["correct"], ev["compute"], torch.full((n,), len(steps), dtype=torch.long), difficulty, counts, padded))
+    return rollouts
 
 
 def actions_per_step(
@@ -222,8 +226,8 @@ def evaluate_policy(
     """Evaluate ``policy`` (a callable on observations, or a fixed action path such as [1, 2, 3])
     on every test sample once, with the main model frozen, at ``reward.lam`` (a lambda range is
     ignored: evaluation is at one lambda). A callable runs in an eval engine, ``batch_size`` rows
-    at a time; a fixed path is evaluated by :func:`main_models.evaluate_fixed_path`, charged as
-    the engine would charge it.
+    at a time; a fixed path is evaluated by :func:`main_models.evaluate_fixed_paths` (with FPI on
+    every layer, in one pass, when there is no ``reference``), charged as the engine would charge it.
 
     Nothing is timed (``seconds`` and ``fpi_all_seconds`` are NaN): :func:`time_policy` measures
     wall time apart, and :meth:`EvalReport.timed` adds it. ``reference``, a report of FPI on every layer
@@ -231,32 +235,85 @@ def evaluate_policy(
     there (a sweep of many policies passes one). ``observation`` must be the feature groups the
     policy was trained on (``engine.layout.groups``)."""
     reward = reward.fixed(reward.lam)
+    T = _steps_budget(model, max_steps)
+    if not callable(policy):
+        return evaluate_fixed_policies(
+            model,
+            splits,
+            [policy],
+            reward=reward,
+            max_steps=T,
+            observation=observation,
+            batch_size=batch_size,
+            device=device,
+            reference=reference,
+        )[0]
+    was_training = model.training
+    try:
+        engine = _eval_engine(model, splits, reward=reward, max_steps=T, observation=observation, batch_size=batch_size, device=device)
+        result = _rollout(engine, policy)
+    finally:
+        model.train(was_training)
+    if reference is None:
+        every_layer = list(range(1, model.num_layers + 1))
+        ref = _fixed_path_rollouts(
+            model, splits, [every_layer], max_steps=T, observation=observation, batch_size=batch_size, device=device
+        )[0]
+        reference_stats = (float(ref.correct.float().mean()), float(ref.compute.mean()))
+    else:
+        reference_stats = (reference.fpi_all_accuracy, reference.fpi_all_compute)
+    return _report(result, *reference_stats, model=model, splits=splits, lam=reward.lam, max_steps=T)
+
+
+def evaluate_fixed_policies(
+    model: FPINetwork,
+    splits: DatasetSplits,
+    paths: Sequence[Sequence[int]],
+    *,
+    reward: RewardConfig = RewardConfig(),
+    max_steps: int | None = None,
+    observation: Sequence[str] = DEFAULT_OBSERVATION,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+    reference: EvalReport | None = None,
+) -> list[EvalReport]:
+    """:func:`evaluate_policy` of each fixed path in ``paths``, in their order, from one pass that
+    computes every shared prefix once (:func:`main_models.evaluate_fixed_paths`), FPI on every
+    layer included when no ``reference`` is given: each report is the one evaluating its path alone
+    gives."""
+    reward = reward.fixed(reward.lam)
+    T = _steps_budget(model, max_steps)
+    every_layer = list(range(1, model.num_layers + 1))
+    wanted = [list(p) for p in paths] + ([every_layer] if reference is None else [])
+    rollouts = _fixed_path_rollouts(model, splits, wanted, max_steps=T, observation=observation, batch_size=batch_size, device=device)
+    if reference is None:
+        ref = rollouts.pop()
+        reference_stats = (float(ref.correct.float().mean()), float(ref.compute.mean()))
+    else:
+        reference_stats = (reference.fpi_all_accuracy, reference.fpi_all_compute)
+    return [_report(result, *reference_stats, model=model, splits=splits, lam=reward.lam, max_steps=T) for result in rollouts]
+
+
+def _steps_budget(model: FPINetwork, max_steps: int | None) -> int:
     T = int(max_steps) if max_steps is not None else default_max_steps(model.num_layers)
     if T < 1:
         raise ValueError(f"max_steps must be >= 1, got {T}")
-    every_layer = list(range(1, model.num_layers + 1))
+    return T
 
-    def run(chosen: Policy | Sequence[int]) -> _Rollout:
-        if not callable(chosen):
-            return _fixed_path_rollout(model, splits, chosen, max_steps=T, observation=observation, batch_size=batch_size, device=device)
-        was_training = model.training
-        try:
-            return _rollout(
-                _eval_engine(model, splits, reward=reward, max_steps=T, observation=observation, batch_size=batch_size, device=device),
-                chosen,
-            )
-        finally:
-            model.train(was_training)
 
-    result = run(policy)
-    if reference is None:
-        ref = run(every_layer)
-        fpi_all_accuracy, fpi_all_compute = float(ref.correct.float().mean()), float(ref.compute.mean())
-    else:
-        fpi_all_accuracy, fpi_all_compute = reference.fpi_all_accuracy, reference.fpi_all_compute
+def _report(
+    result: _Rollout,
+    fpi_all_accuracy: float,
+    fpi_all_compute: float,
+    *,
+    model: FPINetwork,
+    splits: DatasetSplits,
+    lam: float,
+    max_steps: int,
+) -> EvalReport:
     mean_compute = float(result.compute.mean())
     counts = result.action_counts.double()
-    report = EvalReport(
+    return EvalReport(
         accuracy=float(result.correct.float().mean()),
         compute=mean_compute,
         compute_fraction=mean_compute / fpi_all_compute,
@@ -265,12 +322,11 @@ def evaluate_policy(
         action_frequency=(counts / counts.sum()).tolist(),
         mean_episode_length=float(result.steps.float().mean()),
         num_samples=int(splits.y_test.shape[0]),
-        lam=reward.lam,
+        lam=lam,
         per_difficulty=per_level(result.correct, result.compute, result.difficulty),
         sequences_per_level=sequence_shares(result.paths, result.difficulty),
-        actions_per_step=actions_per_step(result.paths, result.steps, result.difficulty, T, model.num_layers),
+        actions_per_step=actions_per_step(result.paths, result.steps, result.difficulty, max_steps, model.num_layers),
     )
-    return report
 
 
 def time_policies(

@@ -47,7 +47,7 @@ from .fpi import (
 from .grid import AxisLSTMBlock, build_grid_lstm_fpi_network
 from .lstm import CausalConvEmbedding, JacobiLSTMBlock, LastStepHead, build_lstm_fpi_network
 from .network import FPINetwork, PathState, assemble_network, build_mlp_fpi_network
-from .paths import evaluate_fixed_path, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline
+from .paths import evaluate_fixed_path, evaluate_fixed_paths, fixed_path_oracle, parse_fpi_layers, per_level, run_baseline
 from .storage import UnsafeFileError, atomic_write_bytes, atomic_write_text, load_tensors, save_tensors, write_json
 from .trainer import ALTERNATIVE_PATHS, EpochProgress, MainModelTrainer, PathSource, fixed_paths, random_paths
 
@@ -114,6 +114,7 @@ __all__ = [
     "assemble_network",
     "build_mlp_fpi_network",
     "evaluate_fixed_path",
+    "evaluate_fixed_paths",
     "fixed_path_oracle",
     "parse_fpi_layers",
     "per_level",

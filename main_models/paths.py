@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from .build import build_main_model, default_model
 from .data import load_dataset
 from .device import resolve_device
-from .network import FPINetwork
+from .network import FPINetwork, PathState
 from .trainer import MainModelTrainer, fixed_paths
 
 
@@ -60,7 +60,6 @@ def per_level(correct: Tensor, compute: Tensor, difficulty: Tensor | None) -> di
     return table
 
 
-@torch.no_grad()
 def evaluate_fixed_path(
     model: FPINetwork, x: Tensor, y: Tensor, path: Sequence[int], *, batch_size: int = 256, observation_cost: float = 0.0
 ) -> dict[str, Tensor]:
@@ -68,37 +67,62 @@ def evaluate_fixed_path(
     fixed ``path`` (actions 1..L) on (x, y), with the model in eval mode.
 
     The one evaluator of a fixed path: training baselines, the environment's evaluation of a fixed
-    action sequence and the per-path curves all come here. Compute is counted as the environment
-    counts an episode's, to the bit: 1 for the plain pass, then each step's cost added in float32;
-    ``observation_cost`` (straightforward passes) is charged with the plain pass and with every
-    step, as the environment charges an observation that costs something (the residual probe)."""
+    action sequence and the per-path curves all come here (through :func:`evaluate_fixed_paths`).
+    Compute is counted as the environment counts an episode's, to the bit: 1 for the plain pass,
+    then each step's cost added in float32; ``observation_cost`` (straightforward passes) is
+    charged with the plain pass and with every step, as the environment charges an observation
+    that costs something (the residual probe)."""
+    return evaluate_fixed_paths(model, x, y, [path], batch_size=batch_size, observation_cost=observation_cost)[0]
+
+
+@torch.no_grad()
+def evaluate_fixed_paths(
+    model: FPINetwork, x: Tensor, y: Tensor, paths: Sequence[Sequence[int]], *, batch_size: int = 256, observation_cost: float = 0.0
+) -> list[dict[str, Tensor]]:
+    """:func:`evaluate_fixed_path` of each of ``paths``, in their order, computing every shared
+    prefix once: the plain pass once per batch, and e.g. L1 once for L1, "L1,L2" and "L1,L2,L3".
+    Each path's results are those of evaluating it alone: its batches hold the same samples, and
+    every step is the same computation from the same state (a branch steps a copy)."""
+    steps_of = [[int(a) for a in path] for path in paths]
     was_training = model.training
     model.eval()
     full = float(model.straightforward_flops)
-    steps = [int(a) for a in path]
-    correct, compute, iterations, losses = [], [], [], []
+    columns: list[dict[str, list[Tensor]]] = [{k: [] for k in ("correct", "compute", "iterations", "loss")} for _ in steps_of]
     try:
         with parametrize.cached():
             for start in range(0, y.shape[0], batch_size):
                 xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-                paths = torch.tensor(steps, dtype=torch.long, device=xb.device).expand(yb.shape[0], len(steps))
-                logits, step_iters = model.run_paths(xb, paths, per_step=True)
-                cost = torch.full((yb.shape[0],), 1.0 + observation_cost, dtype=torch.float32, device=xb.device)
-                for t, action in enumerate(steps):
-                    if action > 0:
-                        cost += (model.fpi_step_flops(paths[:, t] - 1, step_iters[:, t]) / full + observation_cost).float()
-                correct.append(logits.argmax(dim=1) == yb)
-                compute.append(cost)
-                iterations.append(step_iters.sum(dim=1))
-                losses.append(F.cross_entropy(logits, yb, reduction="none"))
+                rows = yb.shape[0]
+                plain_cost = torch.full((rows,), 1.0 + observation_cost, dtype=torch.float32, device=xb.device)
+                no_iterations = torch.zeros(rows, dtype=torch.long, device=xb.device)
+                # prefix -> (state after it, compute so far, iterations so far); a step of a row whose
+                # action is 0 leaves it as it is, as run_paths does
+                reached: dict[tuple[int, ...], tuple[PathState, Tensor, Tensor]] = {
+                    (): (model.straightforward(xb), plain_cost, no_iterations)
+                }
+                for i, (steps, out) in enumerate(zip(steps_of, columns)):
+                    # keep only the states a path still to come starts from (a batch of grids' states is large)
+                    ahead = {tuple(later[:t]) for later in steps_of[i:] for t in range(len(later) + 1)}
+                    reached = {prefix: value for prefix, value in reached.items() if prefix in ahead}
+                    known = max(t for t in range(len(steps) + 1) if tuple(steps[:t]) in reached)
+                    state, cost, iterations = reached[tuple(steps[:known])]
+                    for t in range(known, len(steps)):
+                        action = steps[t]
+                        if action > 0:
+                            choice = torch.full((rows,), action, dtype=torch.long, device=xb.device)
+                            # fpi_step writes the state's layer tensors in place: step a copy, the prefix's state stays
+                            state, step_iterations = model.fpi_step(PathState(state.u, [z.clone() for z in state.z]), choice)
+                            cost = cost + (model.fpi_step_flops(choice - 1, step_iterations) / full + observation_cost).float()
+                            iterations = iterations + step_iterations
+                        reached[tuple(steps[: t + 1])] = (state, cost, iterations)
+                    logits = model.readout(state)
+                    out["correct"].append(logits.argmax(dim=1) == yb)
+                    out["compute"].append(cost)
+                    out["iterations"].append(iterations)
+                    out["loss"].append(F.cross_entropy(logits, yb, reduction="none"))
     finally:
         model.train(was_training)
-    return {
-        "correct": torch.cat(correct).cpu(),
-        "compute": torch.cat(compute).cpu(),
-        "iterations": torch.cat(iterations).cpu(),
-        "loss": torch.cat(losses).cpu(),
-    }
+    return [{k: torch.cat(v).cpu() for k, v in out.items()} for out in columns]
 
 
 def fixed_path_oracle(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
