@@ -186,14 +186,15 @@ class EnvConfig:
         None,
         "how each FPI step finds its fixed point: picard (plain iteration) or anderson "
         "(Anderson acceleration, its own work charged too); default: the main model's own "
-        "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py)",
+        "(anderson for mlp and cnn, picard for the LSTMs; benchmarks/solver.py); the mlp's "
+        "warm-up and co-training updates, which are charged to no policy, iterate plainly",
     )
     main_grad: str | None = setting(
         None,
         "the main model's gradient through each fixed point in its warm-up and co-training "
         "updates: implicit (exact, an adjoint solve per FPI step), phantom (one step from the "
-        "fixed point: cheaper, approximate) or unrolled; default: the main model's own "
-        "(main_models.TRAINING_GRADS: phantom for mlp, implicit for the others)",
+        "fixed point: cheaper, approximate), unrolled or exact (the LSTMs' direct scan); default: "
+        "the main model's own (main_models.TRAINING_GRADS: phantom for mlp and cnn, exact for the LSTMs)",
     )
     seed: int = setting(0, "seeds the main model's initialisation, the warm-up and the episode sampler")
     main_model: str | None = setting(

@@ -377,6 +377,10 @@ class SolverSettings:
     """Forward solver: ``"picard"`` (plain iteration) or ``"anderson"`` (see :class:`Anderson`)."""
     backward_solver: str | None = None
     """Solver of the implicit gradient's adjoint system; None uses ``solver``."""
+    training_solver: str | None = None
+    """Forward solver of the solves a gradient is taken through (the warm-up's and co-training's
+    updates); None uses ``solver``. No policy is charged for their iterations, so they may use the
+    solver that is fastest in wall time rather than the one that is cheapest in charged FLOPs."""
     anderson_memory: int = 5
     """Anderson's history length (``memory`` of :class:`Anderson`), for whichever solve uses it."""
     backward_tol: float = 1e-5
@@ -414,9 +418,13 @@ class SolverSettings:
         """A solver ``name`` with these settings' options (Anderson's memory)."""
         return make_solver(name, memory=self.anderson_memory) if name == "anderson" else make_solver(name)
 
-    def make_solvers(self) -> "tuple[Picard | Anderson, Picard | Anderson]":
-        """The (forward, adjoint) solver objects these settings name."""
-        return self.make_solver(self.solver), self.make_solver(self.backward_solver or self.solver)
+    def make_solvers(self) -> "tuple[Picard | Anderson, Picard | Anderson, Picard | Anderson]":
+        """The (forward, adjoint, training forward) solver objects these settings name."""
+        return (
+            self.make_solver(self.solver),
+            self.make_solver(self.backward_solver or self.solver),
+            self.make_solver(self.training_solver or self.solver),
+        )
 
     def layer(self, block: nn.Module, default_max_iter: int = 30) -> "FPILayer":
         """An :class:`FPILayer` of ``block`` with these settings, ``max_iter`` None taking
@@ -498,6 +506,7 @@ class FPILayer(nn.Module):
     solver = _setting("solver")
     """The forward solver's name (the object is :attr:`forward_solver`)."""
     backward_solver = _setting("backward_solver")
+    training_solver = _setting("training_solver")
     anderson_memory = _setting("anderson_memory")
     backward_tol = _setting("backward_tol")
     backward_max_iter = _setting("backward_max_iter")
@@ -509,6 +518,10 @@ class FPILayer(nn.Module):
     def forward_solver(self) -> "Picard | Anderson":
         """The forward solve's solver object, built when the settings were last assigned."""
         return self._solvers[0]
+
+    def solver_for(self, gradient: bool) -> "Picard | Anderson":
+        """The forward solver of a solve: the training solver when a gradient will be taken through it."""
+        return self._solvers[2] if gradient else self._solvers[0]
 
     @property
     def adjoint_solver(self) -> "Picard | Anderson":
@@ -540,10 +553,10 @@ class FPILayer(nn.Module):
             # for the whole unrolled solve instead of recomputing them each iteration.
             with parametrize.cached():
                 step, row_args = self._prepare(u)
-                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter, solver=self.forward_solver)
+                return fixed_point_solve(step, z0, row_args, tol=self.tol, max_iter=self.max_iter, solver=self.solver_for(True))
         # A cache entered under no_grad holds graph-free weights, so it must not outlive the solve.
         with torch.no_grad(), parametrize.cached():
-            solved = solve_together([self.problem(u.detach(), z0.detach())])[0]
+            solved = solve_together([self.problem(u.detach(), z0.detach(), for_gradient=needs_graph)])[0]
         return self.differentiate(u, solved)
 
     def needs_graph(self, u: Tensor) -> bool:
@@ -588,11 +601,13 @@ class FPILayer(nn.Module):
         z.register_hook(self._adjoint_hook(z_star, u.detach(), z.detach(), solved.residual))
         return solved._replace(z=z)
 
-    def problem(self, u: Tensor, z0: Tensor) -> FixedPointProblem:
+    def problem(self, u: Tensor, z0: Tensor, *, for_gradient: bool = False) -> FixedPointProblem:
         """The graph-free solve of this layer from ``z0`` for input ``u``, for :func:`solve_together`
-        (the network solves every layer chosen in a step at once). Call it under ``torch.no_grad``."""
+        (the network solves every layer chosen in a step at once). Call it under ``torch.no_grad``;
+        ``for_gradient``: a gradient will be attached to it (:meth:`differentiate`), so it takes the
+        training solver."""
         step, row_args = self._prepare(u)
-        return FixedPointProblem(step, z0, row_args, self.tol, self.max_iter, self.forward_solver)
+        return FixedPointProblem(step, z0, row_args, self.tol, self.max_iter, self.solver_for(for_gradient))
 
     def _prepare(self, u: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
         """The iteration map and its per-row arguments. A block may define ``prepare(u)`` to hoist
@@ -650,6 +665,12 @@ ACCELERATED = SolverSettings(solver="anderson")
 """The default of the mlp and cnn main models: on them Anderson acceleration gives the same accuracy
 for less charged compute than plain iteration at tol 1e-3 (benchmarks/README.md, 'FPI solvers'). The
 Jacobi LSTMs keep plain iteration, which reaches their exact fixed point in at most T + 1 steps."""
+
+ACCELERATED_PLAIN_TRAINING = SolverSettings(solver="anderson", training_solver="picard")
+"""The mlp's default: Anderson where compute is charged (rollouts, evaluation), plain iteration in
+the solves that train. On its 64-wide state an Anderson iteration is some 25 small operations, which
+on a CPU cost more wall time than the iterations they save: a co-training update takes 20-30 % less
+time with plain iteration (benchmarks/README.md, "Training throughput")."""
 
 
 class ContractiveTanhBlock(nn.Module):

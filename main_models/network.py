@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .fpi import ACCELERATED, ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, solve_together
+from .fpi import ACCELERATED_PLAIN_TRAINING, ContractiveTanhBlock, FPILayer, FPIResult, SolverSettings, solve_together
 
 
 @dataclass
@@ -128,9 +128,11 @@ class FPINetwork(nn.Module):
         max_iter: int | None = None,
         anderson_memory: int | None = None,
         grad: str | None = None,
+        training_solver: str | None = None,
     ) -> None:
         """Change how every FPI layer solves and differentiates (the weights stay): the solver, its
-        tolerance, its cap, Anderson's memory, the gradient mode. Each layer's settings are replaced
+        tolerance, its cap, Anderson's memory, the gradient mode, the solver of the solves that train
+        (:attr:`SolverSettings.training_solver`). Each layer's settings are replaced
         (``dataclasses.replace``) by ones that differ in what is given; a new ``max_iter`` raises the
         adjoint's cap to at least twice it, and the adjoint solver stays as it was. Everything is
         checked before any layer changes. The cost model follows (:meth:`fpi_step_flops`)."""
@@ -139,13 +141,21 @@ class FPINetwork(nn.Module):
         if grad is not None:
             for layer in self.layers:
                 check_grad_mode(grad, layer.block)
-        if solver is not None:
-            make_solver(solver)  # an unknown name is refused before any layer changes
+        for name in (solver, training_solver):
+            if name is not None:
+                make_solver(name)  # an unknown name is refused before any layer changes
         if tol is not None and not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         if max_iter is not None and max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        given = {"solver": solver, "tol": tol, "max_iter": max_iter, "anderson_memory": anderson_memory, "grad": grad}
+        given = {
+            "solver": solver,
+            "tol": tol,
+            "max_iter": max_iter,
+            "anderson_memory": anderson_memory,
+            "grad": grad,
+            "training_solver": training_solver,
+        }
         changes = {name: value for name, value in given.items() if value is not None}
         settings = []
         for layer in self.layers:
@@ -251,10 +261,11 @@ class FPINetwork(nn.Module):
             todo = [(j, rows) for j, rows in enumerate(chosen) if rows.numel()]
             inputs = [(state.u if j == 0 else z[j - 1])[rows] for j, rows in todo]
             exact = [self.layers[j].solves_exactly(u) for (j, _), u in zip(todo, inputs)]
+            trained = [self.layers[j].needs_graph(u) for (j, _), u in zip(todo, inputs)]
             with torch.no_grad(), parametrize.cached():
                 problems = [
-                    self.layers[j].problem(u.detach(), z[j][rows].detach())
-                    for ((j, rows), u, direct) in zip(todo, inputs, exact)
+                    self.layers[j].problem(u.detach(), z[j][rows].detach(), for_gradient=gradient)
+                    for ((j, rows), u, direct, gradient) in zip(todo, inputs, exact, trained)
                     if not direct
                 ]
                 iterated = iter(solve_together(problems))
@@ -369,7 +380,7 @@ def build_mlp_fpi_network(
     hidden: int = 64,
     num_layers: int = 3,
     contraction: float = 0.9,
-    solver: SolverSettings = ACCELERATED,
+    solver: SolverSettings = ACCELERATED_PLAIN_TRAINING,
     summary_bins: int = 16,
 ) -> FPINetwork:
     """The default main model for flat inputs (the bundled digits): linear stem, L contractive

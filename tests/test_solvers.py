@@ -181,3 +181,43 @@ def test_the_cost_model_charges_andersons_own_work():
     uncounted_solves = 4 * float((n**3 + 3 * n**2).sum())
     assert charged_extra == pytest.approx(anderson_counted - picard_counted + uncounted_solves)
     assert charged_extra > 0
+
+
+def test_solves_that_train_take_the_training_solver_and_rollouts_keep_the_charged_one():
+    """The mlp solves with Anderson where compute is charged and iterates plainly where a gradient is
+    taken (warm-up, co-training): same layer, same weights, the solver follows autograd."""
+    torch.manual_seed(0)
+    block = ContractiveTanhBlock(16, 16).eval()  # eval: spectral norm's power iteration stays put between solves
+    u = torch.randn(5, 16)
+    plain, accelerated = (FPILayer(block, SolverSettings(solver=name, grad="phantom")) for name in ("picard", "anderson"))
+    mixed = FPILayer(block, SolverSettings(solver="anderson", training_solver="picard", grad="phantom"))
+    with torch.no_grad():
+        charged = mixed(u)
+        assert torch.equal(charged.iterations, accelerated(u).iterations)
+        assert torch.equal(charged.z, accelerated(u).z)
+    trained, reference = mixed(u), plain(u)  # autograd on, the block's parameters need a gradient
+    assert torch.equal(trained.iterations, reference.iterations)
+    assert not torch.equal(trained.iterations, charged.iterations)  # plain iteration takes more steps here
+    assert torch.allclose(trained.z, reference.z)
+    assert trained.z.requires_grad
+
+
+def test_the_mlp_trains_with_plain_iteration_and_its_rollouts_are_charged_for_anderson():
+    torch.manual_seed(0)
+    net = build_mlp_fpi_network(8, 3).eval()
+    assert {(layer.solver, layer.training_solver) for layer in net.layers} == {("anderson", "picard")}
+    x = torch.randn(6, 8)
+    choice = torch.tensor([1, 2, 3, 1, 0, 2])
+    with torch.no_grad():
+        _, charged = net.fpi_step(net.straightforward(x), choice)
+    _, trained = net.fpi_step(net.straightforward(x), choice)  # a co-training update's step
+    net.configure_solver(training_solver="anderson")
+    _, trained_anderson = net.fpi_step(net.straightforward(x), choice)
+    assert torch.equal(trained_anderson, charged)
+    net.configure_solver(training_solver="picard", solver="picard")
+    with torch.no_grad():
+        _, plain = net.fpi_step(net.straightforward(x), choice)
+    assert torch.equal(trained, plain)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        net.configure_solver(training_solver="newton")
+    assert all(layer.training_solver == "picard" for layer in net.layers)
