@@ -79,12 +79,11 @@ def fixed_path_reports(
     from one pass that computes shared prefixes once. ``reference`` is FPI on every layer's report,
     reused for that path; ``None`` evaluates it in the same pass."""
     every_layer = list(range(1, model.num_layers + 1))
-    paths = [p for p in increasing_paths(model.num_layers) if reference is None or p != every_layer]
-    reports = evaluate_fixed_policies(model, splits, paths, reward=reward, max_steps=max_steps, device=device, reference=reference)
-    by_name = {sequence_name(p): r for p, r in zip(paths, reports)}
-    if reference is not None:
-        by_name[sequence_name(every_layer)] = reference
-    return {sequence_name(p): by_name[sequence_name(p)] for p in increasing_paths(model.num_layers)}
+    paths = increasing_paths(model.num_layers)
+    reused = reference is not None
+    todo = [p for p in paths if not (reused and p == every_layer)]
+    evaluated = iter(evaluate_fixed_policies(model, splits, todo, reward=reward, max_steps=max_steps, device=device, reference=reference))
+    return {sequence_name(p): reference if reused and p == every_layer else next(evaluated) for p in paths}
 
 
 def fixed_path_points(
