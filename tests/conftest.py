@@ -9,7 +9,9 @@ import tempfile
 import uuid
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
+import pytest
 import torch
 
 
@@ -70,6 +72,17 @@ def script_json(relative: str, *args: object, timeout: float = 600) -> dict:
     proc = run_script(relative, *args, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def refusal(main: Callable[[list[str]], object], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What a script's ``main(argv)`` says when it refuses ``argv``: it must exit with a failing status (as a shell
+    would see it: argparse's status 2, or ``SystemExit("error: ...")``, which the interpreter prints and exits 1 for),
+    and the text is what would reach stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    code = exit_info.value.code
+    assert code not in (0, None), f"{argv} exited with success"
+    return capsys.readouterr().err + (code if isinstance(code, str) else "")
 
 
 def quiet_run_flags(logdir: Path, run_name: str) -> list[str]:

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run_argv
+from conftest import refusal, tiny_run_argv
 
 import dynalay_env  # noqa: F401  (registers DynaLay-v0)
 from agents import evaluate, train
@@ -124,7 +124,7 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
     assert [p.name for p in (tmp_path / "r").iterdir()] == [".lock"]
 
 
-def test_two_runs_started_with_one_name_cannot_both_win(tmp_path):
+def test_two_runs_started_with_one_name_cannot_both_win(tmp_path, capsys):
     argv = [
         sys.executable,
         str(ROOT / "agents" / "train.py"),
@@ -143,13 +143,12 @@ def test_two_runs_started_with_one_name_cannot_both_win(tmp_path):
     assert sorted(rc for _, _, rc in outcomes) == [0, 1], outcomes
     loser = next(err for _, err, rc in outcomes if rc)
     assert "already exists" in loser
-    # a later start with the same name is refused too, and the finished run is intact
-    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    # a later start with the same name is refused too (in this process), and the finished run is intact
+    assert "already exists" in refusal(train.main, argv[2:], capsys)
     assert json.loads((tmp_path / "same" / "eval.json").read_text())["timesteps"] >= 64
 
 
-def test_a_training_run_holds_its_directory_until_it_ends(tmp_path):
+def test_a_training_run_holds_its_directory_until_it_ends(tmp_path, capsys):
     """While a run trains, an --overwrite (or --resume) of its directory is refused and its files stay;
     once it has ended, the directory can be taken again."""
     base = [sys.executable, str(ROOT / "agents" / "train.py"), *TINY, "--pretrain-epochs", "0", "--logdir", str(tmp_path)]
@@ -161,9 +160,9 @@ def test_a_training_run_holds_its_directory_until_it_ends(tmp_path):
         assert first.poll() is None and (tmp_path / "r" / "config.json").exists(), (
             first.stderr.read().decode()[-800:] if first.poll() else ""
         )
+        # refused in this process: the other process holds the directory's lock
         for flag in (["--run-name", "r", "--overwrite"], ["--resume", str(tmp_path / "r")]):
-            again = subprocess.run([*base, *flag], capture_output=True, text=True, timeout=300)
-            assert again.returncode == 1 and "is in use by another running process" in again.stderr, again.stderr[-800:]
+            assert "is in use by another running process" in refusal(train.main, [*base[2:], *flag], capsys)
         assert (tmp_path / "r" / "config.json").exists()
     finally:
         first.kill()
@@ -173,7 +172,7 @@ def test_a_training_run_holds_its_directory_until_it_ends(tmp_path):
     RunDirectory.claim(tmp_path / "r", "overwrite").release()
 
 
-def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path):
+def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path, capsys):
     run = tmp_path / "w"
     argv = [
         sys.executable,
@@ -197,15 +196,12 @@ def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path):
     proc.wait()
     done = load_checkpoint(run)["warmup"]["epochs_done"]
     assert 1 <= done < 6
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "agents" / "train.py"), "--resume", str(run), "--no-progress", "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed the warm-up of {run} after epoch {done} of 6" in resumed.stdout
-    assert "warm-up epoch 6/6" in resumed.stdout and load_checkpoint(run)["phase"] == "train"
+    # resumed in this process: what is tested is what the killed process left
+    capsys.readouterr()
+    train.main(["--resume", str(run), "--no-progress", "--device", "cpu"])
+    resumed = capsys.readouterr().out
+    assert f"resumed the warm-up of {run} after epoch {done} of 6" in resumed
+    assert "warm-up epoch 6/6" in resumed and load_checkpoint(run)["phase"] == "train"
 
 
 def test_a_run_killed_before_any_checkpoint_says_so(tmp_path):
@@ -258,13 +254,9 @@ def test_bad_settings_are_refused_by_name(settings, message):
         (["--max-steps", "2.7"], "argument --max-steps: invalid int value: '2.7'"),
     ],
 )
-def test_bad_flags_are_refused_by_name(argv, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "agents" / "train.py"), *argv, "--logdir", str(tmp_path), "--run-name", "x"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-800:]
+def test_bad_flags_are_refused_by_name(argv, message, tmp_path, capsys):
+    # in process (test_agents.py runs one refusal from a shell): the same main() a shell runs
+    assert message in refusal(train.main, [*argv, "--logdir", str(tmp_path), "--run-name", "x"], capsys)
     assert not (tmp_path / "x").exists()
 
 
