@@ -154,6 +154,7 @@ def test_bad_flags_are_refused_before_anything_is_written(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, capsys):
     script = str(ROOT / "agents" / "train.py")
     # the default task; a small imitation warm-start (the default's 2000 oracle searches cost half a minute,

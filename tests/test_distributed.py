@@ -114,6 +114,7 @@ def test_the_trainer_refuses_to_start_without_a_process_group():
         DistributedMainModelTrainer(model, splits.x_train, splits.y_train)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_two_ranks_end_to_end(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun is not None

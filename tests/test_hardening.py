@@ -124,6 +124,7 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
     assert [p.name for p in (tmp_path / "r").iterdir()] == [".lock"]
 
 
+@pytest.mark.slow
 def test_two_runs_started_with_one_name_cannot_both_win(tmp_path, capsys):
     argv = [
         sys.executable,
@@ -148,6 +149,7 @@ def test_two_runs_started_with_one_name_cannot_both_win(tmp_path, capsys):
     assert json.loads((tmp_path / "same" / "eval.json").read_text())["timesteps"] >= 64
 
 
+@pytest.mark.slow
 def test_a_training_run_holds_its_directory_until_it_ends(tmp_path, capsys):
     """While a run trains, an --overwrite (or --resume) of its directory is refused and its files stay;
     once it has ended, the directory can be taken again."""
@@ -172,6 +174,7 @@ def test_a_training_run_holds_its_directory_until_it_ends(tmp_path, capsys):
     RunDirectory.claim(tmp_path / "r", "overwrite").release()
 
 
+@pytest.mark.slow
 def test_a_kill_during_warm_up_resumes_the_warm_up(tmp_path, capsys):
     run = tmp_path / "w"
     argv = [

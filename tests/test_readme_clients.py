@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.clients
+pytestmark = [pytest.mark.clients, pytest.mark.slow]  # each runs a client's training end to end
 NEEDS = {"sb3": "sb3_contrib", "rl-zoo": "rl_zoo3", "torchrl": "torchrl", "cleanrl": None}
 EXPECT = {
     "sb3": r"MaskablePPO: mean Eq\. 2 return -?\d\.\d+, [1-9]\d* main-model updates",

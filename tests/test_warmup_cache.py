@@ -169,6 +169,7 @@ def test_a_corrupt_or_crafted_cache_file_is_refused_naming_it(cache, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_envs_built_at_once_in_subprocesses_share_one_warm_up(cache):
     """Four processes ask for the same warm-up together: one trains it, the others wait and load."""
     script = (
