@@ -16,6 +16,9 @@ For every seed it runs exactly what a user runs (``agents/train_ppo.py`` with th
   fixed paths and the ceiling;
 * digits (``--digits-seeds``): the agent at the default lambda against the best fixed path.
 
+A job with the same seed and training flags as an earlier one (the digits seeds under ``--dataset
+digits``, as in the smoke test) reuses that run and its comparison instead of training it again.
+
     python benchmarks/agent_vs_rule.py --out-dir runs/avr --json > benchmarks/results/agent_vs_rule/agent_vs_rule.json
 """
 
@@ -51,10 +54,9 @@ def _python(script: str, *args: str, out: Path | None = None) -> None:
 def _train(out_dir: Path, name: str, seed: int, extra: Sequence[str], quick: bool) -> Path:
     run = out_dir / name
     if not (run / "eval.json").is_file():
+        # quick: one rollout (16 envs x 16 steps) and one update, as before at 128 steps per env
         budget = (
-            ["--total-timesteps", "1024", "--pretrain-epochs", "1", "--imitation-samples", "64", "--imitation-every", "512"]
-            if quick
-            else []
+            "--total-timesteps 256 --n-steps 16 --pretrain-epochs 1 --imitation-samples 64 --imitation-every 512".split() if quick else []
         )
         _python(
             "agents/train_ppo.py",
@@ -77,7 +79,7 @@ def _train(out_dir: Path, name: str, seed: int, extra: Sequence[str], quick: boo
 def _evaluate(run: Path, name: str, *args: str, quick: bool) -> dict[str, Any]:
     out = run.parent / f"{run.name}.{name}.json"
     if not out.is_file():
-        limits = ["--ceiling-train-limit", "200", "--baseline-test-limit", "200"] if quick and "--baselines" in args else []
+        limits = ["--ceiling-train-limit", "64", "--baseline-test-limit", "64"] if quick and "--baselines" in args else []
         _python("agents/evaluate.py", str(run), "--json", "--no-figures", *args, *limits, out=out)
     return json.loads(out.read_text())
 
@@ -211,12 +213,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     task = ["--dataset", args.dataset] if args.dataset else []
-    grid = [grid_seed(_train(out_dir, f"grid-s{s}", s, task, args.quick), args.quick) for s in args.seeds]
-    lam_agents = [
-        lambda_seed(_train(out_dir, f"grid-lambda-s{s}", s, task + LAMBDA_AGENT, args.quick), args.lams, args.quick)
-        for s in args.lambda_seeds
-    ]
-    digits = [digits_seed(_train(out_dir, f"digits-s{s}", s, ["--dataset", "digits"], args.quick), args.quick) for s in args.digits_seeds]
+    trained: dict[tuple[int, tuple[str, ...]], Path] = {}
+
+    def train(name: str, seed: int, extra: Sequence[str]) -> Path:
+        """The run of ``seed`` with the flags ``extra``: trained once, however many jobs ask for it."""
+        key = (seed, tuple(extra))
+        if key not in trained:
+            trained[key] = _train(out_dir, name, seed, extra, args.quick)
+        return trained[key]
+
+    grid = [grid_seed(train(f"grid-s{s}", s, task), args.quick) for s in args.seeds]
+    lam_agents = [lambda_seed(train(f"grid-lambda-s{s}", s, task + LAMBDA_AGENT), args.lams, args.quick) for s in args.lambda_seeds]
+    digits = [digits_seed(train(f"digits-s{s}", s, ["--dataset", "digits"]), args.quick) for s in args.digits_seeds]
     figures = []
     for seed, result in zip(args.lambda_seeds, lam_agents):
         path = out_dir / f"lambda_agent_vs_rule_s{seed}.png"

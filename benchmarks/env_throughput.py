@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sizes is not None and any(n < 1 for n in args.sizes):
         parser.error(f"--sizes must be >= 1, got {args.sizes}")
     if args.quick:
-        result = run(args.sizes or [1, 64], devices, args.cotrain, min_steps=5, min_seconds=0.2, sync_max=64, fpi_solver=args.fpi_solver)
+        result = run(args.sizes or [1, 64], devices, args.cotrain, min_steps=5, min_seconds=0.05, sync_max=64, fpi_solver=args.fpi_solver)
     else:
         result = run(
             args.sizes or [1, 64, 256, 1024],

@@ -126,7 +126,7 @@ def markdown(out: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = harness.parser(__doc__, quick="2 repeats, 20 single samples (a smoke test, not a measurement)", device="auto")
+    parser = harness.parser(__doc__, quick="1 repeat, 20 single samples (a smoke test, not a measurement)", device="auto")
     parser.add_argument("run_dir", type=Path, help="a trained run directory (agents/train.py)")
     parser.add_argument("--batch", type=int, default=256, help="rows in flight for the batched measurement")
     parser.add_argument("--single", type=int, default=200, help="test samples answered one at a time (batch 1)")
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error("--batch, --single and --repeats must be >= 1")
     set_threads(args.threads)
     if args.quick:
-        args.repeats, args.single = 2, 20
+        args.repeats, args.single = 1, 20
     return harness.show(
         measure(args.run_dir, batch=args.batch, single=args.single, repeats=args.repeats, device=args.device), args.json, markdown
     )

@@ -3,11 +3,12 @@ deselect with ``-m "not slow"``; they check structure, never timings), and the h
 scripts share does what they rely on."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script, quiet_run_flags, run_script, script_json
+from conftest import load_script, quiet_run_flags, script_json
 
 from main_models.device import local_device
 
@@ -172,8 +173,13 @@ def test_warmup_paths_quick():
 
 
 @slow
-def test_adaptive_vs_fixed_quick(tmp_path):
-    out = script_json("benchmarks/adaptive_vs_fixed.py", "--quick", "--json", "--out-dir", tmp_path, timeout=900)
+def test_adaptive_vs_fixed_quick(tmp_path, capsys):
+    # every call runs in this process, through the script's main (what its command line runs; a new
+    # interpreter would cost seconds of imports): the quick run, then calls that read its saved runs and JSON
+    sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
+    avf = load_script("benchmarks/adaptive_vs_fixed.py")
+    avf.main(["--quick", "--json", "--out-dir", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["benchmark"] == "adaptive_vs_fixed" and (tmp_path / "pareto.png").stat().st_size > 0
     table = out["summary"]["digits-graded"]
     for name in ("model0", "model1", "model2", "model3"):
@@ -199,17 +205,8 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     assert [p["lam"] for p in table["lambda_agent"]] == [0.0, 0.01]
 
     # the saved runs reproduce the recorded accuracy and compute (checked by --retime) and get new wall times
-    retimed = script_json(
-        "benchmarks/adaptive_vs_fixed.py",
-        "--merge",
-        tmp_path / "adaptive_vs_fixed.json",
-        "--retime",
-        "--timing-repeats",
-        "2",
-        "--json",
-        "--out-dir",
-        tmp_path / "retimed",
-    )
+    results = str(tmp_path / "adaptive_vs_fixed.json")
+    retimed = avf.main(["--merge", results, "--retime", "--timing-repeats", "2", "--json", "--out-dir", str(tmp_path / "retimed")])
     assert retimed["retimed"] is True
     for algo, agent in retimed["per_seed"][0]["agents"].items():
         assert agent["accuracy"] == out["per_seed"][0]["agents"][algo]["accuracy"]
@@ -223,36 +220,20 @@ def test_adaptive_vs_fixed_quick(tmp_path):
     second = tmp_path / "second.json"
     second.write_text(json.dumps({"benchmark": "adaptive_vs_fixed", "per_seed": [other]}))
     merged_dir = tmp_path / "merged"
-    merged = script_json(
-        "benchmarks/adaptive_vs_fixed.py",
-        "--merge",
-        tmp_path / "adaptive_vs_fixed.json",
-        second,
-        "--json",
-        "--out-dir",
-        merged_dir,
-        timeout=300,
-    )["summary"]["digits-graded"]
-    acc0 = merged["model0"]["accuracy"]
+    merged = avf.main(["--merge", results, str(second), "--json", "--out-dir", str(merged_dir)])
+    acc0 = merged["summary"]["digits-graded"]["model0"]["accuracy"]
     assert acc0["n"] == 2 and acc0["mean"] == pytest.approx(entry["baselines"]["model0"]["accuracy"] + 0.05)
     assert acc0["std"] == pytest.approx(0.1 / 2**0.5)
-    proc = run_script(
-        "benchmarks/adaptive_vs_fixed.py",
-        "--merge",
-        merged_dir / "adaptive_vs_fixed.json",
-        "--markdown",
-        "--out-dir",
-        tmp_path / "md",
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "#### digits-graded (2 seeds)" in proc.stdout and f"| Model 0 (plain) | {acc0['mean']:.4f} ± {acc0['std']:.4f} |" in proc.stdout
-    proc = run_script("benchmarks/adaptive_vs_fixed.py", "--merge", second, second, "--out-dir", merged_dir, timeout=300)
-    assert proc.returncode != 0 and "seed 1 appears in both" in proc.stderr
+    capsys.readouterr()
+    avf.main(["--merge", str(merged_dir / "adaptive_vs_fixed.json"), "--markdown", "--out-dir", str(tmp_path / "md")])
+    stdout = capsys.readouterr().out
+    assert "#### digits-graded (2 seeds)" in stdout and f"| Model 0 (plain) | {acc0['mean']:.4f} ± {acc0['std']:.4f} |" in stdout
+    with pytest.raises(SystemExit, match="seed 1 appears in both"):
+        avf.main(["--merge", str(second), str(second), "--out-dir", str(merged_dir)])
 
 
 @slow
-def test_introspection_quick(tmp_path):
+def test_introspection_quick(tmp_path, capsys):
     """The introspection benchmark end to end at smoke size: the agent beside every baseline, the lambda
     sweep against the fixed-lambda agents, the figures, and a merge of two seeds."""
     out = script_json(
@@ -271,21 +252,24 @@ def test_introspection_quick(tmp_path):
     computes = [p["compute_fraction"]["mean"] for p in t["lambda_agent"]]
     assert t["targets"]["lambda_agent_compute_never_rises"] == all(b <= a + 1e-9 for a, b in zip(computes, computes[1:]))
     assert t["targets"]["lambda_agent_compute_span"] == pytest.approx(computes[0] / computes[-1])
-    # a second seed from another process merges into mean +- std; the same seed twice is refused
+    # a second seed from another process merges into mean +- std; the same seed twice is refused. The
+    # merges only read JSON: they run in this process, through the script's main (the run above ran it as a command)
     other = json.loads(json.dumps(entry))
     other["seed"] = 1
     other["comparison"]["agent"]["accuracy"] += 0.1
     second = tmp_path / "second.json"
     second.write_text(json.dumps({"benchmark": "introspection", "per_seed": [other]}))
-    proc = run_script(
-        "benchmarks/introspection.py", "--merge", tmp_path / "introspection.json", second, "--out-dir", tmp_path / "merged", timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "#### digits (seeds 0, 1" in proc.stdout and "learnable ceiling" in proc.stdout
+    sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
+    introspection = load_script("benchmarks/introspection.py")
+    capsys.readouterr()
+    introspection.main(["--merge", str(tmp_path / "introspection.json"), str(second), "--out-dir", str(tmp_path / "merged")])
+    stdout = capsys.readouterr().out
+    assert "#### digits (seeds 0, 1" in stdout and "learnable ceiling" in stdout
     merged = json.loads((tmp_path / "merged" / "introspection.json").read_text())["summary"]["digits"]["agent"]["accuracy"]
     assert merged["n"] == 2 and merged["std"] == pytest.approx(0.1 / 2**0.5)
-    proc = run_script("benchmarks/introspection.py", "--merge", second, second, "--out-dir", tmp_path / "m2", timeout=300)
-    assert proc.returncode != 0 and "appears twice" in proc.stderr
+    with pytest.raises(SystemExit, match="appears twice") as refused:
+        introspection.main(["--merge", str(second), str(second), "--out-dir", str(tmp_path / "m2")])
+    assert refused.value.code not in (0, None)  # a failing exit status
 
 
 @slow
@@ -355,7 +339,7 @@ def test_inference_time_quick(tmp_path):
 
 
 @slow
-def test_agent_vs_rule_quick(tmp_path):
+def test_agent_vs_rule_quick(tmp_path, monkeypatch):
     argv = [
         "--quick",
         "--json",
@@ -372,9 +356,19 @@ def test_agent_vs_rule_quick(tmp_path):
     assert [p["lam"] for p in lam["points"]] == [0.01, 0.1, 1.0] and lam["confidence_curve"]
     assert lam["on_or_above_the_rule"] == (not lam["rule_points_above_the_agent"])
     assert {"within_half_a_point_of_the_best_fixed_path", "compute_at_most_0.3"} <= set(digits)
+    assert digits["run"] == grid["run"]  # with --dataset digits the digits seed is the grid seed's run, trained once
     assert Path(out["figures"][0]).is_file()
-    # a second call finds every run and comparison in place and only aggregates
-    assert script_json("benchmarks/agent_vs_rule.py", *argv, timeout=300)["grid_lookup"] == out["grid_lookup"]
+    # a second call finds every run and comparison in place and only aggregates: it runs in this process,
+    # through the script's main, where starting any training or evaluation fails
+    sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
+    agent_vs_rule = load_script("benchmarks/agent_vs_rule.py")
+
+    def nothing_to_run(script, *args, out=None):
+        raise AssertionError(f"the second call ran {script} {' '.join(args)}")
+
+    monkeypatch.setattr(agent_vs_rule, "_python", nothing_to_run)
+    again = agent_vs_rule.main([str(a) for a in argv])
+    assert json.loads(json.dumps(again))["grid_lookup"] == out["grid_lookup"]
 
 
 @slow

@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, quiet_run_flags, run_script, script_json
+from conftest import load_script, quiet_run_flags
 
 from agents import train
 from agents.checkpoint import CheckpointError, load_checkpoint
@@ -186,12 +186,12 @@ def test_level_names_say_what_each_level_holds():
 
 
 @pytest.mark.slow
-def test_transfer_quick(tmp_path):
+def test_transfer_quick(tmp_path, capsys):
     """The benchmark end to end at smoke size on grid-lookup: trained on 6x6, every set evaluated, the
-    targets, the Markdown, and a second run taken from the file."""
-    out = script_json(
-        "benchmarks/transfer.py", "--quick", "--tasks", "grid-lookup", "--seeds", "0", "--json", "--out-dir", tmp_path, timeout=900
-    )
+    targets, the Markdown, and a second run taken from the file. Both run in this process, through the
+    script's main (what its command line runs; a new interpreter would cost seconds of imports)."""
+    transfer.main(["--quick", "--tasks", "grid-lookup", "--seeds", "0", "--json", "--out-dir", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["benchmark"] == "transfer" and (tmp_path / "transfer.json").stat().st_size > 0
     entry = out["per_seed"][0]
     assert transfer.set_order(entry["sets"]) == ["train range", "8x8", "10x10"]
@@ -209,6 +209,8 @@ def test_transfer_quick(tmp_path):
     t = out["summary"]["grid-lookup"]
     assert set(t["targets"]) == {"agent_compute_rises", "agent_fpi_steps_rise", "8x8", "10x10"}
     assert math.isclose(t["sets"]["8x8"]["agent"]["accuracy"]["mean"], entry["sets"]["8x8"]["agent"]["accuracy"])
-    again = run_script("benchmarks/transfer.py", "--quick", "--tasks", "grid-lookup", "--seeds", "0", "--out-dir", tmp_path, timeout=600)
-    assert again.returncode == 0 and "already in" in again.stderr and "#### grid-lookup: trained on 6x6 grids" in again.stdout
+    # the same command again takes the seed from the file and trains nothing
+    transfer.main(["--quick", "--tasks", "grid-lookup", "--seeds", "0", "--out-dir", str(tmp_path)])
+    again = capsys.readouterr()
+    assert "already in" in again.err and "#### grid-lookup: trained on 6x6 grids" in again.out
     assert np.isfinite(t["sets"]["10x10"]["fpi_all"]["accuracy"]["mean"])
