@@ -47,21 +47,25 @@ class FPINetwork(nn.Module):
     point from its current state (FPI).
     """
 
-    @property
-    def pure_parametrizations(self) -> bool:
-        """Whether every parametrized weight is a pure function of its parameters, so that one update
-        may compute it once and reuse it in every solve (the cnn's operator-norm bound). A
-        parametrization with buffers may advance them at each use (spectral_norm's power iteration
-        does, in training mode), and computing it once would change what it trains to."""
-        from torch.nn.utils import parametrize
+    @contextmanager
+    def update_weights(self) -> Iterator[None]:
+        """Every parametrized weight (spectral norm, the conv operator-norm bound) computed once, with
+        autograd, and used by every solve and application of one training update.
 
-        return all(
-            not any(True for _ in p.buffers())
-            for m in self.modules()
-            if parametrize.is_parametrized(m)
-            for plist in m.parametrizations.values()
-            for p in plist
-        )
+        Why once per update: the update then differentiates one map. Computed at each use, spectral
+        norm's power iteration would step its vectors at every solve and application (about 50 times
+        in a co-training update of 64 episodes), so the map would shift between the solves of one
+        update, and how far the vectors moved would depend on the lengths of the paths the update
+        happens to replay (and, in data-parallel training, differ between ranks). Once per update is
+        the usual practice for spectral norm: one power-iteration step per optimizer step. The
+        weights are computed up front so that the cache holds the graph-attached ones even where the
+        first use is a solve under no_grad."""
+        with parametrize.cached():
+            for module in self.modules():
+                if parametrize.is_parametrized(module):
+                    for name in module.parametrizations:
+                        getattr(module, name)
+            yield
 
     def __init__(
         self,

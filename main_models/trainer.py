@@ -8,7 +8,6 @@ a row of actions: 0 (stop), or i in 1..L for "FPI on layer i", 0-padded (see
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.utils import parametrize
 
 from .network import FPINetwork
 
@@ -147,8 +145,7 @@ class MainModelTrainer:
                 )
             index, paths = index.clone(), paths.clone()  # normal tensors, even if the caller made them in inference mode
             self.model.train()
-            # a pure parametrization is computed once for the whole update, not at every solve step
-            with parametrize.cached() if self.model.pure_parametrizations else contextlib.nullcontext():
+            with self.model.update_weights():
                 loss = self._update_loss(index, paths)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,7 +1,7 @@
 import torch
 from conftest import copy_state
 
-from main_models import FPINetwork, build_main_model, build_mlp_fpi_network, load_digits
+from main_models import FPINetwork, MainModelTrainer, build_main_model, build_mlp_fpi_network, load_digits
 
 
 def _net(seed=0) -> FPINetwork:
@@ -196,3 +196,21 @@ def test_gradients_through_the_lockstep_solves_match_the_unrolled_ones():
         return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
 
     torch.testing.assert_close(grads("implicit"), grads("unrolled"), rtol=1e-7, atol=1e-9)
+
+
+def test_an_update_steps_the_spectral_norm_once_and_trains_through_it():
+    """One co-training update computes each spectral-norm weight once, with autograd: one power-iteration
+    step whatever the paths (not one per solve and application), and the gradient reaches the weight."""
+    torch.manual_seed(0)
+    net = build_mlp_fpi_network(8, 3, hidden=16)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    trainer = MainModelTrainer(net, x, y)
+    spectral = net.layers[0].block.recurrent.parametrizations.weight
+    calls = []
+    spectral[0].register_forward_hook(lambda *args: calls.append(1))
+    for paths in (torch.tensor([[1, 2, 3]] * 32), torch.tensor([[1, 1, 2, 2, 3, 3]] * 32), torch.zeros(32, 3, dtype=torch.long)):
+        before = spectral.original.detach().clone()
+        calls.clear()
+        trainer.step(torch.arange(32), paths)
+        assert len(calls) == 1, paths[0]
+        assert not torch.equal(spectral.original, before)  # the optimizer step moved the recurrent weight
