@@ -32,6 +32,9 @@ from typing import Any
 
 import harness
 
+from agents import train
+from agents.evaluate import evaluate_run, load_run
+from dynalay_env import oracle
 from main_models import fixed_path_oracle, run_baseline, set_threads, write_json
 
 SETTINGS = ("budget", "baseline_epochs", "pretrain_epochs", "lam", "lam_range", "oracle_limit", "num_envs")
@@ -55,10 +58,6 @@ class Plan:
     lambda_agent: bool = True
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Field overrides for one dataset, e.g. its lambda; flags given on the command line win."""
-    baseline_batch_size: int = 64
-    """The Model 0-3 networks' training batch (run_baseline's default)."""
-    train_flags: list[str] = field(default_factory=list)
-    """More agents/train.py flags for every agent."""
 
     def for_dataset(self, dataset: str) -> "Plan":
         return replace(self, **self.per_dataset.get(dataset, {}))
@@ -78,27 +77,7 @@ FULL = Plan(
     # benchmarks/README.md, "Against separately trained fixed-path networks (Model 0-3)"
     per_dataset={"parity": dict(baseline_epochs=10, oracle_limit=400, lam=0.05, lam_range="0,0.1", lam_grid=[0.0, 0.025, 0.05, 0.1])},
 )
-QUICK = Plan(
-    ["digits-graded"],
-    [0],
-    ["ppo", "reinforce"],
-    512,
-    1,
-    1,
-    0.005,
-    "0,0.02",
-    [0.0, 0.01],
-    num_envs=8,
-    oracle_limit=48,
-    # a smoke test, not a measurement: Model 0-3's epoch in a quarter of the steps, and the imitation
-    # warm-start on 64 train samples, not train.py's 2000 (most of each quick agent's training)
-    baseline_batch_size=256,
-    train_flags=["--imitation-samples", "64"],
-)
-UNRECORDED_DEFAULTS: dict[str, Any] = {"baseline_batch_size": 64, "train_flags": []}
-"""Plan fields that came after published results: a seed records them (in its job key, its settings and
-the result's plan) only where they differ from these, the full plan's, so that a full run's results,
-and the result files it continues, read as they always did."""
+QUICK = Plan(["digits-graded"], [0], ["ppo", "reinforce"], 512, 1, 1, 0.005, "0,0.02", [0.0, 0.01], num_envs=8, oracle_limit=48)
 
 
 SMALL_BUDGET_FLAGS = {
@@ -108,6 +87,9 @@ SMALL_BUDGET_FLAGS = {
     "reinforce": ["--n-steps", "4"],
 }
 """Each algorithm's settings for budgets under 2048 steps, so that a quick run still updates."""
+SMALL_BUDGET_IMITATION = ["--imitation-samples", "64"]
+"""The imitation warm-start for budgets under 2048 steps: 64 oracle demonstrations, not train.py's
+2000, which would be most of such a run's time."""
 
 
 def _level_compute(per_difficulty: dict) -> dict[str, float]:
@@ -144,17 +126,11 @@ def _train_agent(plan: Plan, dataset: str, algo: str, seed: int, run_dir: Path, 
     if lam_range:
         argv += ["--lam-range", lam_range]
     if plan.budget < 2048:
-        argv += SMALL_BUDGET_FLAGS[algo]
-    argv += plan.train_flags
-    from agents import train  # here: --merge, which trains nothing, need not import the trainers
-
+        argv += SMALL_BUDGET_FLAGS[algo] + SMALL_BUDGET_IMITATION
     return train.main(argv)
 
 
 def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
-    from agents.evaluate import load_run
-    from dynalay_env import oracle
-
     engine = load_run(run_dir, "cpu").engine
     model, splits = engine.model, engine.splits
     if limit is not None:
@@ -162,20 +138,13 @@ def _agent_oracle(run_dir: Path, limit: int | None) -> dict:
     return oracle(model, splits, max_steps=engine.max_steps).as_dict()
 
 
-def _recorded(plan: Plan) -> dict[str, Any]:
-    """The plan's fields as recorded (see :data:`UNRECORDED_DEFAULTS`)."""
-    return {k: v for k, v in asdict(plan).items() if k not in UNRECORDED_DEFAULTS or v != UNRECORDED_DEFAULTS[k]}
-
-
 def _job_key(plan: Plan, dataset: str, seed: int) -> dict:
     """What one seed of ``dataset`` runs with (see :func:`harness.run_seeds`)."""
-    settings = _recorded(plan.for_dataset(dataset))
+    settings = asdict(plan.for_dataset(dataset))
     return {"dataset": dataset, "seed": seed, **{k: v for k, v in settings.items() if k not in ("datasets", "seeds", "per_dataset")}}
 
 
 def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
-    from agents.evaluate import evaluate_run
-
     plan = plan.for_dataset(dataset)
     entry: dict[str, Any] = {
         "dataset": dataset,
@@ -184,13 +153,9 @@ def run_seed(plan: Plan, dataset: str, seed: int, work_dir: Path) -> dict:
         "agents": {},
         "settings": {k: getattr(plan, k) for k in SETTINGS},
     }
-    # seeds run with other settings are not averaged
-    entry["settings"].update({k: v for k, v in _recorded(plan).items() if k in UNRECORDED_DEFAULTS})
     base_runs = []
     for name, layers in BASELINES.items():
-        r = run_baseline(
-            dataset, fpi_layers=layers, epochs=plan.baseline_epochs, batch_size=plan.baseline_batch_size, seed=seed, progress=False
-        )
+        r = run_baseline(dataset, fpi_layers=layers, epochs=plan.baseline_epochs, seed=seed, progress=False)
         base_runs.append(r)
         entry["baselines"][name] = {
             "accuracy": r["test_accuracy"],
@@ -412,8 +377,6 @@ def retime(entries: list[dict], runs_dir: Path, repeats: int) -> None:
     ``repeats`` interleaved rollouts), e.g. on a quiet machine after seeds ran side by side.
     Accuracy and compute are deterministic given the saved run, so they must come out as
     recorded: that is checked, which also shows the saved runs reproduce the table."""
-    from agents.evaluate import evaluate_run
-
     for entry in entries:
         dataset, seed = entry["dataset"], entry["seed"]
         jobs = [(runs_dir / f"{dataset}-{algo}-s{seed}", [entry["settings"]["lam"]], [agent]) for algo, agent in entry["agents"].items()]
@@ -480,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
             for d in plan.datasets
             for seed in plan.seeds
         ]
-        extra = {"plan": {k: getattr(plan, k) for k in _recorded(plan)}}
+        extra = {"plan": dict(vars(plan))}
 
     def retime_each(found: list[tuple[Path, dict]]) -> None:
         for path in args.merge if args.retime else []:

@@ -32,7 +32,9 @@ from typing import Any
 import harness
 import numpy as np
 
+from agents import train
 from agents.compare import TOLERANCE, decision_targets
+from agents.evaluate import evaluate_run
 from main_models import write_json
 
 LAM_GRID = [0.001, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0]
@@ -88,8 +90,6 @@ def _train(plan: TaskPlan, seed: int, run_dir: Path, *, lam: float, lam_range: t
     argv += ["--warmup-cache", str(run_dir.parent / "warmup"), *plan.flags]
     if lam_range is not None:
         argv += ["--lam-range", f"{lam_range[0]},{lam_range[1]}", "--lam-dist", "log-uniform"]
-    from agents import train  # here: --merge, which trains nothing, need not import the trainers
-
     return train.main(argv)
 
 
@@ -108,8 +108,6 @@ def _brief(report: dict) -> dict:
 
 
 def run_seed(plan: TaskPlan, seed: int, out_dir: Path) -> dict:
-    from agents.evaluate import evaluate_run
-
     start = time.perf_counter()
     runs = {
         "fixed": out_dir / f"{plan.dataset}-lam{plan.lam:g}-s{seed}",

@@ -43,15 +43,19 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import harness
+import torch
 
+from agents import train
+from agents.compare import CONFIDENCE_RULE_OBSERVATION, TOLERANCE, fixed_path_points
+from agents.evaluate import LoadedRun, load_run, load_test_data
+from dynalay_env import EvalReport, evaluate_policy
+from dynalay_env.baselines import accuracy_at_compute, confidence_threshold, rule_orders, sweep
+from dynalay_env.engine import ObservationLayout
 from main_models import write_json
-
-if TYPE_CHECKING:
-    from agents.evaluate import LoadedRun
-    from dynalay_env import EvalReport
+from main_models.data.grid_lookup import GRID_KINDS
 
 TRAIN_SET = "train range"
 """The name of the training range's own test split among each seed's sets."""
@@ -128,8 +132,6 @@ def level_names(dataset: str, options: dict[str, Any], levels: list[int]) -> dic
     """What each difficulty level of a set is, for the tables: the query kind on grid-lookup, the
     lengths it holds on parity."""
     if dataset == "grid-lookup":
-        from main_models.data.grid_lookup import GRID_KINDS
-
         return {lv: GRID_KINDS[lv] for lv in levels}
     if dataset == "parity":
         lo, hi, n = int(options.get("min_len", 1)), int(options.get("max_len", 15)), int(options.get("levels", 5))
@@ -168,8 +170,6 @@ def _brief(report: EvalReport, reference: EvalReport, names: dict[int, str]) -> 
 def tune_rule(curve: list[dict], fpi_all_accuracy: float) -> dict[str, Any]:
     """The confidence rule's point of least compute within :data:`TOLERANCE` of FPI on every layer;
     where no point is, the most accurate (then the cheapest)."""
-    from agents.compare import TOLERANCE
-
     reaching = [p for p in curve if p["accuracy"] >= fpi_all_accuracy - TOLERANCE]
     pick = min(reaching, key=lambda p: p["compute_fraction"]) if reaching else max(curve, key=lambda p: (p["accuracy"], -p["compute"]))
     return {"tau": pick["tau"], "order": list(pick["order"]), "reaches_fpi_all_accuracy": bool(reaching)}
@@ -178,11 +178,6 @@ def tune_rule(curve: list[dict], fpi_all_accuracy: float) -> dict[str, Any]:
 def evaluate_set(loaded: LoadedRun, rule: dict[str, Any], orders: list[list[int]], names: dict[int, str]) -> dict[str, Any]:
     """The agent, the rule at its tuned tau and order, FPI on every layer and the plain path on the
     loaded run's test split, and the rule's tau curve there."""
-    from agents.compare import CONFIDENCE_RULE_OBSERVATION
-    from dynalay_env import evaluate_policy
-    from dynalay_env.baselines import accuracy_at_compute, confidence_threshold, sweep
-    from dynalay_env.engine import ObservationLayout
-
     engine = loaded.engine
     model, splits, T = engine.model, engine.splits, engine.max_steps
     reward = engine.reward.fixed(float(loaded.settings.env.lam))
@@ -214,22 +209,11 @@ def evaluate_set(loaded: LoadedRun, rule: dict[str, Any], orders: list[list[int]
 
 
 def _data(plan: TransferPlan, options: dict[str, Any]):  # noqa: ANN202 (a DatasetSplits)
-    from agents.evaluate import load_test_data
-
     data = load_test_data(plan.dataset, options)
     return data.head(None, plan.test_limit) if plan.test_limit is not None else data
 
 
 def run_seed(plan: TransferPlan, seed: int, out_dir: Path) -> dict[str, Any]:
-    # here, not at the top: a run that only reads result files (--merge, or seeds the file holds) trains nothing
-    import torch
-
-    from agents import train
-    from agents.compare import CONFIDENCE_RULE_OBSERVATION, TOLERANCE, fixed_path_points
-    from agents.evaluate import load_run
-    from dynalay_env import evaluate_policy
-    from dynalay_env.baselines import rule_orders, sweep
-
     start = time.perf_counter()
     run = run_dir(out_dir, plan, seed)
     argv = train_argv(plan, seed, out_dir)
