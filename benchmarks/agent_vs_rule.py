@@ -54,7 +54,7 @@ def _python(script: str, *args: str, out: Path | None = None) -> None:
 def _train(out_dir: Path, name: str, seed: int, extra: Sequence[str], quick: bool) -> Path:
     run = out_dir / name
     if not (run / "eval.json").is_file():
-        # quick: one rollout (16 envs x 16 steps) and one update, as before at 128 steps per env
+        # quick: one rollout (16 envs x 16 steps) and one PPO update, the least that exercises training
         budget = (
             "--total-timesteps 256 --n-steps 16 --pretrain-epochs 1 --imitation-samples 64 --imitation-every 512".split() if quick else []
         )

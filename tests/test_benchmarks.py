@@ -3,7 +3,6 @@ deselect with ``-m "not slow"``; they check structure, never timings), and the h
 scripts share does what they rely on."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -176,7 +175,6 @@ def test_warmup_paths_quick():
 def test_adaptive_vs_fixed_quick(tmp_path, capsys):
     # every call runs in this process, through the script's main (what its command line runs; a new
     # interpreter would cost seconds of imports): the quick run, then calls that read its saved runs and JSON
-    sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
     avf = load_script("benchmarks/adaptive_vs_fixed.py")
     avf.main(["--quick", "--json", "--out-dir", str(tmp_path)])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -259,7 +257,6 @@ def test_introspection_quick(tmp_path, capsys):
     other["comparison"]["agent"]["accuracy"] += 0.1
     second = tmp_path / "second.json"
     second.write_text(json.dumps({"benchmark": "introspection", "per_seed": [other]}))
-    sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
     introspection = load_script("benchmarks/introspection.py")
     capsys.readouterr()
     introspection.main(["--merge", str(tmp_path / "introspection.json"), str(second), "--out-dir", str(tmp_path / "merged")])
@@ -360,7 +357,6 @@ def test_agent_vs_rule_quick(tmp_path, monkeypatch):
     assert Path(out["figures"][0]).is_file()
     # a second call finds every run and comparison in place and only aggregates: it runs in this process,
     # through the script's main, where starting any training or evaluation fails
-    sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
     agent_vs_rule = load_script("benchmarks/agent_vs_rule.py")
 
     def nothing_to_run(script, *args, out=None):

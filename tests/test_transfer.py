@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from functools import partial
 
 import numpy as np
@@ -22,8 +21,6 @@ from main_models import build_main_model, register_dataset, unregister_dataset
 from main_models.data.grid_lookup import load_grid_lookup
 from main_models.data.offline import load_parity
 
-# the benchmark scripts import their harness by its bare name, as they run from benchmarks/
-sys.modules.setdefault("harness", load_script("benchmarks/harness.py"))
 transfer = load_script("benchmarks/transfer.py")
 
 TINY = ["--algo", "ppo", "--imitation-samples", "0", "--pretrain-epochs", "0", "--total-timesteps", "64", "--num-envs", "4"]
