@@ -219,6 +219,36 @@ def test_lstm_implicit_gradient_is_backprop_through_time():
     torch.testing.assert_close(implicit[1], block.gates.weight.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_a_sweep_over_many_rows_runs_in_chunks_with_each_rows_own_values(monkeypatch):
+    # a CPU sweep without autograd splits its rows into cache-sized chunks: the chunks must
+    # cover every row once, in place, with the values (and so the solve's iteration counts) of
+    # the unchunked sweep, bit for bit
+    import main_models.lstm as lstm
+
+    torch.manual_seed(0)
+    T = 6
+    block = JacobiLSTMBlock(5, 8, T)
+    layer = FPILayer(block, SolverSettings(tol=1e-9, max_iter=T + 1))
+    u = _marked(torch.randn(23, T, 5), [6, 5, 4, 3, 2, 1] * 3 + [6, 6, 3, 1, 2])
+    with torch.no_grad():
+        z = block(block.initial_state(u), u)
+        whole, whole_solve = block(z, u), layer(u)
+    rows_per_chunk = 4
+    monkeypatch.setattr(lstm, "CPU_CHUNK_BYTES", rows_per_chunk * T * 4 * 8 * 4)
+    calls = []
+    sweep = block._sweep
+    monkeypatch.setattr(block, "_sweep", lambda z, u: calls.append(z.shape[0]) or sweep(z, u))
+    with torch.no_grad():
+        chunked, chunked_solve = block(z, u), layer(u)
+    assert calls[0:6] == [4, 4, 4, 4, 4, 3]
+    assert torch.equal(chunked, whole)
+    assert torch.equal(chunked_solve.z, whole_solve.z) and torch.equal(chunked_solve.iterations, whole_solve.iterations)
+    calls.clear()
+    z.requires_grad_(True)
+    block(z, u).sum().backward()  # with autograd: one sweep, as the graph of one application
+    assert calls == [23]
+
+
 def test_lstm_upper_layers_read_only_h_and_the_mark_of_the_layer_below():
     splits = _parity()
     net = build_main_model(splits)
