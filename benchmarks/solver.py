@@ -32,10 +32,11 @@ from main_models import DatasetSplits, FPINetwork, MainModelTrainer, build_main_
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 SOLVERS: dict[str, dict[str, Any]] = {
     "picard": {"solver": "picard"},
-    "anderson-m3": {"solver": "anderson", "anderson_memory": 3},
-    "anderson-m5": {"solver": "anderson", "anderson_memory": 5},
+    "anderson-m3": {"solver": "anderson", "anderson_memory": 3, "anderson_start": 1},
+    "anderson-m5": {"solver": "anderson", "anderson_memory": 5, "anderson_start": 1},
 }
-"""The solvers compared: name -> :meth:`FPINetwork.configure_solver` arguments."""
+"""The solvers compared: name -> :meth:`FPINetwork.configure_solver` arguments. Anderson from the
+first iteration, as the published table measured it (the mlp's own default starts at the fourth)."""
 
 
 def digits_as_images(splits: DatasetSplits) -> DatasetSplits:

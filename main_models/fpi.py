@@ -86,13 +86,19 @@ class Anderson:
     name = "anderson"
     uses_history = True
 
-    def __init__(self, memory: int = 5, regularization: float = 1e-4) -> None:
+    def __init__(self, memory: int = 5, regularization: float = 1e-4, start: int = 1) -> None:
         if memory < 2:
             raise ValueError(f"Anderson memory must be >= 2, got {memory}")
         if not regularization > 0:
             raise ValueError(f"Anderson regularization must be > 0, got {regularization}")
+        if start < 1:
+            raise ValueError(f"Anderson start must be >= 1, got {start}")
         self.memory = memory
         self.regularization = regularization
+        self.start_iteration = start
+        """The first iteration that enters the history (the first mix follows it); the iterations
+        before it are plain, ``z <- f(z)``, with none of the history's work. 1: Anderson from the
+        first iteration."""
 
     def start(self, z0: Tensor, *, differentiable: bool) -> None:
         b, d, m = z0.shape[0], z0[0].numel(), self.memory
@@ -109,7 +115,11 @@ class Anderson:
         self._f = self._g = self._gram = None
 
     def next_iterate(self, z: Tensor, fz: Tensor, g: Tensor, k: int) -> Tensor:
-        """Push f(z_k) and g_k = f(z_k) - z_k (flattened, (B, d)) and return z_{k+1}."""
+        """Push f(z_k) and g_k = f(z_k) - z_k (flattened, (B, d)) and return z_{k+1}; before
+        :attr:`start_iteration`, return f(z_k) and keep nothing."""
+        if k < self.start_iteration:
+            return fz
+        k = k - self.start_iteration + 1
         slot, n = (k - 1) % self.memory, min(k, self.memory)
         f_hist, g_hist, gram = self._f, self._g, self._gram
         if self._differentiable:  # in-place writes on tensors autograd saved would corrupt the graph
@@ -133,8 +143,10 @@ class Anderson:
 
     def overhead_flops(self, iterations: Tensor, state_numel: int) -> Tensor:
         """FLOPs beyond the function evaluations of a row that took ``iterations`` evaluations: after
-        every evaluation but the last, one Gram row (2 n d), and from the second on, the
-        regularised n x n solve (n^3 + 3 n^2) and the mix of n stored values (2 n d)."""
+        every evaluation but the last, from :attr:`start_iteration` on, one Gram row (2 n d), and
+        from the second of those on, the regularised n x n solve (n^3 + 3 n^2) and the mix of n
+        stored values (2 n d)."""
+        iterations = (iterations - (self.start_iteration - 1)).clamp(min=0)
         k_max = int(iterations.max()) if iterations.numel() else 0
         j = torch.arange(1, max(k_max, 1), dtype=torch.float64, device=iterations.device)
         n = j.clamp(max=self.memory)
@@ -145,7 +157,7 @@ class Anderson:
 
 def make_solver(name: str, **options: Any) -> "Picard | Anderson":
     """A fresh solver by name: ``"picard"`` or ``"anderson"`` (options: ``memory``,
-    ``regularization``)."""
+    ``regularization``, ``start``)."""
     if name == "picard":
         if options:
             raise ValueError(f"the picard solver takes no options, got {sorted(options)}")
@@ -383,6 +395,9 @@ class SolverSettings:
     solver that is fastest in wall time rather than the one that is cheapest in charged FLOPs."""
     anderson_memory: int = 5
     """Anderson's history length (``memory`` of :class:`Anderson`), for whichever solve uses it."""
+    anderson_start: int = 1
+    """The iteration at which Anderson starts (``start`` of :class:`Anderson`): the iterations before
+    it are plain. 1: from the first."""
     backward_tol: float = 1e-5
     """Tolerance of the implicit gradient's adjoint solve (a floor with ``backward_tol_from_forward``)."""
     backward_max_iter: int | None = None
@@ -415,8 +430,8 @@ class SolverSettings:
         )
 
     def make_solver(self, name: str) -> "Picard | Anderson":
-        """A solver ``name`` with these settings' options (Anderson's memory)."""
-        return make_solver(name, memory=self.anderson_memory) if name == "anderson" else make_solver(name)
+        """A solver ``name`` with these settings' options (Anderson's memory and start)."""
+        return make_solver(name, memory=self.anderson_memory, start=self.anderson_start) if name == "anderson" else make_solver(name)
 
     def make_solvers(self) -> "tuple[Picard | Anderson, Picard | Anderson, Picard | Anderson]":
         """The (forward, adjoint, training forward) solver objects these settings name."""
@@ -508,6 +523,7 @@ class FPILayer(nn.Module):
     backward_solver = _setting("backward_solver")
     training_solver = _setting("training_solver")
     anderson_memory = _setting("anderson_memory")
+    anderson_start = _setting("anderson_start")
     backward_tol = _setting("backward_tol")
     backward_max_iter = _setting("backward_max_iter")
     phantom_steps = _setting("phantom_steps")
@@ -666,11 +682,14 @@ ACCELERATED = SolverSettings(solver="anderson")
 for less charged compute than plain iteration at tol 1e-3 (benchmarks/README.md, 'FPI solvers'). The
 Jacobi LSTMs keep plain iteration, which reaches their exact fixed point in at most T + 1 steps."""
 
-ACCELERATED_PLAIN_TRAINING = SolverSettings(solver="anderson", training_solver="picard")
+ACCELERATED_PLAIN_TRAINING = SolverSettings(solver="anderson", training_solver="picard", anderson_start=4)
 """The mlp's default: Anderson where compute is charged (rollouts, evaluation), plain iteration in
 the solves that train. On its 64-wide state an Anderson iteration is some 25 small operations, which
 on a CPU cost more wall time than the iterations they save: a co-training update takes 20-30 % less
-time with plain iteration (benchmarks/README.md, "Training throughput")."""
+time with plain iteration (benchmarks/README.md, "Training throughput"). For the same reason the
+charged solves iterate plainly for three iterations before Anderson starts: far from the fixed
+point its mixes save little of what they cost (the digits job's solves, 42-44 % of its training
+time, became 35-37 %, its accuracy and compute within the seeds' spread; same section)."""
 
 
 class ContractiveTanhBlock(nn.Module):

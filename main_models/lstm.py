@@ -44,7 +44,6 @@ from torch import Tensor, nn
 from .fpi import SolverSettings
 from .network import FPINetwork, assemble_network
 
-
 CPU_CHUNK_BYTES = 2**21
 """A sweep without autograd on a CPU runs in chunks of rows whose gate pre-activations fill about
 this many bytes (2 MiB: the gates and a few intermediates stay in a core's cache)."""

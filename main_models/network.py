@@ -131,11 +131,12 @@ class FPINetwork(nn.Module):
         tol: float | None = None,
         max_iter: int | None = None,
         anderson_memory: int | None = None,
+        anderson_start: int | None = None,
         grad: str | None = None,
         training_solver: str | None = None,
     ) -> None:
         """Change how every FPI layer solves and differentiates (the weights stay): the solver, its
-        tolerance, its cap, Anderson's memory, the gradient mode, the solver of the solves that train
+        tolerance, its cap, Anderson's memory and start, the gradient mode, the solver of the solves that train
         (:attr:`SolverSettings.training_solver`). Each layer's settings are replaced
         (``dataclasses.replace``) by ones that differ in what is given; a new ``max_iter`` raises the
         adjoint's cap to at least twice it, and the adjoint solver stays as it was. Everything is
@@ -157,6 +158,7 @@ class FPINetwork(nn.Module):
             "tol": tol,
             "max_iter": max_iter,
             "anderson_memory": anderson_memory,
+            "anderson_start": anderson_start,
             "grad": grad,
             "training_solver": training_solver,
         }

@@ -43,6 +43,25 @@ def test_anderson_reaches_the_same_fixed_point_in_far_fewer_evaluations():
     assert (anderson.iterations * 3 < picard.iterations).all()
 
 
+def test_a_delayed_anderson_iterates_plainly_then_is_anderson_from_where_it_starts():
+    # start s: s - 1 plain iterations keep no history, then Anderson runs as if it had been started
+    # at the plain iterate reached, bit for bit; it still reaches the fixed point in far fewer
+    # evaluations than plain iteration
+    fn, b, exact = _linear_problem()
+    s, m = 4, 7
+    with torch.no_grad():
+        plain = fixed_point_solve(fn, torch.zeros_like(b), (b,), tol=1e-30, max_iter=s - 1, solver=Picard())
+        delayed_plain = fixed_point_solve(fn, torch.zeros_like(b), (b,), tol=1e-30, max_iter=s - 1, solver=Anderson(start=s))
+        restarted = fixed_point_solve(fn, plain.z, (b,), tol=1e-30, max_iter=m, solver=Anderson())
+        delayed = fixed_point_solve(fn, torch.zeros_like(b), (b,), tol=1e-30, max_iter=s - 1 + m, solver=Anderson(start=s))
+        picard = fixed_point_solve(fn, torch.zeros_like(b), (b,), tol=1e-11, max_iter=5000, solver=Picard())
+        converged = fixed_point_solve(fn, torch.zeros_like(b), (b,), tol=1e-11, max_iter=5000, solver=Anderson(start=s))
+    assert torch.equal(delayed_plain.z, plain.z)
+    assert torch.equal(delayed.z, restarted.z)
+    assert converged.converged.all() and (converged.iterations * 3 < picard.iterations).all()
+    torch.testing.assert_close(converged.z, exact, rtol=1e-5, atol=1e-6)
+
+
 class _CountingLinear(nn.Module):
     """z <- a_row * z + u with a per-row rate: rows with a small rate converge first."""
 
@@ -138,6 +157,8 @@ def test_each_main_model_defaults_to_its_cheaper_solver():
         for name in ("digits", "parity", "grid-lookup")
     }
     assert solvers == {"digits": {"anderson"}, "parity": {"picard"}, "grid-lookup": {"picard"}}
+    # the mlp's rollouts iterate plainly for three iterations before Anderson starts
+    assert {layer.anderson_start for layer in build_main_model(load_dataset("digits", None, seed=0)).layers} == {4}
 
 
 def test_unknown_solvers_and_bad_options_are_refused():
@@ -145,6 +166,8 @@ def test_unknown_solvers_and_bad_options_are_refused():
         FPILayer(ContractiveTanhBlock(4, 4), SolverSettings(solver="broyden-ish"))
     with pytest.raises(ValueError, match="memory must be >= 2"):
         make_solver("anderson", memory=1)
+    with pytest.raises(ValueError, match="start must be >= 1"):
+        SolverSettings(solver="anderson", anderson_start=0)
     with pytest.raises(ValueError, match="picard solver takes no options"):
         make_solver("picard", memory=3)
     net = build_mlp_fpi_network(8, 3)
@@ -153,10 +176,11 @@ def test_unknown_solvers_and_bad_options_are_refused():
     assert all(layer.solver == "anderson" for layer in net.layers)  # nothing changed (the mlp default)
 
 
-def test_the_cost_model_charges_andersons_own_work():
+@pytest.mark.parametrize("start", [1, 4])
+def test_the_cost_model_charges_andersons_own_work(start):
     """What FlopCounterMode counts of Anderson's extra work (its Gram rows and mixes, batched matrix
     products) plus its n x n solves, which it does not count, is what the cost model charges on top
-    of the same number of evaluations."""
+    of the same number of evaluations; a delayed start does none of it in its plain iterations."""
     torch.manual_seed(0)
     net = build_mlp_fpi_network(8, 3, hidden=16).eval()
     x = torch.randn(4, 8)
@@ -168,7 +192,7 @@ def test_the_cost_model_charges_andersons_own_work():
         with FlopCounterMode(display=False) as counter:
             net.run_paths(x, paths)
         picard_counted = counter.get_total_flops()
-        net.configure_solver("anderson", anderson_memory=3)
+        net.configure_solver("anderson", anderson_memory=3, anderson_start=start)
         _, iters_a = net.run_paths(x, paths, per_step=True)
         with FlopCounterMode(display=False) as counter:
             net.run_paths(x, paths)
@@ -177,7 +201,8 @@ def test_the_cost_model_charges_andersons_own_work():
     charged_extra = float(net.path_flops(paths, iters_a).sum()) - float(Picard().overhead_flops(iters_a, 16).sum())
     net.configure_solver("picard")
     charged_extra -= float(net.path_flops(paths, iters_p).sum())
-    n = torch.tensor([min(j, 3) for j in range(2, 9)], dtype=torch.float64)  # the solves after evaluations 2..8
+    # the solves after the second to the eighth evaluation that enter the history (from the start on)
+    n = torch.tensor([min(j, 3) for j in range(2, 9 - start + 1)], dtype=torch.float64)
     uncounted_solves = 4 * float((n**3 + 3 * n**2).sum())
     assert charged_extra == pytest.approx(anderson_counted - picard_counted + uncounted_solves)
     assert charged_extra > 0
