@@ -50,6 +50,10 @@ def _time_steps(env: gym.vector.VectorEnv, min_steps: int, min_seconds: float, s
 def run(
     sizes: list[int], devices: list[str], cotrain: bool, min_steps: int, min_seconds: float, sync_max: int, fpi_solver: str | None = None
 ) -> dict:
+    if cotrain:
+        # A process's first optimizer imports torch._dynamo (about 2.6 s on a CPU); without this the
+        # first side timed, the batched one at the first N, would pay it inside its window.
+        import torch._dynamo  # noqa: F401
     rows = []
     for device in devices:
         for n in sizes:
